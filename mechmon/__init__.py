@@ -1,0 +1,46 @@
+"""mechmon: live mechanistic monitoring of transformer training (PyTorch Lightning callbacks)."""
+
+from mechmon.adapters import Adapter, HFAdapter, HookPoint, ModuleAdapter, TransformerLensAdapter, resolve_adapter
+from mechmon.alerts import Alert, Collapse, Emergence, NonFinite, Plateau, Rule, Threshold
+from mechmon.callbacks import MechMonitor
+from mechmon.capture import capture
+from mechmon.naming import KEY_RE, metric_key
+from mechmon.probe import Probe, SnapshotProbe, StreamingProbe
+from mechmon.probes import InductionProbe, LogitsProbe
+from mechmon.registry import get_probe, list_probes, register_probe
+from mechmon.schedule import at, every, log_spaced, union
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MechMonitor",
+    "Probe",
+    "SnapshotProbe",
+    "StreamingProbe",
+    "InductionProbe",
+    "LogitsProbe",
+    "Adapter",
+    "HookPoint",
+    "HFAdapter",
+    "ModuleAdapter",
+    "TransformerLensAdapter",
+    "resolve_adapter",
+    "capture",
+    "Alert",
+    "Rule",
+    "Threshold",
+    "Emergence",
+    "Collapse",
+    "Plateau",
+    "NonFinite",
+    "every",
+    "log_spaced",
+    "at",
+    "union",
+    "metric_key",
+    "KEY_RE",
+    "register_probe",
+    "get_probe",
+    "list_probes",
+    "__version__",
+]

@@ -1,0 +1,92 @@
+"""Adapter protocol: map one model family to TransformerLens-style canonical capture names.
+
+Canonical names (shapes):
+    ``blocks.{l}.attn.hook_pattern``   attention probabilities ``[B, H, Q, K]``
+    ``blocks.{l}.hook_resid_post``     residual stream after block ``l`` ``[B, T, d]``
+    ``ln_final.hook_normalized``       final-norm hidden states ``[B, T, d]``
+    ``logits``                         output-head logits ``[B, T, V]`` (or ``[N, C]`` for a classifier)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+__all__ = ["Adapter", "HookPoint", "first_output", "pattern_name", "resid_name", "FINAL_NORM", "LOGITS"]
+
+FINAL_NORM = "ln_final.hook_normalized"
+LOGITS = "logits"
+
+
+def pattern_name(layer: int) -> str:
+    """Canonical attention-pattern name of ``layer``."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def resid_name(layer: int) -> str:
+    """Canonical residual-stream name after block ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def first_output(output: Any) -> Tensor:
+    """A module's main output: the tensor itself, or the first element of a tuple or ``ModelOutput``."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output[0] if hasattr(output, "__getitem__") else output
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """Where a canonical name lives: a module and how to read the tensor from its forward output."""
+
+    module: nn.Module
+    extract: Callable[[Any], Tensor] = first_output
+
+
+class Adapter:
+    """Bind a model to canonical capture names.
+
+    Subclass it for a new family: implement :meth:`matches` (class method, used by auto-detection),
+    :meth:`hook_points`, and set ``n_layers``, ``n_heads`` and ``vocab_size`` in ``__init__``. Override
+    :meth:`eager_attention` when the model's fast attention hides probabilities, and :meth:`forward` when
+    ``model(input_ids)`` does not return logits.
+
+    Args:
+        model: the module holding the transformer (e.g. an HF ``*ForCausalLM``).
+    """
+
+    family: ClassVar[str] = "custom"
+    n_layers: int
+    n_heads: int
+    vocab_size: int
+    bos_token_id: int | None = None
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        """Whether this adapter understands ``module`` (auto-detection walks every submodule)."""
+        return False
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Canonical name -> :class:`HookPoint` for every name this model offers."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Context in which attention probabilities are materialised; restores the previous setting."""
+        yield
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Run the model on token ids ``[B, T]`` and return logits ``[B, T, V]``."""
+        return first_output(self.model(input_ids))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, layers={self.n_layers}, heads={self.n_heads})"

@@ -1,0 +1,82 @@
+"""Adapter for a user's own module, configured by a name -> submodule-path mapping.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> class Tiny(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.emb, self.head = nn.Embedding(16, 8), nn.Linear(8, 16)
+    ...     def forward(self, ids):
+    ...         return self.head(self.emb(ids))
+    >>> adapter = ModuleAdapter(Tiny(), {"logits": "head"}, n_layers=0, n_heads=0, vocab_size=16)
+    >>> sorted(adapter.hook_points())
+    ['logits']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from mechmon.adapters.base import Adapter, HookPoint, first_output
+
+__all__ = ["ModuleAdapter"]
+
+PointSpec = str | tuple[str, Callable[[Any], Tensor]]
+
+
+class ModuleAdapter(Adapter):
+    """Map canonical names to submodule paths of any ``nn.Module``.
+
+    Args:
+        model: the module to watch.
+        points: canonical name -> submodule path, or (path, extract) where ``extract(output)`` returns the tensor
+            (e.g. ``lambda out: out[1]`` for an attention module returning ``(out, probs)``). Patterns must be
+            probabilities ``[B, H, Q, K]``.
+        n_layers: number of transformer blocks.
+        n_heads: attention heads per block.
+        vocab_size: output vocabulary size.
+        bos_token_id: BOS id prepended to probe batches, or ``None``.
+        forward: optional ``fn(model, input_ids) -> logits``; defaults to ``model(input_ids)``.
+
+    Raises:
+        RuntimeError: if a path does not exist (listing the module's submodules).
+    """
+
+    family: ClassVar[str] = "custom"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        points: Mapping[str, PointSpec],
+        n_layers: int,
+        n_heads: int,
+        vocab_size: int,
+        bos_token_id: int | None = None,
+        forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__(model)
+        self.n_layers, self.n_heads, self.vocab_size, self.bos_token_id = n_layers, n_heads, vocab_size, bos_token_id
+        self._forward = forward
+        self._points = {name: self._resolve(spec) for name, spec in points.items()}
+
+    def _resolve(self, spec: PointSpec) -> HookPoint:
+        path, extract = (spec, first_output) if isinstance(spec, str) else spec
+        try:
+            return HookPoint(self.model.get_submodule(path), extract)
+        except AttributeError as err:
+            names = [n for n, _ in self.model.named_modules() if n][:40]
+            raise RuntimeError(f"ModuleAdapter: no submodule {path!r}; the model has: {names}") from err
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """The configured points."""
+        return dict(self._points)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Logits from the user's ``forward`` or ``model(input_ids)``."""
+        if self._forward is not None:
+            return self._forward(self.model, input_ids)
+        return super().forward(input_ids)

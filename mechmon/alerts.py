@@ -1,0 +1,311 @@
+"""Alert rules: small edge-triggered state machines over the floats of one metric key.
+
+Every rule fires once when its condition *starts* (after ``patience`` consecutive evaluations), then stays
+quiet until the condition clears, when it re-arms. ``warmup``, ``patience`` and ``window`` count
+**evaluations** (scheduled steps), not optimizer steps. Non-finite values never reach the other rules: they go
+to :class:`NonFinite`. State is primitives only, so a resumed run neither re-fires nor forgets.
+See METRICS.md §8 for the rule kinds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Alert", "Rule", "Threshold", "Emergence", "Collapse", "Plateau", "NonFinite"]
+
+Severity = Literal["info", "warning", "critical"]
+Mode = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One fired alert.
+
+    Attributes:
+        rule: rule name, the ``<rule>`` of ``mechmon/alerts/<rule>``.
+        key: the metric key the rule watches.
+        step: optimizer step (``trainer.global_step``) at which it fired.
+        value: the metric value at that step (may be NaN for non-finite alerts).
+        severity: ``"info"``, ``"warning"`` or ``"critical"``.
+        reason: readable text.
+    """
+
+    rule: str
+    key: str
+    step: int
+    value: float
+    severity: Severity
+    reason: str
+
+
+def _check(name: str, value: Any, ok: bool, need: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+
+
+class Rule:
+    """Base class: edge triggering, warmup and patience.
+
+    Subclasses implement :meth:`_condition` (may update running statistics) and optionally :meth:`_cleared`.
+
+    Args:
+        key: metric key watched, e.g. ``"mechmon/induction/score_max"``.
+        name: rule name used in ``mechmon/alerts/<name>``.
+        severity: alert severity.
+        patience: consecutive evaluations the condition must hold before firing (>= 1).
+        warmup: evaluations ignored at the start (>= 0).
+
+    Raises:
+        ValueError: on a bad ``patience``, ``warmup``, ``severity`` or empty ``key``/``name``.
+    """
+
+    def __init__(self, key: str, name: str, severity: Severity = "warning", patience: int = 1, warmup: int = 0) -> None:
+        _check("key", key, isinstance(key, str) and bool(key), "a non-empty metric key")
+        _check("name", name, isinstance(name, str) and name.replace("_", "").isalnum(), "a snake_case rule name")
+        _check("severity", severity, severity in ("info", "warning", "critical"), "'info', 'warning' or 'critical'")
+        _check("patience", patience, isinstance(patience, int) and patience >= 1, "an int >= 1")
+        _check("warmup", warmup, isinstance(warmup, int) and warmup >= 0, "an int >= 0")
+        self.key, self.name, self.severity, self.patience, self.warmup = key, name, severity, patience, warmup
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self._seen, self._hits, self._active = 0, 0, False
+
+    def update(self, step: int, value: float) -> Alert | None:
+        """Feed one evaluation; returns an :class:`Alert` on the evaluation where the condition starts."""
+        if not math.isfinite(value):
+            return None
+        self._seen += 1
+        condition = self._condition(value)
+        if self._seen <= self.warmup:
+            return None
+        if self._active:
+            if self._cleared(value):
+                self._active, self._hits = False, 0
+            return None
+        self._hits = self._hits + 1 if condition else 0
+        if self._hits < self.patience:
+            return None
+        self._active = True
+        return Alert(self.name, self.key, step, value, self.severity, self._reason(value))
+
+    def _condition(self, value: float) -> bool:
+        raise NotImplementedError
+
+    def _cleared(self, value: float) -> bool:
+        return not self._condition_view(value)
+
+    def _condition_view(self, value: float) -> bool:
+        """Condition without side effects; defaults to :meth:`_condition` for stateless rules."""
+        return self._condition(value)
+
+    def _reason(self, value: float) -> str:
+        return f"{self.key} = {value:.4g}"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitive state for checkpoints."""
+        return {"seen": self._seen, "hits": self._hits, "active": self._active}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; missing entries keep their defaults."""
+        self._seen = int(state.get("seen", self._seen))
+        self._hits = int(state.get("hits", self._hits))
+        self._active = bool(state.get("active", self._active))
+
+
+class Threshold(Rule):
+    """Fires when the value is beyond ``level`` for ``patience`` evaluations.
+
+    Args:
+        level: the threshold.
+        mode: ``"max"`` fires above ``level`` (emergence-like), ``"min"`` below it (collapse-like).
+        hysteresis: re-arms only once the value is back past ``level`` by this much (>= 0).
+        **kwargs: see :class:`Rule`.
+
+    Raises:
+        ValueError: on a bad ``mode`` or negative ``hysteresis``.
+    """
+
+    def __init__(self, key: str, level: float, mode: Mode = "max", hysteresis: float = 0.0, **kwargs: Any) -> None:
+        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
+        _check("hysteresis", hysteresis, hysteresis >= 0, ">= 0")
+        self.level, self.mode, self.hysteresis = float(level), mode, float(hysteresis)
+        kwargs.setdefault("name", "threshold")
+        super().__init__(key, **kwargs)
+
+    def _condition(self, value: float) -> bool:
+        return value > self.level if self.mode == "max" else value < self.level
+
+    def _cleared(self, value: float) -> bool:
+        if self.mode == "max":
+            return value < self.level - self.hysteresis
+        return value > self.level + self.hysteresis
+
+    def _reason(self, value: float) -> str:
+        side = "above" if self.mode == "max" else "below"
+        return f"{self.key} = {value:.4g} is {side} {self.level:g} for {self.patience} evaluation(s)"
+
+
+class Emergence(Threshold):
+    """Threshold in mode ``"max"`` that also needs a rise of ``min_rise`` over the first value seen (the null).
+
+    The baseline is the first finite evaluation after warmup is *not* applied: it is the value at the first
+    scheduled step, the closest the run has to its initialisation (METRICS.md §8.2).
+
+    Args:
+        level: absolute floor, e.g. 0.3 for the induction score.
+        min_rise: required rise above the baseline (>= 0).
+        **kwargs: see :class:`Threshold`.
+    """
+
+    def __init__(self, key: str, level: float, min_rise: float = 0.0, **kwargs: Any) -> None:
+        _check("min_rise", min_rise, min_rise >= 0, ">= 0")
+        self.min_rise = float(min_rise)
+        kwargs.setdefault("name", "emergence")
+        kwargs.setdefault("severity", "info")
+        super().__init__(key, level, mode="max", **kwargs)
+
+    def reset(self) -> None:
+        """Forget history and the baseline."""
+        super().reset()
+        self.baseline: float | None = None
+
+    def _condition(self, value: float) -> bool:
+        if self.baseline is None:
+            self.baseline = value
+        return value > self.level and value - self.baseline >= self.min_rise
+
+    def _reason(self, value: float) -> str:
+        return f"{self.key} rose from {self.baseline:.3g} to {value:.3g} (level {self.level:g}): emergence"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitive state, baseline included."""
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state and baseline."""
+        super().load_state_dict(state)
+        self.baseline = state.get("baseline", self.baseline)
+
+
+class Collapse(Rule):
+    """Fires when the value falls below ``ratio`` x its running maximum (mode ``"max"``) or rises above
+    ``1/ratio`` x its running minimum (mode ``"min"``) for ``patience`` evaluations.
+
+    Args:
+        ratio: in (0, 1), e.g. 0.5 for "halved from its best".
+        mode: ``"max"`` tracks a running max (collapse = drop), ``"min"`` a running min (collapse = rise).
+        **kwargs: see :class:`Rule`.
+
+    Raises:
+        ValueError: unless ``0 < ratio < 1`` and ``mode`` is valid.
+    """
+
+    def __init__(self, key: str, ratio: float = 0.5, mode: Mode = "max", **kwargs: Any) -> None:
+        _check("ratio", ratio, 0 < ratio < 1, "in (0, 1)")
+        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
+        self.ratio, self.mode = float(ratio), mode
+        kwargs.setdefault("name", "collapse")
+        super().__init__(key, **kwargs)
+
+    def reset(self) -> None:
+        """Forget history and the running extreme."""
+        super().reset()
+        self.extreme: float | None = None
+
+    def _condition(self, value: float) -> bool:
+        pick = max if self.mode == "max" else min
+        self.extreme = value if self.extreme is None else pick(self.extreme, value)
+        return self._condition_view(value)
+
+    def _condition_view(self, value: float) -> bool:
+        if self.extreme is None:
+            return False
+        if self.mode == "max":
+            return value < self.ratio * self.extreme
+        return value > self.extreme / self.ratio
+
+    def _reason(self, value: float) -> str:
+        word = "max" if self.mode == "max" else "min"
+        return f"{self.key} = {value:.4g} collapsed against its running {word} {self.extreme:.4g} (ratio {self.ratio:g})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitive state, running extreme included."""
+        return {**super().state_dict(), "extreme": self.extreme}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state and running extreme."""
+        super().load_state_dict(state)
+        self.extreme = state.get("extreme", self.extreme)
+
+
+class Plateau(Rule):
+    """Fires when the value has not improved by more than ``min_delta`` for ``patience`` evaluations.
+
+    Like ``EarlyStopping``: an improvement resets the count and re-arms the rule.
+
+    Args:
+        mode: ``"min"`` (a loss) or ``"max"`` (a score).
+        min_delta: smallest change that counts as an improvement (>= 0).
+        patience: evaluations without improvement before firing.
+        **kwargs: see :class:`Rule`.
+    """
+
+    def __init__(self, key: str, mode: Mode = "min", min_delta: float = 0.0, patience: int = 5, **kwargs: Any) -> None:
+        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
+        _check("min_delta", min_delta, min_delta >= 0, ">= 0")
+        self.mode, self.min_delta = mode, float(min_delta)
+        kwargs.setdefault("name", "plateau")
+        super().__init__(key, patience=patience, **kwargs)
+
+    def reset(self) -> None:
+        """Forget history and the best value."""
+        super().reset()
+        self.best: float | None = None
+        self._improved = False
+
+    def _condition(self, value: float) -> bool:
+        better = self.best is None or (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        )
+        self._improved = better
+        if better:
+            self.best = value
+        return not better
+
+    def _cleared(self, value: float) -> bool:
+        return self._improved
+
+    def _reason(self, value: float) -> str:
+        return f"{self.key} has not improved on {self.best:.4g} for {self.patience} evaluations: plateau"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitive state, best value included."""
+        return {**super().state_dict(), "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state and best value."""
+        super().load_state_dict(state)
+        self.best = state.get("best", self.best)
+
+
+class NonFinite(Rule):
+    """Fires (critical) when the value becomes NaN or Inf; re-arms when it is finite again."""
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        kwargs.setdefault("name", "non_finite")
+        kwargs.setdefault("severity", "critical")
+        super().__init__(key, **kwargs)
+
+    def update(self, step: int, value: float) -> Alert | None:
+        """Feed one evaluation, finite or not."""
+        if math.isfinite(value):
+            self._active = False
+            return None
+        if self._active:
+            return None
+        self._active = True
+        return Alert(self.name, self.key, step, value, self.severity, f"{self.key} is {value} (non-finite)")

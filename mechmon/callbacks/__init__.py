@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from mechmon.callbacks.monitor import MechMonitor
+
+__all__ = ["MechMonitor"]

@@ -1,0 +1,370 @@
+"""MechMonitor: the Lightning callback that runs mechmon probes on a schedule and raises alerts.
+
+On a scheduled optimizer step every rank: runs the due snapshot probes (one eval-mode ``no_grad`` forward each,
+eager attention, hooks only inside ``capture()``), feeds the streaming probes the captures of that step's
+micro-batches, reduces all states with one packed collective per (op, dtype), makes **one** device-to-host
+transfer, runs the alert rules on identical floats; rank 0 writes. Other steps evaluate a Python predicate and
+nothing else: no hook, no sync, no collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from mechmon.adapters import LOGITS, Adapter, AdapterSpec, resolve_adapter
+from mechmon.alerts import Alert, NonFinite, Rule
+from mechmon.capture import capture, resolve_names
+from mechmon.console import ConsoleView
+from mechmon.distributed import reduce_states
+from mechmon.naming import metric_key
+from mechmon.probe import Probe
+from mechmon.schedule import Schedule, _Every, as_schedule, every
+from mechmon.writers import NullWriter, TensorBoardWriter
+
+__all__ = ["MechMonitor"]
+
+_NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_MAX_ALERTS_KEPT = 1000
+
+
+class MechMonitor(Callback):
+    r"""Live mechanistic monitoring of a training run.
+
+    Args:
+        probes: probe instances; default ``[InductionProbe(), LogitsProbe()]``.
+        schedule: default schedule for all probes: an int ``n`` (``every(n)``, plus step 1) or a
+            :mod:`mechmon.schedule` predicate on ``trainer.global_step``. Probes may override it.
+        image_schedule: when to write ``[L, H]`` heatmaps; default every 5th evaluation of an ``every(n)`` schedule.
+        adapter: an :class:`~mechmon.adapters.Adapter`, a factory ``fn(pl_module) -> Adapter``, or ``None`` to
+            auto-detect HF GPT-2 / GPT-NeoX / Llama-style models and TransformerLens inside the LightningModule.
+        rules: extra alert rules on any ``mechmon/...`` key (the probes' own rules are always on).
+        on_alert: callables receiving each :class:`~mechmon.alerts.Alert` on rank 0.
+        namespace: first key segment (default ``"mechmon"``).
+        log_dir: folder for mechmon's own TensorBoard writer when the trainer has no TensorBoardLogger
+            (default ``<default_root_dir>/mechmon``).
+        console: show a live rich table of the latest values (alerts are always printed).
+
+    Raises:
+        TypeError: on arguments of the wrong type.
+        ValueError: on an invalid namespace, an empty probe list or duplicate probe names.
+        RuntimeError: in ``setup``, when no adapter fits the model or a probe needs a capture the model lacks.
+
+    Example:
+        >>> from mechmon import MechMonitor, InductionProbe
+        >>> monitor = MechMonitor(probes=[InductionProbe(period=20)], schedule=100)
+        >>> monitor.state_key
+        "MechMonitor{'namespace': 'mechmon'}"
+
+    Logged metrics:
+        Every probe's keys (see each probe's table) at each scheduled step, ``<ns>/alerts/<rule>`` = 1 at the step a
+        rule fires, a text entry ``<ns>/alerts`` with the reason, and ``[L, H]`` heatmap images at
+        ``image_schedule``. All are mirrored into ``trainer.callback_metrics``.
+    """
+
+    def __init__(
+        self,
+        probes: Sequence[Probe] | None = None,
+        schedule: Schedule | int = 50,
+        image_schedule: Schedule | int | None = None,
+        adapter: AdapterSpec = None,
+        rules: Sequence[Rule] = (),
+        on_alert: Sequence[Callable[[Alert], Any]] = (),
+        namespace: str = "mechmon",
+        log_dir: str | Path | None = None,
+        console: bool = False,
+    ) -> None:
+        super().__init__()
+        self.probes = _validate_probes(probes)
+        self.schedule = as_schedule(schedule, "schedule")
+        self.image_schedule = _image_schedule(self.schedule, image_schedule)
+        if adapter is not None and not (isinstance(adapter, Adapter) or callable(adapter)):
+            raise TypeError(f"adapter must be an Adapter, a callable pl_module -> Adapter, or None; got {adapter!r}")
+        if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
+            raise ValueError(f"namespace must be snake_case like 'mechmon', got {namespace!r}")
+        _check_items("rules", rules, lambda r: isinstance(r, Rule), "mechmon.alerts.Rule instances")
+        _check_items("on_alert", on_alert, callable, "callables taking an Alert")
+        if log_dir is not None and not isinstance(log_dir, (str, Path)):
+            raise TypeError(f"log_dir must be a path or None, got {type(log_dir).__name__}")
+        self.adapter_spec, self.extra_rules, self.on_alert = adapter, list(rules), list(on_alert)
+        self.namespace, self.log_dir, self.console = namespace, log_dir, bool(console)
+        self.alerts: list[Alert] = []
+        self._last_step = -1
+        self._disabled: set[str] = set()
+        self._rules: list[Rule] = []
+        self._nonfinite: dict[str, NonFinite] = {}
+        self._pending_state: dict[str, Any] | None = None
+        self._writer: NullWriter = NullWriter()
+        self._view: ConsoleView | None = None
+        self._stream: contextlib.ExitStack | None = None
+        self._stream_caps: dict[str, Tensor] | None = None
+        self._stream_step = -1
+        self._names: dict[str, list[str]] = {}
+        self._adapter: Adapter | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(namespace=self.namespace)
+
+    # -- setup -------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._setup(trainer, pl_module)
+
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._adapter = resolve_adapter(pl_module, self.adapter_spec)
+        for probe in self.probes:
+            probe.namespace = self.namespace
+            self._names[probe.name] = resolve_names(self._adapter, probe.requires)
+            probe.setup(self._adapter.model, self._adapter, pl_module.device)
+        self._rules = [rule for probe in self.probes for rule in probe.rules()] + self.extra_rules
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+        if trainer.is_global_zero:
+            self._writer = self._make_writer(trainer)
+            self._view = ConsoleView(live=self.console)
+
+    def _make_writer(self, trainer: pl.Trainer) -> NullWriter:
+        tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tb is not None:
+            return TensorBoardWriter(tb.experiment, trainer.loggers, own_scalars=False)
+        log_dir = Path(self.log_dir or Path(trainer.default_root_dir) / "mechmon")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return TensorBoardWriter(SummaryWriter(str(log_dir)), trainer.loggers, own_scalars=True, owned=True)
+        except Exception as err:  # caveat: an unwritable folder must not stop training
+            rank_zero_warn(f"mechmon cannot write TensorBoard files to {log_dir}: {err}; metrics go to loggers only")
+            return TensorBoardWriter(None, trainer.loggers, own_scalars=False) if trainer.loggers else NullWriter()
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._attach_streaming(trainer.global_step + 1)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._after_batch(trainer, batch)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    # -- scheduling --------------------------------------------------------------------------------------
+    def _due(self, step: int) -> list[Probe]:
+        return [p for p in self.probes if p.name not in self._disabled and (p.schedule or self.schedule)(step)]
+
+    def _attach_streaming(self, upcoming: int) -> None:
+        """Hook the training forward for the micro-batches of a scheduled step only."""
+        if self._stream is not None or self._adapter is None:
+            return
+        names = sorted({n for p in self._due(upcoming) if p.kind == "streaming" for n in self._names[p.name]})
+        if not names:
+            return
+        self._stream = contextlib.ExitStack()
+        self._stream_caps = self._stream.enter_context(capture(self._adapter, names))
+        self._stream_step = upcoming
+
+    def _detach_streaming(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._stream, self._stream_caps = None, None
+
+    def _after_batch(self, trainer: pl.Trainer, batch: Any) -> None:
+        step = trainer.global_step
+        if self._stream_caps is not None:
+            self._feed_streaming(batch, self._due(self._stream_step))
+        if step == self._last_step or not self._due(step):
+            return
+        self._last_step = step
+        self._run(trainer, step)
+
+    def _feed_streaming(self, batch: Any, due: list[Probe]) -> None:
+        caps = self._stream_caps or {}
+        for probe in due:
+            if probe.kind == "streaming" and all(n in caps for n in self._names[probe.name]):
+                self._guarded(probe, probe.update, caps, batch)
+        caps.clear()  # captures are dropped right after update
+
+    # -- one scheduled step ------------------------------------------------------------------------------
+    def _run(self, trainer: pl.Trainer, step: int) -> None:
+        due = self._due(step)
+        self._detach_streaming()
+        for probe in due:
+            if probe.kind == "snapshot":
+                self._guarded(probe, self._run_snapshot, probe)
+        reduce_states(due)  # collective: every rank, same probes, decided by the step only
+        tensors: dict[str, Tensor] = {}
+        for probe in due:
+            tensors.update(self._guarded(probe, probe.compute) or {})
+        with_images = self.image_schedule(step)
+        host = _to_host({k: v for k, v in tensors.items() if v.ndim == 0 or (with_images and v.ndim == 2)})
+        scalars = {k: v for k, v in host.items() if isinstance(v, float)}
+        alerts = self._check_rules(step, scalars)
+        self._publish(trainer, step, scalars, {k: v for k, v in host.items() if not isinstance(v, float)}, alerts)
+        for probe in due:
+            probe.reset()
+
+    def _run_snapshot(self, probe: Probe) -> None:
+        adapter = self._adapter
+        model = adapter.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), adapter.eager_attention():
+                with capture(adapter, self._names[probe.name], probe.reduce_capture) as caps:
+                    caps[LOGITS] = adapter.forward(probe.probe_batch)
+                    probe.update(caps, None)
+        finally:
+            model.train(was_training)
+
+    def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
+        """Run ``fn``; a probe that raises is disabled with an alert and training goes on."""
+        try:
+            return fn(*args)
+        except Exception as err:  # caveat: a failing probe must never stop the run it watches
+            self._disabled.add(probe.name)
+            key = metric_key("alerts", "probe_failed", namespace=self.namespace)
+            alert = Alert("probe_failed", key, self._last_step, math.nan, "warning", f"probe {probe.name!r} raised "
+                          f"{type(err).__name__}: {err}; it is disabled for the rest of the fit")
+            rank_zero_warn(alert.reason)
+            self._deliver([alert])
+            return None
+
+    def _check_rules(self, step: int, scalars: Mapping[str, float]) -> list[Alert]:
+        fired = []
+        for key, value in scalars.items():
+            alert = self._nonfinite.setdefault(key, NonFinite(key)).update(step, value)
+            fired += [alert] if alert else []
+        for rule in self._rules:
+            if rule.key in scalars:
+                alert = rule.update(step, scalars[rule.key])
+                fired += [alert] if alert else []
+        return fired
+
+    def _publish(
+        self, trainer: pl.Trainer, step: int, scalars: dict[str, float], images: dict[str, Any], alerts: list[Alert]
+    ) -> None:
+        markers = {metric_key("alerts", a.rule, namespace=self.namespace): 1.0 for a in alerts}
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in {**scalars, **markers}.items()})
+        self._writer.layout(list(scalars) + [metric_key("alerts", r.name, namespace=self.namespace) for r in self._rules])
+        self._writer.scalars({**scalars, **markers}, step)
+        for key, matrix in images.items():
+            self._writer.image(key, matrix, step)
+        if self._view is not None:
+            self._view.update(step, scalars)
+        self._deliver(alerts)
+
+    def _deliver(self, alerts: Iterable[Alert]) -> None:
+        for alert in alerts:
+            self.alerts = (self.alerts + [alert])[-_MAX_ALERTS_KEPT:]
+            self._writer.text(f"{self.namespace}/alerts", f"**{alert.severity}** `{alert.rule}`: {alert.reason}", alert.step)
+            if self._view is not None:  # rank 0 only
+                self._view.alert(alert)
+                for fn in self.on_alert:
+                    fn(alert)
+
+    def _close(self) -> None:
+        self._detach_streaming()
+        if self._view is not None:
+            self._view.stop()
+        self._writer.close()
+        self._writer = NullWriter()
+
+    # -- checkpointing -----------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_step": self._last_step,
+            "rules": {f"{r.name}|{r.key}": r.state_dict() for r in self._rules},
+            "nonfinite": {k: r.state_dict() for k, r in self._nonfinite.items()},
+            "probes": {p.name: p.state_dict() for p in self.probes},
+            "disabled": sorted(self._disabled),
+            "alerts": [asdict(a) for a in self.alerts[-100:]],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict
+        if self._rules:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        self._last_step = int(state.get("last_step", self._last_step))
+        saved = state.get("rules", {})
+        for rule in self._rules:
+            rule.load_state_dict(saved.get(f"{rule.name}|{rule.key}", {}))
+        for key, rule_state in state.get("nonfinite", {}).items():
+            self._nonfinite.setdefault(key, NonFinite(key)).load_state_dict(rule_state)
+        for probe in self.probes:
+            probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
+        self._disabled = set(state.get("disabled", ()))
+        self.alerts = [Alert(**a) for a in state.get("alerts", ())]
+        self._pending_state = None
+
+
+# -- private helpers -------------------------------------------------------------------------------------
+def _validate_probes(probes: Sequence[Probe] | None) -> list[Probe]:
+    if probes is None:
+        from mechmon.probes import InductionProbe, LogitsProbe
+
+        return [InductionProbe(), LogitsProbe()]
+    _check_items("probes", probes, lambda p: isinstance(p, Probe), "Probe instances such as InductionProbe()")
+    if not probes:
+        raise ValueError("probes must not be empty; omit it for the defaults [InductionProbe(), LogitsProbe()]")
+    names = [p.name for p in probes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"probe names must be unique (they are key segments), got {names}")
+    return list(probes)
+
+
+def _check_items(what: str, items: Any, ok: Callable[[Any], bool], need: str) -> None:
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable) or not all(ok(i) for i in items):
+        raise TypeError(f"{what} must be a sequence of {need}, got {items!r}")
+
+
+def _image_schedule(schedule: Schedule, image_schedule: Schedule | int | None) -> Schedule:
+    if image_schedule is not None:
+        return as_schedule(image_schedule, "image_schedule")
+    if isinstance(schedule, _Every):
+        return every(schedule.n * 5, offset=schedule.offset, first=schedule.first)
+    return schedule
+
+
+def _to_host(tensors: Mapping[str, Tensor]) -> dict[str, float | np.ndarray]:
+    """One stacked device-to-host transfer; 0-d tensors become floats, others numpy arrays."""
+    if not tensors:
+        return {}
+    first = next(iter(tensors.values()))
+    dtype = torch.float32 if first.device.type == "mps" else torch.float64
+    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors.values()])
+    values = flat.tolist()  # sync: the one device-to-host transfer of a scheduled step
+    out: dict[str, float | np.ndarray] = {}
+    offset = 0
+    for key, t in tensors.items():
+        n = t.numel()
+        out[key] = values[offset] if t.ndim == 0 else np.asarray(values[offset : offset + n]).reshape(tuple(t.shape))
+        offset += n
+    return out

@@ -1,0 +1,71 @@
+"""``capture()``: forward hooks that live only inside a context manager and are always removed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+from torch import Tensor
+
+from mechmon.adapters.base import Adapter
+
+__all__ = ["capture", "resolve_names"]
+
+Reducer = Callable[[str, Tensor], Tensor]
+
+
+def resolve_names(adapter: Adapter, patterns: Iterable[str]) -> list[str]:
+    """Expand glob patterns over the adapter's canonical names.
+
+    Raises:
+        RuntimeError: if a pattern matches nothing; the message lists the names that exist.
+    """
+    import fnmatch
+
+    available = list(adapter.hook_points())
+    names: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise RuntimeError(f"{adapter!r} offers no capture named {pattern!r}; it has: {available}")
+        names += [h for h in hits if h not in names]
+    return names
+
+
+@contextlib.contextmanager
+def capture(adapter: Adapter, names: Iterable[str], reduce: Reducer | None = None) -> Iterator[dict[str, Tensor]]:
+    """Hook exactly ``names`` for the duration of the block; yields name -> detached tensor.
+
+    Each hook stores ``reduce(name, tensor.detach())`` (identity by default), so big activations can be shrunk
+    inside the hook. If a module runs several times, the last call wins. The ``finally`` removes exactly the
+    handles this call registered, also on exceptions.
+
+    Args:
+        adapter: the model's adapter.
+        names: canonical names (no globs; see :func:`resolve_names`).
+        reduce: optional ``fn(name, tensor) -> tensor`` applied in the hook.
+
+    Raises:
+        RuntimeError: if a name is not offered by the adapter.
+    """
+    points = adapter.hook_points()
+    caps: dict[str, Tensor] = {}
+    handles = []
+
+    def make_hook(name: str, extract: Callable) -> Callable:
+        def hook(module: object, args: object, output: object) -> None:
+            tensor = extract(output).detach()
+            caps[name] = reduce(name, tensor) if reduce is not None else tensor
+
+        return hook
+
+    try:
+        for name in names:
+            if name not in points:
+                raise RuntimeError(f"{adapter!r} offers no capture named {name!r}; it has: {list(points)}")
+            point = points[name]
+            handles.append(point.module.register_forward_hook(make_hook(name, point.extract)))
+        yield caps
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,81 @@
+"""The ``mechmon`` command: list probes, or summarise a run's TensorBoard events (alerts and latest values)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["main", "print_summary", "read_run"]
+
+
+def read_run(run_dir: Path, namespace: str = "mechmon") -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str]]]:
+    """Read mechmon scalars and alert texts back from the event files under ``run_dir``.
+
+    Returns:
+        ``(scalars, alerts)``: key -> [(step, value)], and [(step, text)] sorted by step.
+
+    Raises:
+        FileNotFoundError: if ``run_dir`` holds no event file.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(Path(run_dir).rglob("events.out.tfevents.*"))
+    if not files:
+        raise FileNotFoundError(f"no TensorBoard event file under {run_dir}")
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    alerts: list[tuple[int, str]] = []
+    for folder in sorted({f.parent for f in files}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+        for tag in acc.Tags()["scalars"]:
+            if tag.startswith(f"{namespace}/"):
+                scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+        for tag in acc.Tags()["tensors"]:
+            if tag.startswith(f"{namespace}/alerts"):
+                alerts += [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+    return scalars, sorted(alerts)
+
+
+def print_summary(run_dir: Path, console: Console | None = None) -> None:
+    """Print the alerts and the last value of each unscoped mechmon scalar of a run."""
+    console = console or Console()
+    scalars, alerts = read_run(run_dir)
+    table = Table(title=f"mechmon alerts - {run_dir}")
+    table.add_column("step", justify="right")
+    table.add_column("alert")
+    for step, text in alerts:
+        table.add_row(str(step), text)
+    console.print(table if alerts else "no mechmon alerts fired")
+    latest = Table(title="latest values")
+    latest.add_column("metric")
+    latest.add_column("step", justify="right")
+    latest.add_column("value", justify="right")
+    for key in sorted(k for k in scalars if k.count("/") == 2 and "/alerts/" not in k):
+        step, value = scalars[key][-1]
+        latest.add_row(key, str(step), f"{value:.4g}")
+    console.print(latest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mechmon`` console script."""
+    parser = argparse.ArgumentParser(prog="mechmon", description="mechmon: live mechanistic monitoring of training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("probes", help="list the registered probes")
+    summary = sub.add_parser("summary", help="alerts and latest values of a run folder")
+    summary.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "probes":
+        import mechmon
+
+        for name in mechmon.list_probes():
+            cls = mechmon.get_probe(name)
+            Console().print(f"[bold]{name}[/] ({cls.kind}): {(cls.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    print_summary(args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Numerical-stability formulas on logits (METRICS.md §2, A1-A3).
+
+Source: Prieto, Barsbey, Mediano, Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025);
+``logger.py`` (``compute_softmax_collapse``, ``compute_zero_terms``) of the authors' code.
+Legend: N rows, V vocabulary (or classes). Rows are masked, never dropped, so nothing syncs with the host.
+Pure functions; inputs are never mutated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["softmax_collapse", "zero_loss", "top2_gap", "absorption_gap", "flatten_rows"]
+
+
+def softmax_collapse(logits_NV: Tensor, dtype: torch.dtype) -> Tensor:
+    """Softmax-collapse test per row (A1), every operation in ``dtype``.
+
+    m = max_j z_j; S = fl_τ(Σ_j exp(z_j - m)); collapsed iff S == 1, i.e. every non-max term was absorbed.
+    Never upcast beyond the loss dtype τ, or the effect vanishes.
+
+    Args:
+        logits_NV: logits ``[N, V]`` of any float dtype.
+        dtype: τ, the dtype in which the training loss computes its log-sum-exp.
+
+    Returns:
+        bool ``[N]``.
+    """
+    z = logits_NV.to(dtype)
+    s = torch.exp(z - z.amax(dim=-1, keepdim=True)).sum(dim=-1)
+    return s == 1
+
+
+def zero_loss(logits_NV: Tensor, targets_N: Tensor, dtype: torch.dtype) -> Tensor:
+    """Rows whose cross-entropy, computed in ``dtype`` by ``F.cross_entropy``, is exactly 0 (A2).
+
+    Args:
+        logits_NV: logits ``[N, V]``.
+        targets_N: int64 class ids ``[N]`` in [0, V) (mask ignored rows before or after).
+        dtype: the loss dtype τ.
+
+    Returns:
+        bool ``[N]``.
+    """
+    return F.cross_entropy(logits_NV.to(dtype), targets_N, reduction="none") == 0
+
+
+def top2_gap(logits_NV: Tensor) -> Tensor:
+    """fp32 gap between the largest and second-largest logit per row (A3), in nats; ``[N]``, >= 0."""
+    top = logits_NV.float().topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+def absorption_gap(dtype: torch.dtype) -> float:
+    """(p+1)·ln 2 for a dtype with p mantissa bits: the smallest top1-top2 gap at which absorption is possible.
+
+    Equals ln(2/eps): 5.55 (bf16), 7.62 (fp16), 16.64 (fp32), 36.74 (fp64). Not a collapse threshold
+    (that depends on V and summation order, METRICS.md A1); only the lower bound used by ``gap_frac_absorbable``.
+    """
+    return math.log(2.0 / torch.finfo(dtype).eps)
+
+
+def flatten_rows(logits: Tensor, targets: Tensor, shift: bool, ignore_index: int = -100) -> tuple[Tensor, Tensor, Tensor]:
+    """Align logits with targets as rows.
+
+    Args:
+        logits: ``[B, T, V]`` (LM) or ``[N, C]`` (classifier).
+        targets: ``[B, T]`` or ``[N]`` int ids; ``ignore_index`` marks rows to skip.
+        shift: LM labels equal to the inputs (HF convention): row t predicts target t+1.
+        ignore_index: id of ignored rows.
+
+    Returns:
+        ``(logits_NV, targets_N, valid_N)`` with ignored targets replaced by 0 and ``valid_N`` a bool mask.
+
+    Raises:
+        ValueError: if the shapes do not line up.
+    """
+    if shift:
+        logits, targets = logits[..., :-1, :], targets[..., 1:]
+    if tuple(logits.shape[:-1]) != tuple(targets.shape):
+        raise ValueError(f"logits {tuple(logits.shape)} do not line up with targets {tuple(targets.shape)}")
+    logits_NV, targets_N = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    valid_N = targets_N != ignore_index
+    return logits_NV, torch.where(valid_N, targets_N, torch.zeros_like(targets_N)), valid_N

@@ -1,0 +1,158 @@
+"""Probe base class: device-resident state with declared cross-rank reductions.
+
+The protocol mirrors torchmetrics' ``Metric`` (``add_state`` / ``update`` / ``compute`` / ``reset``) without its
+hidden collectives: the monitor packs every probe's state into one buffer per (reduce op, dtype) and reduces
+once per scheduled step (``mechmon.distributed``). ``update`` and ``compute`` never sync with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.naming import metric_key
+from mechmon.schedule import Schedule, as_schedule
+
+if TYPE_CHECKING:
+    from mechmon.adapters import Adapter
+    from mechmon.alerts import Rule
+
+__all__ = ["Probe", "SnapshotProbe", "StreamingProbe", "StateSpec", "REDUCE_OPS"]
+
+REDUCE_OPS = ("sum", "max", "min")
+Kind = Literal["snapshot", "streaming"]
+
+
+@dataclass
+class StateSpec:
+    """One declared state: its default, reduce op and whether it is identical on every rank."""
+
+    default: Tensor
+    reduce: str
+    replicated: bool
+
+
+class Probe:
+    """Base class of every mechmon probe.
+
+    Class attributes:
+        name: registry name and key segment.
+        requires: canonical capture names this probe reads (see :mod:`mechmon.adapters`).
+        kind: ``"snapshot"`` (own fixed batch, extra ``no_grad`` forward) or ``"streaming"`` (training batch).
+        higher_is_better: default alert mode.
+
+    Args:
+        schedule: optional per-probe schedule (int ``n`` means ``every(n)``) overriding the monitor default.
+        rules: alert rules replacing :meth:`default_rules`; ``[]`` disables this probe's alerts.
+
+    Raises:
+        TypeError: on a bad ``schedule``.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    kind: ClassVar[Kind] = "snapshot"
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
+        self.schedule = None if schedule is None else as_schedule(schedule, "schedule")
+        self._rules = rules
+        self._specs: dict[str, StateSpec] = {}
+        self.namespace = "mechmon"
+
+    # -- state -------------------------------------------------------------------------------------------
+    def add_state(self, name: str, default: Tensor, reduce: str, replicated: bool = False) -> None:
+        """Declare a fixed-shape tensor state, reset to ``default`` after every log.
+
+        Raises:
+            ValueError: if ``reduce`` is not one of ``sum``, ``max``, ``min`` or the name is taken.
+            TypeError: if ``default`` is not a tensor.
+        """
+        if reduce not in REDUCE_OPS:
+            raise ValueError(f"reduce must be one of {REDUCE_OPS}, got {reduce!r}")
+        if not isinstance(default, Tensor):
+            raise TypeError(f"state {name!r} needs a tensor default (no list states), got {type(default).__name__}")
+        if name in self._specs:
+            raise ValueError(f"state {name!r} is already declared")
+        self._specs[name] = StateSpec(default.detach().clone(), reduce, replicated)
+        setattr(self, name, default.detach().clone())
+
+    def states(self) -> dict[str, tuple[Tensor, StateSpec]]:
+        """The live state tensors with their specs, in declaration order."""
+        return {n: (getattr(self, n), s) for n, s in self._specs.items()}
+
+    def to(self, device: torch.device | str) -> Probe:
+        """Move every state (and its default) to ``device``."""
+        for n, spec in self._specs.items():
+            spec.default = spec.default.to(device)
+            setattr(self, n, getattr(self, n).to(device))
+        return self
+
+    def reset(self) -> None:
+        """Restore every state to its default in place (never rebinds)."""
+        for n, spec in self._specs.items():
+            getattr(self, n).copy_(spec.default)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """CPU copies of the states (called at checkpoint time only)."""
+        return {n: getattr(self, n).detach().cpu() for n in self._specs}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Copy saved states in place; unknown or missing names are ignored."""
+        for n in self._specs:
+            if n in state and tuple(state[n].shape) == tuple(getattr(self, n).shape):
+                getattr(self, n).copy_(state[n])
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Resolve model-dependent sizes and declare states. Called once per fit, on every rank."""
+
+    def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
+        """Shrink a capture inside its hook (e.g. ``[B, H, Q, K]`` patterns to ``[H]`` scores). Identity by default."""
+        return tensor
+
+    def update(self, captures: Mapping[str, Tensor], batch: Any) -> None:
+        """Accumulate device state from captures (and, for streaming probes, the training batch)."""
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, Tensor]:
+        """Metric key -> tensor from the reduced state; 0-d are scalars, 2-d become heatmaps."""
+        raise NotImplementedError
+
+    def default_rules(self) -> list[Rule]:
+        """Alert rules used unless the user passed ``rules``."""
+        return []
+
+    def rules(self) -> list[Rule]:
+        """The alert rules in force."""
+        return list(self._rules) if self._rules is not None else self.default_rules()
+
+    def key(self, stat: str, scope: str | None = None, family: str | None = None) -> str:
+        """Metric key ``<namespace>/<family or name>/<stat>[/<scope>]``."""
+        return metric_key(family or self.name, stat, scope, self.namespace)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(schedule={self.schedule!r})"
+
+
+class SnapshotProbe(Probe):
+    """A probe that runs one ``no_grad`` eval-mode forward on its own fixed batch at scheduled steps.
+
+    Subclasses build ``self.probe_batch`` (token ids ``[B, T]``, on the model's device) in :meth:`setup`.
+    The monitor runs the forward with eager attention and passes the captures plus ``"logits"``
+    (``[B, T, V]``) to :meth:`update`; ``batch`` is ``None``.
+    """
+
+    kind: ClassVar[Kind] = "snapshot"
+    probe_batch: Tensor
+
+
+class StreamingProbe(Probe):
+    """A probe fed by the training forward itself: its captures come from hooks attached for the scheduled
+    step's micro-batches, and ``batch`` is the training batch."""
+
+    kind: ClassVar[Kind] = "streaming"

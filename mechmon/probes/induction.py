@@ -1,0 +1,154 @@
+"""Induction probe: induction and previous-token scores per head, and the repeated-sequence loss.
+
+Phenomenon: induction heads, Olsson et al., *In-context Learning and Induction Heads* (Anthropic, 2022);
+METRICS.md D1, D2, D4. Snapshot probe on P-rep, a fixed seeded batch of ``batch_size`` sequences of ``period``
+random ids (without replacement) repeated twice, built in ``setup`` and kept on the model's device. Patterns
+``[B, H, Q, K]`` are reduced to ``[2, H]`` inside the hook.
+
+Logged metrics (``<ns>`` = namespace, scope ``Lxx`` per layer):
+
+=========================================  =========================================  ============  ======
+key                                        meaning                                    range/unit    reduce
+=========================================  =========================================  ============  ======
+``<ns>/induction/score_max``               max induction score over heads             [0, 1]        sum/n
+``<ns>/induction/score_topk_mean``         mean of the top-k head scores              [0, 1]        sum/n
+``<ns>/induction/n_heads_ge_<t>``          heads at or above ``head_threshold``       count         sum/n
+``<ns>/induction/score_max/Lxx``           max over the heads of layer xx             [0, 1]        sum/n
+``<ns>/induction/argmax_layer``            layer of the best head (information only)  index         -
+``<ns>/induction/argmax_head``             head of the best head (information only)   index         -
+``<ns>/induction/head_scores``             ``[L, H]`` heatmap, slow cadence           [0, 1]        sum/n
+``<ns>/induction/loss_first_nats``         loss on copy 1 (first token excluded)      nats          sum/n
+``<ns>/induction/loss_rep_nats``           loss on copy 2 (first token excluded)      nats          sum/n
+``<ns>/induction/loss_gap_nats``           loss_rep - loss_first                      nats          sum/n
+``<ns>/prev_token/score_max``              max previous-token score                   [0, 1]        sum/n
+``<ns>/prev_token/score_max/Lxx``          per-layer max previous-token score         [0, 1]        sum/n
+``<ns>/prev_token/head_scores``            ``[L, H]`` heatmap, slow cadence           [0, 1]        sum/n
+=========================================  =========================================  ============  ======
+
+A uniform causal head scores ≈ ln2/n ≈ 0.014 (n = 50); a perfect induction head scores 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters.base import LOGITS, Adapter, pattern_name
+from mechmon.alerts import Emergence, Rule
+from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses, repeated_tokens
+from mechmon.naming import layer_scope
+from mechmon.probe import SnapshotProbe
+from mechmon.registry import register_probe
+
+__all__ = ["InductionProbe"]
+
+
+@register_probe
+class InductionProbe(SnapshotProbe):
+    """Per-head induction and previous-token scores on a repeated random-token batch (METRICS.md D1, D2, D4).
+
+    Args:
+        period: n, length of one random copy (>= 2).
+        batch_size: sequences in the probe batch (>= 1).
+        seed: seed of the probe batch.
+        bos_token_id: prepended to every sequence when given (use it iff the model trains with a BOS).
+        level: absolute level of the emergence alert on ``score_max`` (0.3 by default; ARENA uses 0.3-0.4).
+        head_threshold: level counted by ``n_heads_ge_<t>``.
+        top_k: heads averaged by ``score_topk_mean``.
+        **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
+
+    Shape:
+        Reads ``blocks.{l}.attn.hook_pattern`` ``[B, H, T, T]`` with ``T = s + 2n`` and logits ``[B, T, V]``.
+
+    Raises:
+        ValueError: on bad arguments, or in ``setup`` when the vocabulary has fewer than ``period`` usable ids.
+
+    Example:
+        >>> probe = InductionProbe(period=20, batch_size=4)
+        >>> probe.name
+        'induction'
+    """
+
+    name = "induction"
+    requires = ("blocks.*.attn.hook_pattern",)
+    higher_is_better = True
+
+    def __init__(
+        self,
+        period: int = 50,
+        batch_size: int = 10,
+        seed: int = 0,
+        bos_token_id: int | None = None,
+        level: float = 0.3,
+        head_threshold: float = 0.4,
+        top_k: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"InductionProbe({arg}=...) must be an int >= {low}, got {value!r}")
+        if not 0 < level < 1 or not 0 < head_threshold < 1:
+            raise ValueError(f"level and head_threshold must lie in (0, 1), got {level!r}, {head_threshold!r}")
+        self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
+        self.level, self.head_threshold, self.top_k = level, head_threshold, top_k
+        self.offset = int(bos_token_id is not None)
+
+    def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Build P-rep on ``device`` and declare ``[L, H]`` states."""
+        excluded = {self.bos_token_id, adapter.bos_token_id} - {None}
+        allowed = torch.tensor([i for i in range(adapter.vocab_size) if i not in excluded], dtype=torch.long)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.probe_batch = repeated_tokens(self.batch_size, self.period, allowed, gen, self.bos_token_id).to(device)
+        self.layers = [pattern_name(i) for i in range(adapter.n_layers)]
+        shape = (adapter.n_layers, adapter.n_heads)
+        self._specs.clear()
+        self.add_state("induction_sum_LH", torch.zeros(shape), "sum")
+        self.add_state("prev_sum_LH", torch.zeros(shape), "sum")
+        self.add_state("loss_sum", torch.zeros(2), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self.to(device)
+
+    def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
+        """``[B, H, Q, K]`` pattern -> ``[2, H]`` (induction, previous-token)."""
+        return torch.stack([induction_scores(tensor, self.period, self.offset), prev_token_scores(tensor, self.offset)])
+
+    def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
+        """Add this forward's per-head scores and losses."""
+        scores_L2H = torch.stack([captures[name] for name in self.layers])
+        self.induction_sum_LH += scores_L2H[:, 0]
+        self.prev_sum_LH += scores_L2H[:, 1]
+        self.loss_sum += repeated_sequence_losses(captures[LOGITS], self.probe_batch, self.period, self.offset)
+        self.count += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        """Scalars, per-layer maxima and ``[L, H]`` matrices from the reduced state."""
+        n = self.count.clamp_min(1)
+        ind_LH, prev_LH, (first, rep) = self.induction_sum_LH / n, self.prev_sum_LH / n, self.loss_sum / n
+        flat = ind_LH.flatten()
+        best = flat.argmax()
+        tag = f"{self.head_threshold:g}".replace(".", "p")
+        out = {
+            self.key("score_max"): flat.max(),
+            self.key("score_topk_mean"): flat.topk(min(self.top_k, flat.numel())).values.mean(),
+            self.key(f"n_heads_ge_{tag}"): (flat >= self.head_threshold).sum().float(),
+            self.key("argmax_layer"): (best // ind_LH.shape[1]).float(),
+            self.key("argmax_head"): (best % ind_LH.shape[1]).float(),
+            self.key("head_scores"): ind_LH,
+            self.key("loss_first_nats"): first,
+            self.key("loss_rep_nats"): rep,
+            self.key("loss_gap_nats"): rep - first,
+            self.key("score_max", family="prev_token"): prev_LH.max(),
+            self.key("head_scores", family="prev_token"): prev_LH,
+        }
+        for layer in range(ind_LH.shape[0]):
+            out[self.key("score_max", layer_scope(layer))] = ind_LH[layer].max()
+            out[self.key("score_max", layer_scope(layer), family="prev_token")] = prev_LH[layer].max()
+        return out
+
+    def default_rules(self) -> list[Rule]:
+        """Emergence of the max induction score (info), fired once when it crosses ``level`` for 2 evaluations."""
+        return [Emergence(self.key("score_max"), self.level, min_rise=0.1, patience=2, name="induction_emergence")]

@@ -1,0 +1,158 @@
+"""Logits probe: softmax collapse, zero-loss fraction and logit scale from the training batch's own logits.
+
+Phenomenon: softmax collapse, Prieto, Barsbey, Mediano, Birdal, *Grokking at the Edge of Numerical Stability*
+(ICLR 2025); METRICS.md A1-A3. Streaming probe: no extra forward. The logits are read by a forward hook on the
+model's output head (adapter name ``logits``) attached only for the micro-batches of a scheduled step, so a
+``training_step`` that returns only the loss works unchanged. The targets come from the training batch:
+
+* a tensor ``[B, T]`` or a dict with ``labels`` (else ``input_ids``): HF convention, row t predicts t+1;
+* a tuple/list ``(x, y)``: ``y`` is already aligned with the logits (``[B, T]`` LM or ``[N]`` classifier);
+* anything else: pass ``targets=fn(batch) -> (targets, shift)``.
+
+Logged metrics (``<ns>`` = namespace):
+
+=============================================  ==========================================  ==========  ======
+key                                            meaning                                     range/unit  reduce
+=============================================  ==========================================  ==========  ======
+``<ns>/logits/softmax_collapse_frac``          rows whose exp-sum rounds to 1 in the loss   [0, 1]      sum
+                                               dtype τ (absorption test, A1)
+``<ns>/logits/softmax_collapse_frac_fp64``     the same test in fp64 (≈ 0 unless semantic)  [0, 1]      sum
+``<ns>/logits/zero_loss_frac``                 rows whose τ cross-entropy is exactly 0 (A2) [0, 1]      sum
+``<ns>/logits/norm_mean``                      mean L2 norm of a logit row                 logit units sum
+``<ns>/logits/norm_max``                       max L2 norm of a logit row                  logit units max
+``<ns>/logits/max_mean``                       mean of the row maximum                     logit units sum
+``<ns>/logits/gap_mean_nats``                  mean top1-top2 gap                          nats        sum
+``<ns>/logits/gap_frac_absorbable``            rows with gap >= (p_τ+1)·ln2                 [0, 1]      sum
+=============================================  ==========================================  ==========  ======
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters.base import LOGITS, Adapter
+from mechmon.alerts import Rule, Threshold
+from mechmon.functional.logits import absorption_gap, flatten_rows, softmax_collapse, top2_gap, zero_loss
+from mechmon.probe import StreamingProbe
+from mechmon.registry import register_probe
+
+__all__ = ["LogitsProbe", "default_targets"]
+
+TargetsFn = Callable[[Any], tuple[Tensor, bool]]
+
+
+def default_targets(batch: Any) -> tuple[Tensor, bool]:
+    """Targets and whether to shift them, from a training batch (see the module docstring).
+
+    Raises:
+        TypeError: if the batch has no recognisable targets.
+    """
+    if isinstance(batch, Tensor):
+        return batch, True
+    if isinstance(batch, Mapping) and ("labels" in batch or "input_ids" in batch):
+        return (batch["labels"] if "labels" in batch else batch["input_ids"]), True
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
+        return batch[1], False
+    raise TypeError(
+        f"LogitsProbe cannot find targets in a {type(batch).__name__} batch; pass targets=fn(batch) -> (targets, shift)"
+    )
+
+
+@register_probe
+class LogitsProbe(StreamingProbe):
+    """Softmax-collapse fraction, zero-loss fraction and logit scale on training logits (METRICS.md A1-A3).
+
+    Args:
+        loss_dtype: τ, the dtype in which the training loss computes its log-sum-exp; ``None`` uses the logits'
+            dtype. Never set it wider than the real loss dtype.
+        targets: ``fn(batch) -> (targets, shift)``; defaults to :func:`default_targets`.
+        ignore_index: target id of rows to skip (padding).
+        collapse_level: the paper's mark for the critical alert (0.5).
+        warning_level: earlier warning level (0.01).
+        **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
+
+    Shape:
+        Logits ``[B, T, V]`` or ``[N, C]``; targets ``[B, T]`` or ``[N]``.
+
+    Raises:
+        ValueError: on levels outside (0, 1) or ``warning_level >= collapse_level``.
+        TypeError: if ``loss_dtype`` is not a floating dtype.
+
+    Example:
+        >>> LogitsProbe(loss_dtype=torch.float32).name
+        'logits'
+    """
+
+    name = "logits"
+    requires = (LOGITS,)
+    higher_is_better = False
+
+    def __init__(
+        self,
+        loss_dtype: torch.dtype | None = None,
+        targets: TargetsFn | None = None,
+        ignore_index: int = -100,
+        collapse_level: float = 0.5,
+        warning_level: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if loss_dtype is not None and (not isinstance(loss_dtype, torch.dtype) or not loss_dtype.is_floating_point):
+            raise TypeError(f"loss_dtype must be a floating torch.dtype such as torch.float32, got {loss_dtype!r}")
+        if not 0 < warning_level < collapse_level < 1:
+            raise ValueError(f"need 0 < warning_level < collapse_level < 1, got {warning_level!r}, {collapse_level!r}")
+        self.loss_dtype, self.targets, self.ignore_index = loss_dtype, targets or default_targets, ignore_index
+        self.collapse_level, self.warning_level = collapse_level, warning_level
+        counts = ("rows", "collapsed", "collapsed_fp64", "zero_loss", "absorbable")
+        for name in counts:
+            self.add_state(name, torch.zeros((), dtype=torch.int64), "sum")
+        for name in ("norm_sum", "max_sum", "gap_sum"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), "sum")
+        self.add_state("norm_max", torch.zeros(()), "max")
+
+    def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Keep the states on the training device."""
+        self.to(device)
+
+    def update(self, captures: Mapping[str, Tensor], batch: Any) -> None:
+        """Accumulate counts and sums from one micro-batch's logits and targets."""
+        targets, shift = self.targets(batch)
+        logits_NV, targets_N, valid_N = flatten_rows(captures[LOGITS], targets, shift, self.ignore_index)
+        tau = self.loss_dtype or logits_NV.dtype
+        norm_N = logits_NV.float().norm(dim=-1)
+        gap_N = top2_gap(logits_NV)
+        self.rows += valid_N.sum()
+        self.collapsed += (softmax_collapse(logits_NV, tau) & valid_N).sum()
+        self.collapsed_fp64 += (softmax_collapse(logits_NV, torch.float64) & valid_N).sum()
+        self.zero_loss += (zero_loss(logits_NV, targets_N, tau) & valid_N).sum()
+        self.absorbable += ((gap_N >= absorption_gap(tau)) & valid_N).sum()
+        self.norm_sum += torch.where(valid_N, norm_N, 0).sum(dtype=torch.float64)
+        self.max_sum += torch.where(valid_N, logits_NV.float().amax(dim=-1), 0).sum(dtype=torch.float64)
+        self.gap_sum += torch.where(valid_N, gap_N, 0).sum(dtype=torch.float64)
+        self.norm_max.copy_(torch.maximum(self.norm_max, torch.where(valid_N, norm_N, 0).amax()))
+
+    def compute(self) -> dict[str, Tensor]:
+        """Fractions and means from the reduced counts (0 when no row was seen)."""
+        rows = self.rows.clamp_min(1).double()
+        return {
+            self.key("softmax_collapse_frac"): self.collapsed / rows,
+            self.key("softmax_collapse_frac_fp64"): self.collapsed_fp64 / rows,
+            self.key("zero_loss_frac"): self.zero_loss / rows,
+            self.key("norm_mean"): self.norm_sum / rows,
+            self.key("norm_max"): self.norm_max,
+            self.key("max_mean"): self.max_sum / rows,
+            self.key("gap_mean_nats"): self.gap_sum / rows,
+            self.key("gap_frac_absorbable"): self.absorbable / rows,
+        }
+
+    def default_rules(self) -> list[Rule]:
+        """Critical softmax collapse above ``collapse_level`` for 2 evaluations; a warning above ``warning_level``."""
+        frac = self.key("softmax_collapse_frac")
+        return [
+            Threshold(frac, self.collapse_level, patience=2, name="softmax_collapse", severity="critical"),
+            Threshold(frac, self.warning_level, patience=1, name="softmax_collapse_warning", severity="warning"),
+        ]

@@ -1,0 +1,115 @@
+"""Writers: rank 0 writes through TensorBoard's own ``SummaryWriter``; other ranks hold a :class:`NullWriter`.
+
+Scalars go to every Lightning logger of the trainer (``log_metrics``: TensorBoard, CSV, ...) and, when the
+trainer has no TensorBoardLogger, to mechmon's own ``SummaryWriter``. Heatmaps, alert text and the
+custom-scalars layout go to the TensorBoard experiment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["NullWriter", "TensorBoardWriter", "heatmap_rgb", "scalar_layout"]
+
+
+class NullWriter:
+    """Writes nothing (non-zero ranks, or a disabled writer)."""
+
+    def scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        """Drop scalars."""
+
+    def image(self, tag: str, matrix: np.ndarray, step: int) -> None:
+        """Drop an image."""
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Drop text."""
+
+    def layout(self, keys: Iterable[str]) -> None:
+        """Drop the layout."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class TensorBoardWriter(NullWriter):
+    """Rank-0 writer.
+
+    Args:
+        experiment: a ``torch.utils.tensorboard.SummaryWriter`` (the TensorBoardLogger's ``experiment`` or ours).
+        loggers: Lightning loggers that receive scalars through ``log_metrics``.
+        own_scalars: also write scalars to ``experiment`` (when no TensorBoardLogger is among ``loggers``).
+        owned: close ``experiment`` in :meth:`close`.
+    """
+
+    def __init__(self, experiment: Any | None, loggers: Sequence[Any] = (), own_scalars: bool = True, owned: bool = False):
+        self.experiment, self.loggers, self.own_scalars, self.owned = experiment, list(loggers), own_scalars, owned
+        self._layout_written = False
+
+    def scalars(self, metrics: Mapping[str, float], step: int) -> None:
+        """Python floats at ``step`` (``trainer.global_step``)."""
+        for logger in self.loggers:
+            logger.log_metrics(dict(metrics), step=step)
+        if self.own_scalars:
+            for key, value in metrics.items():
+                self.experiment.add_scalar(key, value, global_step=step)
+
+    def image(self, tag: str, matrix: np.ndarray, step: int) -> None:
+        """A ``[rows, cols]`` matrix as a heatmap image."""
+        if self.experiment is not None:
+            self.experiment.add_image(tag, heatmap_rgb(matrix), global_step=step, dataformats="HWC")
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """A markdown text entry."""
+        if self.experiment is not None:
+            self.experiment.add_text(tag, text, global_step=step)
+
+    def layout(self, keys: Iterable[str]) -> None:
+        """Write the custom-scalars layout once (best effort)."""
+        if self._layout_written or self.experiment is None:
+            return
+        self.experiment.add_custom_scalars(scalar_layout(keys))
+        self._layout_written = True
+
+    def close(self) -> None:
+        """Flush, and close what we opened."""
+        if self.experiment is None:
+            return
+        self.experiment.flush()
+        if self.owned:
+            self.experiment.close()
+
+
+def scalar_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
+    """Custom-scalars layout: one category per probe, one multiline chart per stat with its scopes.
+
+    ``mechmon/induction/score_max`` and ``mechmon/induction/score_max/L00`` share the chart
+    ``induction: score_max`` in the category ``mechmon/induction``.
+    """
+    layout: dict[str, dict[str, list]] = {}
+    for key in sorted(keys):
+        namespace, probe, stat = key.split("/")[:3]
+        category = layout.setdefault(f"{namespace}/{probe}", {})
+        category[f"{probe}: {stat}"] = ["Multiline", [rf"^{re.escape(f'{namespace}/{probe}/{stat}')}(/.*)?$"]]
+    return layout
+
+
+_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+
+
+def heatmap_rgb(matrix: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cell: int = 24) -> np.ndarray:
+    """Render ``[rows, cols]`` values as a viridis-like uint8 image ``[rows*cell, cols*cell, 3]``.
+
+    Values are clipped to ``[vmin, vmax]``; NaN cells are grey. Rows are layers, columns heads.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    t = np.clip((m - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    pos = np.nan_to_num(t, nan=0.0) * (len(_STOPS) - 1)
+    lo = np.minimum(pos.astype(int), len(_STOPS) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = _STOPS[lo] * (1 - frac) + _STOPS[lo + 1] * frac
+    rgb[np.isnan(m)] = 128
+    return np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8)

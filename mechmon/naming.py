@@ -11,7 +11,9 @@ import re
 __all__ = ["KEY_RE", "metric_key", "layer_scope", "head_scope"]
 
 _SEGMENT = r"[a-z][a-z0-9_]*"
-KEY_RE = re.compile(rf"^{_SEGMENT}/{_SEGMENT}/{_SEGMENT}(/[A-Za-z0-9_.\-]+)?$")
+_SCOPE = r"[A-Za-z0-9_.\-]+"
+KEY_RE = re.compile(rf"^{_SEGMENT}/{_SEGMENT}/{_SEGMENT}(/{_SCOPE})?$")
+_SEGMENT_RE, _SCOPE_RE = re.compile(rf"^{_SEGMENT}$"), re.compile(rf"^{_SCOPE}$")
 
 
 def metric_key(probe: str, stat: str, scope: str | None = None, namespace: str = "mechmon") -> str:
@@ -34,7 +36,8 @@ def metric_key(probe: str, stat: str, scope: str | None = None, namespace: str =
         'mechmon/induction/score_max/L01'
     """
     key = f"{namespace}/{probe}/{stat}" + (f"/{scope}" if scope else "")
-    if not KEY_RE.match(key):
+    segments_ok = all(_SEGMENT_RE.match(s) for s in (namespace, probe, stat))
+    if not segments_ok or (scope and not _SCOPE_RE.match(scope)):
         raise ValueError(f"metric key {key!r} does not follow '<namespace>/<probe>/<stat>[/<scope>]' (snake_case)")
     return key
 

@@ -214,7 +214,7 @@ class MechMonitor(Callback):
         self._detach_streaming()
         for probe in due:
             if probe.kind == "snapshot":
-                self._guarded(probe, self._run_snapshot, probe)
+                self._guarded(probe, _snapshot_forward, probe, self._adapter, self._names[probe.name])
         reduce_states(due)  # collective: every rank, same probes, decided by the step only
         tensors: dict[str, Tensor] = {}
         for probe in due:
@@ -226,19 +226,6 @@ class MechMonitor(Callback):
         self._publish(trainer, step, scalars, {k: v for k, v in host.items() if not isinstance(v, float)}, alerts)
         for probe in due:
             probe.reset()
-
-    def _run_snapshot(self, probe: Probe) -> None:
-        adapter = self._adapter
-        model = adapter.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), adapter.eager_attention():
-                with capture(adapter, self._names[probe.name], probe.reduce_capture) as caps:
-                    caps[LOGITS] = adapter.forward(probe.probe_batch)
-                    probe.update(caps, None)
-        finally:
-            model.train(was_training)
 
     def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
         """Run ``fn``; a probe that raises is disabled with an alert and training goes on."""
@@ -368,3 +355,17 @@ def _to_host(tensors: Mapping[str, Tensor]) -> dict[str, float | np.ndarray]:
         out[key] = values[offset] if t.ndim == 0 else np.asarray(values[offset : offset + n]).reshape(tuple(t.shape))
         offset += n
     return out
+
+
+def _snapshot_forward(probe: Probe, adapter: Adapter, names: list[str]) -> None:
+    """One eval-mode ``no_grad`` forward of the probe batch with eager attention; restores the previous mode."""
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), adapter.eager_attention():
+            with capture(adapter, names, probe.reduce_capture) as caps:
+                caps[LOGITS] = adapter.forward(probe.probe_batch)
+                probe.update(caps, None)
+    finally:
+        model.train(was_training)

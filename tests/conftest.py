@@ -1,0 +1,61 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import lightning.pytorch as pl  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+torch.set_num_threads(2)
+
+VOCAB, CTX = 64, 48
+
+
+def tiny_gpt2(attn: str = "sdpa", layers: int = 2, heads: int = 4, width: int = 32):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=CTX, n_embd=width, n_layer=layers, n_head=heads,
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+
+
+class TinyLM(pl.LightningModule):
+    """training_step returns only the loss, as most users write it."""
+
+    def __init__(self, model=None, lr: float = 1e-3):
+        super().__init__()
+        self.model = model if model is not None else tiny_gpt2()
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+
+def token_loader(n: int = 64, batch: int = 4, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.randint(1, VOCAB, (n, CTX), generator=gen)
+    return DataLoader(data, batch_size=batch)
+
+
+def make_trainer(tmp_path, callbacks, max_steps: int = 6, **kwargs) -> pl.Trainer:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    kwargs.setdefault("logger", TensorBoardLogger(tmp_path, name="tb", version=0))
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, callbacks=callbacks,
+                      enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                      log_every_n_steps=1, default_root_dir=tmp_path, **kwargs)
+
+
+def hook_count(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+@pytest.fixture
+def lm():
+    return TinyLM()

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from mechmon.callbacks.monitor import _snapshot_forward
+from mechmon.capture import resolve_names
+from mechmon.probes import InductionProbe
+from tests.forced import ForcedModel, forced_adapter
+
+
+def run_probe(probe, adapter, times=1):
+    probe.setup(adapter.model, adapter, torch.device("cpu"))
+    names = resolve_names(adapter, probe.requires)
+    for _ in range(times):
+        _snapshot_forward(probe, adapter, names)
+    return probe.compute()
+
+
+@pytest.mark.parametrize("bos", [None, 0])
+def test_forced_patterns_give_known_scores(bos):
+    n, vocab = 12, 40
+    s = int(bos is not None)
+    model = ForcedModel(vocab, s + 2 * n, n, s)
+    out = run_probe(InductionProbe(period=n, batch_size=3, bos_token_id=bos), forced_adapter(model, vocab, bos))
+    assert out["mechmon/induction/score_max"].item() == pytest.approx(1.0)
+    assert out["mechmon/induction/argmax_layer"].item() == 0 and out["mechmon/induction/argmax_head"].item() == 0
+    assert out["mechmon/prev_token/score_max"].item() == pytest.approx(1.0)
+    assert out["mechmon/induction/head_scores"].shape == (2, 2)
+    uniform = sum(1 / (s + n + i + 1) for i in range(n)) / n
+    assert out["mechmon/induction/score_max/L01"].item() == pytest.approx(uniform, rel=1e-5)
+    assert out["mechmon/induction/n_heads_ge_0p4"].item() == 1
+    assert out["mechmon/induction/score_topk_mean"].item() == pytest.approx((1 + 2 * uniform) / 4, rel=1e-5)  # 1, u, u, 0
+
+
+def test_two_forwards_equal_one_and_reset_is_in_place():
+    n, vocab = 10, 30
+    adapter = forced_adapter(ForcedModel(vocab, 2 * n, n, 0), vocab)
+    probe = InductionProbe(period=n, batch_size=2)
+    once = run_probe(probe, adapter)
+    twice = run_probe(probe, adapter, times=2)
+    for key in once:
+        torch.testing.assert_close(once[key], twice[key])
+    state = probe.induction_sum_LH
+    probe.reset()
+    assert probe.induction_sum_LH is state and state.sum().item() == 0 and probe.count.item() == 0
+
+
+def test_vocabulary_too_small_raises_in_setup():
+    adapter = forced_adapter(ForcedModel(20, 100, 50, 0), 20)
+    with pytest.raises(ValueError, match="usable token ids"):
+        InductionProbe(period=50).setup(adapter.model, adapter, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kwargs", [{"period": 1}, {"batch_size": 0}, {"level": 1.5}, {"top_k": 0}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        InductionProbe(**kwargs)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from mechmon.probes.logits import LogitsProbe, default_targets
+
+
+def naive(logits_NV, targets_N, dtype):
+    rows = [i for i in range(len(targets_N)) if targets_N[i] != -100]
+    collapsed = zero = 0
+    norms, gaps = [], []
+    for i in range(len(targets_N)):
+        if targets_N[i] == -100:
+            continue
+        z = logits_NV[i].to(dtype)
+        s = torch.exp(z - z.max()).sum()
+        collapsed += int(s == 1)
+        zero += int(torch.nn.functional.cross_entropy(z[None], targets_N[i : i + 1]) == 0)
+        norms.append(float(logits_NV[i].float().norm()))
+        top = sorted(logits_NV[i].float().tolist(), reverse=True)
+        gaps.append(top[0] - top[1])
+    n = len(rows)
+    return {"softmax_collapse_frac": collapsed / n, "zero_loss_frac": zero / n, "norm_mean": sum(norms) / n,
+            "norm_max": max(norms), "gap_mean_nats": sum(gaps) / n}
+
+
+def logits_with_collapse(N, V, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, V, generator=gen)
+    logits[: N // 2, 0] += 80.0  # far past any fp64 absorption threshold
+    return logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_classifier_logits_against_naive(dtype):
+    logits = logits_with_collapse(20, 7).to(dtype)
+    targets = torch.zeros(20, dtype=torch.long)
+    targets[3] = -100
+    probe = LogitsProbe()
+    probe.update({"logits": logits}, (None, targets))
+    out = {k.split("/", 2)[2]: v.item() for k, v in probe.compute().items()}
+    ref = naive(logits, targets, dtype)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert out["softmax_collapse_frac"] == pytest.approx(9 / 19)
+
+
+def test_lm_batch_shift_and_two_updates_equal_one():
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 11, (4, 9), generator=gen)
+    logits = torch.randn(4, 9, 11, generator=gen) * 20
+    one, two = LogitsProbe(), LogitsProbe()
+    one.update({"logits": logits}, ids)
+    two.update({"logits": logits[:2]}, ids[:2])
+    two.update({"logits": logits[2:]}, {"input_ids": ids[2:]})
+    for (k, a), b in zip(one.compute().items(), two.compute().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    ref = naive(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), torch.float32)
+    assert one.compute()["mechmon/logits/norm_mean"].item() == pytest.approx(ref["norm_mean"], rel=1e-5)
+    state = one.rows
+    one.reset()
+    assert one.rows is state and state.item() == 0
+
+
+def test_loss_dtype_changes_the_absorption_test():
+    logits = torch.zeros(1, 5)
+    logits[0, 0] = 12.0  # collapses in fp16 (threshold band 7.6-10) but not in fp32
+    fp16, fp32 = LogitsProbe(loss_dtype=torch.float16), LogitsProbe(loss_dtype=torch.float32)
+    for probe in (fp16, fp32):
+        probe.update({"logits": logits}, (None, torch.zeros(1, dtype=torch.long)))
+    assert fp16.compute()["mechmon/logits/softmax_collapse_frac"].item() == 1.0
+    assert fp32.compute()["mechmon/logits/softmax_collapse_frac"].item() == 0.0
+    assert fp16.compute()["mechmon/logits/softmax_collapse_frac_fp64"].item() == 0.0
+
+
+def test_targets_and_validation():
+    ids = torch.ones(2, 3, dtype=torch.long)
+    assert default_targets({"labels": ids, "input_ids": ids * 2})[0] is ids
+    assert default_targets((ids, ids))[1] is False
+    with pytest.raises(TypeError, match="targets=fn"):
+        default_targets("text")
+    with pytest.raises(TypeError):
+        LogitsProbe(loss_dtype=torch.int32)
+    with pytest.raises(ValueError):
+        LogitsProbe(collapse_level=0.01, warning_level=0.5)
+    assert LogitsProbe().compute()["mechmon/logits/softmax_collapse_frac"].item() == 0.0  # no rows seen

@@ -104,6 +104,7 @@ class MechMonitor(Callback):
         self.namespace, self.log_dir, self.console = namespace, log_dir, bool(console)
         self.alerts: list[Alert] = []
         self._last_step = -1
+        self._step_at_start = -1
         self._disabled: set[str] = set()
         self._rules: list[Rule] = []
         self._nonfinite: dict[str, NonFinite] = {}
@@ -156,6 +157,7 @@ class MechMonitor(Callback):
     # -- hooks -------------------------------------------------------------------------------------------
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_at_start = trainer.global_step
         self._attach_streaming(trainer.global_step + 1)
 
     @override
@@ -196,7 +198,8 @@ class MechMonitor(Callback):
         step = trainer.global_step
         if self._stream_caps is not None:
             self._feed_streaming(batch, self._due(self._stream_step))
-        if step == self._last_step or not self._due(step):
+        # run only right after an optimizer step (dedups gradient accumulation), once per step
+        if step == self._step_at_start or step == self._last_step or not self._due(step):
             return
         self._last_step = step
         self._run(trainer, step)

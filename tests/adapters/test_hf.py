@@ -1,0 +1,82 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
+
+from mechmon.adapters import HFAdapter, resolve_adapter
+from mechmon.callbacks.monitor import _snapshot_forward
+from mechmon.capture import resolve_names
+from mechmon.probes import InductionProbe
+from tests.conftest import TinyLM, tiny_gpt2
+
+
+def neox(attn):
+    cfg = GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=64, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+
+
+def llama(attn):
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, vocab_size=64, max_position_embeddings=64, bos_token_id=0,
+                      eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+
+
+FAMILIES = {"gpt2": tiny_gpt2, "gpt_neox": neox, "llama": llama}
+
+
+def scores(model):
+    adapter = HFAdapter(model)
+    probe = InductionProbe(period=20, batch_size=3)
+    probe.setup(model, adapter, torch.device("cpu"))
+    _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    return probe.compute(), adapter
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_sdpa_model_gives_the_same_scores_as_an_eager_model(family):
+    eager_out, _ = scores(FAMILIES[family]("eager"))
+    sdpa_model = FAMILIES[family]("sdpa")
+    assert sdpa_model.config._attn_implementation == "sdpa"
+    sdpa_out, adapter = scores(sdpa_model)
+    assert sdpa_model.config._attn_implementation == "sdpa"  # restored after the probe forward
+    assert adapter.n_layers == 2 and adapter.n_heads == 4
+    for key, value in eager_out.items():
+        torch.testing.assert_close(sdpa_out[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    assert 0 < eager_out["mechmon/induction/score_max"].item() < 1
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hook_points_and_training_mode_restored(family):
+    model = FAMILIES[family]("sdpa")
+    model.train()
+    adapter = resolve_adapter(TinyLM(model))
+    assert isinstance(adapter, HFAdapter) and adapter.model is model
+    names = set(adapter.hook_points())
+    assert {"blocks.1.attn.hook_pattern", "blocks.0.hook_resid_post", "ln_final.hook_normalized", "logits"} <= names
+    scores(model)
+    assert model.training
+
+
+def test_missing_eager_weights_raise_clearly():
+    model = tiny_gpt2("sdpa")
+    adapter = HFAdapter(model)
+    probe = InductionProbe(period=20, batch_size=2)
+    probe.setup(model, adapter, torch.device("cpu"))
+    adapter.eager_attention = lambda: torch.no_grad()  # simulate an adapter that forgot to switch
+    with pytest.raises(RuntimeError, match="not running eager attention"):
+        _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+
+
+def test_unsupported_model_lists_modules_and_points_to_docs():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Linear(4, 4)
+
+    with pytest.raises(RuntimeError, match=r"encoder: Linear.*ModuleAdapter.*Custom models"):
+        resolve_adapter(Plain())
+    with pytest.raises(TypeError):
+        resolve_adapter(Plain(), adapter=lambda m: "not an adapter")

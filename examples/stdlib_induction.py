@@ -71,20 +71,28 @@ class ByteGPT(pl.LightningModule):
 
     def __init__(self, layers: int, width: int, heads: int, ctx: int, lr: float) -> None:
         super().__init__()
-        cfg = GPT2Config(vocab_size=256, n_positions=ctx, n_embd=width, n_layer=layers, n_head=heads,
-                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        cfg = GPT2Config(
+            vocab_size=256,
+            n_positions=ctx,
+            n_embd=width,
+            n_layer=layers,
+            n_head=heads,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
         self.model, self.lr = GPT2LMHeadModel(cfg), lr
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:  # noqa: D102
         loss = self.model(input_ids=batch, labels=batch).loss
         self.log("train_loss", loss)
         return loss
 
-    def configure_optimizers(self):
+    def configure_optimizers(self):  # noqa: D102
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> argparse.Namespace:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", type=Path, help="text file or folder (default: the stdlib's source)")
     p.add_argument("--copy-frac", type=float, default=0.5, help="share of forward-copy sequences (default 0.5)")
@@ -101,7 +109,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def main() -> None:
+def main() -> None:  # noqa: D103
     args = parse_args()
     pl.seed_everything(args.seed, verbose=False)
     corpus = read_corpus(args.text, max_bytes=16_000_000)
@@ -115,10 +123,18 @@ def main() -> None:
         on_alert=[lambda a: fired_at.setdefault(f"{a.rule}@{a.step}", time.perf_counter() - start)],
     )
     logger = TensorBoardLogger(args.out, name="stdlib_induction")
-    trainer = pl.Trainer(max_steps=args.max_steps, max_time={"minutes": args.max_minutes}, accelerator="cpu",
-                         devices=1, logger=logger, callbacks=[] if args.no_monitor else [monitor],
-                         enable_progress_bar=args.no_live and not args.no_monitor, enable_checkpointing=False,
-                         log_every_n_steps=args.every, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=args.max_steps,
+        max_time={"minutes": args.max_minutes},
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[] if args.no_monitor else [monitor],
+        enable_progress_bar=args.no_live and not args.no_monitor,
+        enable_checkpointing=False,
+        log_every_n_steps=args.every,
+        enable_model_summary=False,
+    )
     print(f"corpus: {len(corpus):,} bytes; copy fraction {args.copy_frac}; logs: {logger.log_dir}")
     trainer.fit(ByteGPT(2, 128, 4, args.ctx, args.lr), data)
     wall = time.perf_counter() - start

@@ -192,8 +192,9 @@ class Emergence(Threshold):
 
 
 class Collapse(Rule):
-    """Fires when the value falls below ``ratio`` x its running maximum (mode ``"max"``) or rises above
-    ``1/ratio`` x its running minimum (mode ``"min"``) for ``patience`` evaluations.
+    """Fires when the value collapses against its running extreme for ``patience`` evaluations.
+
+    Mode ``"max"``: below ``ratio`` x the running maximum; mode ``"min"``: above ``1/ratio`` x the running minimum.
 
     Args:
         ratio: in (0, 1), e.g. 0.5 for "halved from its best".
@@ -230,7 +231,8 @@ class Collapse(Rule):
 
     def _reason(self, value: float) -> str:
         word = "max" if self.mode == "max" else "min"
-        return f"{self.key} = {value:.4g} collapsed against its running {word} {self.extreme:.4g} (ratio {self.ratio:g})"
+        extreme = f"running {word} {self.extreme:.4g}"
+        return f"{self.key} = {value:.4g} collapsed against its {extreme} (ratio {self.ratio:g})"
 
     def state_dict(self) -> dict[str, Any]:
         """Primitive state, running extreme included."""

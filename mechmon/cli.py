@@ -11,7 +11,10 @@ from rich.table import Table
 __all__ = ["main", "print_summary", "read_run"]
 
 
-def read_run(run_dir: Path, namespace: str = "mechmon") -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str]]]:
+Series = dict[str, list[tuple[int, float]]]
+
+
+def read_run(run_dir: Path, namespace: str = "mechmon") -> tuple[Series, list[tuple[int, str]]]:
     """Read mechmon scalars and alert texts back from the event files under ``run_dir``.
 
     Returns:
@@ -25,7 +28,7 @@ def read_run(run_dir: Path, namespace: str = "mechmon") -> tuple[dict[str, list[
     files = sorted(Path(run_dir).rglob("events.out.tfevents.*"))
     if not files:
         raise FileNotFoundError(f"no TensorBoard event file under {run_dir}")
-    scalars: dict[str, list[tuple[int, float]]] = {}
+    scalars: Series = {}
     alerts: list[tuple[int, str]] = []
     for folder in sorted({f.parent for f in files}):
         acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0}).Reload()

@@ -152,7 +152,9 @@ class SnapshotProbe(Probe):
 
 
 class StreamingProbe(Probe):
-    """A probe fed by the training forward itself: its captures come from hooks attached for the scheduled
-    step's micro-batches, and ``batch`` is the training batch."""
+    """A probe fed by the training forward itself.
+
+    Its captures come from hooks attached for the scheduled step's micro-batches; ``batch`` is the training batch.
+    """
 
     kind: ClassVar[Kind] = "streaming"

@@ -108,4 +108,5 @@ def as_schedule(value: Schedule | int, what: str = "schedule") -> Schedule:
         return every(value)
     if callable(value):
         return value
-    raise TypeError(f"{what} must be an int (every n steps) or a Schedule such as every(50), got {type(value).__name__}")
+    got = type(value).__name__
+    raise TypeError(f"{what} must be an int (every n steps) or a Schedule such as every(50), got {got}")

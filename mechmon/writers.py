@@ -45,7 +45,9 @@ class TensorBoardWriter(NullWriter):
         owned: close ``experiment`` in :meth:`close`.
     """
 
-    def __init__(self, experiment: Any | None, loggers: Sequence[Any] = (), own_scalars: bool = True, owned: bool = False):
+    def __init__(
+        self, experiment: Any | None, loggers: Sequence[Any] = (), own_scalars: bool = True, owned: bool = False
+    ) -> None:
         self.experiment, self.loggers, self.own_scalars, self.owned = experiment, list(loggers), own_scalars, owned
         self._layout_written = False
 

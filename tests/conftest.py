@@ -16,8 +16,16 @@ VOCAB, CTX = 64, 48
 def tiny_gpt2(attn: str = "sdpa", layers: int = 2, heads: int = 4, width: int = 32):
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=CTX, n_embd=width, n_layer=layers, n_head=heads,
-                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=CTX,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
 
@@ -47,9 +55,18 @@ def make_trainer(tmp_path, callbacks, max_steps: int = 6, **kwargs) -> pl.Traine
     from lightning.pytorch.loggers import TensorBoardLogger
 
     kwargs.setdefault("logger", TensorBoardLogger(tmp_path, name="tb", version=0))
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, callbacks=callbacks,
-                      enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                      log_every_n_steps=1, default_root_dir=tmp_path, **kwargs)
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 def hook_count(module: torch.nn.Module) -> int:

@@ -42,10 +42,12 @@ class ForcedModel(nn.Module):
         uniform = torch.ones(T, T).tril()
         uniform = uniform / uniform.sum(-1, keepdim=True)
         self.emb = nn.Embedding(vocab, d)
-        self.layers = nn.ModuleList([
-            ForcedAttention(torch.stack([induction_pattern(T, n, s), prev_pattern(T)])),
-            ForcedAttention(torch.stack([uniform, uniform])),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                ForcedAttention(torch.stack([induction_pattern(T, n, s), prev_pattern(T)])),
+                ForcedAttention(torch.stack([uniform, uniform])),
+            ]
+        )
         self.head = nn.Linear(d, vocab)
 
     def forward(self, ids):

@@ -22,8 +22,17 @@ def test_at_log_spaced_union():
     assert "log_spaced(1, 1000, 4)" in repr(union(ls))
 
 
-@pytest.mark.parametrize("bad", [lambda: every(0), lambda: every(2, offset=-1), lambda: at([-1]),
-                                 lambda: log_spaced(0, 10, 3), lambda: log_spaced(5, 5, 3), lambda: union()])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: every(0),
+        lambda: every(2, offset=-1),
+        lambda: at([-1]),
+        lambda: log_spaced(0, 10, 3),
+        lambda: log_spaced(5, 5, 3),
+        lambda: union(),
+    ],
+)
 def test_validation(bad):
     with pytest.raises(ValueError):
         bad()

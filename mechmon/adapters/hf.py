@@ -63,7 +63,8 @@ class HFAdapter(Adapter):
     def matches(cls, module: nn.Module) -> bool:
         """HF models with a known ``model_type`` and an output head."""
         cfg = getattr(module, "config", None)
-        has_head = callable(getattr(module, "get_output_embeddings", None)) and module.get_output_embeddings() is not None
+        get_head = getattr(module, "get_output_embeddings", None)
+        has_head = callable(get_head) and get_head() is not None
         return getattr(cfg, "model_type", None) in HF_LAYOUTS and has_head
 
     def hook_points(self) -> dict[str, HookPoint]:

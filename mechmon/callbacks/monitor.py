@@ -156,7 +156,9 @@ class MechMonitor(Callback):
 
     # -- hooks -------------------------------------------------------------------------------------------
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step_at_start = trainer.global_step
         self._attach_streaming(trainer.global_step + 1)
 
@@ -237,8 +239,14 @@ class MechMonitor(Callback):
         except Exception as err:  # caveat: a failing probe must never stop the run it watches
             self._disabled.add(probe.name)
             key = metric_key("alerts", "probe_failed", namespace=self.namespace)
-            alert = Alert("probe_failed", key, self._last_step, math.nan, "warning", f"probe {probe.name!r} raised "
-                          f"{type(err).__name__}: {err}; it is disabled for the rest of the fit")
+            alert = Alert(
+                "probe_failed",
+                key,
+                self._last_step,
+                math.nan,
+                "warning",
+                f"probe {probe.name!r} raised {type(err).__name__}: {err}; it is disabled for the rest of the fit",
+            )
             rank_zero_warn(alert.reason)
             self._deliver([alert])
             return None
@@ -259,7 +267,8 @@ class MechMonitor(Callback):
     ) -> None:
         markers = {metric_key("alerts", a.rule, namespace=self.namespace): 1.0 for a in alerts}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in {**scalars, **markers}.items()})
-        self._writer.layout(list(scalars) + [metric_key("alerts", r.name, namespace=self.namespace) for r in self._rules])
+        alert_keys = [metric_key("alerts", r.name, namespace=self.namespace) for r in self._rules]
+        self._writer.layout(list(scalars) + alert_keys)
         self._writer.scalars({**scalars, **markers}, step)
         for key, matrix in images.items():
             self._writer.image(key, matrix, step)
@@ -270,7 +279,8 @@ class MechMonitor(Callback):
     def _deliver(self, alerts: Iterable[Alert]) -> None:
         for alert in alerts:
             self.alerts = (self.alerts + [alert])[-_MAX_ALERTS_KEPT:]
-            self._writer.text(f"{self.namespace}/alerts", f"**{alert.severity}** `{alert.rule}`: {alert.reason}", alert.step)
+            text = f"**{alert.severity}** `{alert.rule}`: {alert.reason}"
+            self._writer.text(f"{self.namespace}/alerts", text, alert.step)
             if self._view is not None:  # rank 0 only
                 self._view.alert(alert)
                 for fn in self.on_alert:

@@ -60,7 +60,8 @@ def repeated_sequence_losses(logits_BTV: Tensor, tokens_BT: Tensor, period: int,
     Args:
         logits_BTV: logits ``[B, T, V]`` of the repeated batch.
         tokens_BT: the token ids ``[B, T]``.
-        period: n; offset: s.
+        period: n.
+        offset: s.
 
     Returns:
         ``[2]`` fp32 tensor ``(loss_first, loss_rep)`` in nats; ``loss_rep - loss_first < 0`` when copying works.
@@ -97,7 +98,8 @@ def repeated_tokens(
         ValueError: if fewer than ``period`` ids are allowed.
     """
     if allowed_ids.numel() < period:
-        raise ValueError(f"need at least {period} usable token ids for the probe, the vocabulary offers {allowed_ids.numel()}")
+        offered = allowed_ids.numel()
+        raise ValueError(f"need at least {period} usable token ids for the probe, the vocabulary offers {offered}")
     idx = torch.rand(batch, allowed_ids.numel(), generator=generator).argsort(dim=-1)
     first = allowed_ids[idx[:, :period]]
     fresh = torch.rand(batch, allowed_ids.numel(), generator=generator).argsort(dim=-1)

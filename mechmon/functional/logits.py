@@ -64,7 +64,9 @@ def absorption_gap(dtype: torch.dtype) -> float:
     return math.log(2.0 / torch.finfo(dtype).eps)
 
 
-def flatten_rows(logits: Tensor, targets: Tensor, shift: bool, ignore_index: int = -100) -> tuple[Tensor, Tensor, Tensor]:
+def flatten_rows(
+    logits: Tensor, targets: Tensor, shift: bool, ignore_index: int = -100
+) -> tuple[Tensor, Tensor, Tensor]:
     """Align logits with targets as rows.
 
     Args:

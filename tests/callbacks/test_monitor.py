@@ -29,8 +29,16 @@ def test_fit_writes_keys_images_alerts_to_tensorboard_and_csv(tmp_path):
     tags = acc.Tags()["scalars"]
     mechmon_tags = [t for t in tags if t.startswith("mechmon/")]
     assert all(KEY_RE.match(t) for t in mechmon_tags)
-    for key in ["induction/score_max", "induction/score_max/L01", "induction/loss_gap_nats", "prev_token/score_max",
-                "logits/softmax_collapse_frac", "logits/zero_loss_frac", "logits/norm_mean", "logits/gap_mean_nats"]:
+    for key in [
+        "induction/score_max",
+        "induction/score_max/L01",
+        "induction/loss_gap_nats",
+        "prev_token/score_max",
+        "logits/softmax_collapse_frac",
+        "logits/zero_loss_frac",
+        "logits/norm_mean",
+        "logits/gap_mean_nats",
+    ]:
         assert f"mechmon/{key}" in tags, key
         assert scalar_steps(acc, f"mechmon/{key}") == [1, 2, 4, 6]
     for key in ["induction/score_max", "prev_token/score_max", "logits/softmax_collapse_frac"]:

@@ -77,7 +77,7 @@ def test_zero_loss_is_collapse_of_correct_rows(dtype):
     targets = torch.stack([top[0], top[1], wrong[2]])
     got = zero_loss(rows, targets, dtype).tolist()
     assert got == [False, True, False]
-    assert all(z <= c for z, c in zip(got, softmax_collapse(rows, dtype).tolist()))
+    assert all(z <= c for z, c in zip(got, softmax_collapse(rows, dtype).tolist(), strict=True))
 
 
 def test_top2_gap_and_flatten_rows():

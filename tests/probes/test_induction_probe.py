@@ -28,7 +28,8 @@ def test_forced_patterns_give_known_scores(bos):
     uniform = sum(1 / (s + n + i + 1) for i in range(n)) / n
     assert out["mechmon/induction/score_max/L01"].item() == pytest.approx(uniform, rel=1e-5)
     assert out["mechmon/induction/n_heads_ge_0p4"].item() == 1
-    assert out["mechmon/induction/score_topk_mean"].item() == pytest.approx((1 + 2 * uniform) / 4, rel=1e-5)  # 1, u, u, 0
+    topk = (1 + 2 * uniform) / 4  # heads 1, u, u, 0
+    assert out["mechmon/induction/score_topk_mean"].item() == pytest.approx(topk, rel=1e-5)
 
 
 def test_two_forwards_equal_one_and_reset_is_in_place():

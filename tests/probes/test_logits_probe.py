@@ -19,8 +19,13 @@ def naive(logits_NV, targets_N, dtype):
         top = sorted(logits_NV[i].float().tolist(), reverse=True)
         gaps.append(top[0] - top[1])
     n = len(rows)
-    return {"softmax_collapse_frac": collapsed / n, "zero_loss_frac": zero / n, "norm_mean": sum(norms) / n,
-            "norm_max": max(norms), "gap_mean_nats": sum(gaps) / n}
+    return {
+        "softmax_collapse_frac": collapsed / n,
+        "zero_loss_frac": zero / n,
+        "norm_mean": sum(norms) / n,
+        "norm_max": max(norms),
+        "gap_mean_nats": sum(gaps) / n,
+    }
 
 
 def logits_with_collapse(N, V, seed=0):
@@ -52,7 +57,7 @@ def test_lm_batch_shift_and_two_updates_equal_one():
     one.update({"logits": logits}, ids)
     two.update({"logits": logits[:2]}, ids[:2])
     two.update({"logits": logits[2:]}, {"input_ids": ids[2:]})
-    for (k, a), b in zip(one.compute().items(), two.compute().values()):
+    for (k, a), b in zip(one.compute().items(), two.compute().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
     ref = naive(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), torch.float32)
     assert one.compute()["mechmon/logits/norm_mean"].item() == pytest.approx(ref["norm_mean"], rel=1e-5)

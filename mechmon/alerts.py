@@ -61,6 +61,8 @@ class Rule:
         ValueError: on a bad ``patience``, ``warmup``, ``severity`` or empty ``key``/``name``.
     """
 
+    _extra_state: tuple[str, ...] = ()
+
     def __init__(self, key: str, name: str, severity: Severity = "warning", patience: int = 1, warmup: int = 0) -> None:
         _check("key", key, isinstance(key, str) and bool(key), "a non-empty metric key")
         _check("name", name, isinstance(name, str) and name.replace("_", "").isalnum(), "a snake_case rule name")
@@ -106,14 +108,17 @@ class Rule:
         return f"{self.key} = {value:.4g}"
 
     def state_dict(self) -> dict[str, Any]:
-        """Primitive state for checkpoints."""
-        return {"seen": self._seen, "hits": self._hits, "active": self._active}
+        """Primitive state for checkpoints (counters plus the running statistics named in ``_extra_state``)."""
+        extra = {name: getattr(self, name) for name in self._extra_state}
+        return {"seen": self._seen, "hits": self._hits, "active": self._active, **extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; missing entries keep their defaults."""
         self._seen = int(state.get("seen", self._seen))
         self._hits = int(state.get("hits", self._hits))
         self._active = bool(state.get("active", self._active))
+        for name in self._extra_state:
+            setattr(self, name, state.get(name, getattr(self, name)))
 
 
 class Threshold(Rule):
@@ -161,6 +166,8 @@ class Emergence(Threshold):
         **kwargs: see :class:`Threshold`.
     """
 
+    _extra_state = ("baseline",)
+
     def __init__(self, key: str, level: float, min_rise: float = 0.0, **kwargs: Any) -> None:
         _check("min_rise", min_rise, min_rise >= 0, ">= 0")
         self.min_rise = float(min_rise)
@@ -181,15 +188,6 @@ class Emergence(Threshold):
     def _reason(self, value: float) -> str:
         return f"{self.key} rose from {self.baseline:.3g} to {value:.3g} (level {self.level:g}): emergence"
 
-    def state_dict(self) -> dict[str, Any]:
-        """Primitive state, baseline included."""
-        return {**super().state_dict(), "baseline": self.baseline}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore state and baseline."""
-        super().load_state_dict(state)
-        self.baseline = state.get("baseline", self.baseline)
-
 
 class Collapse(Rule):
     """Fires when the value collapses against its running extreme for ``patience`` evaluations.
@@ -204,6 +202,8 @@ class Collapse(Rule):
     Raises:
         ValueError: unless ``0 < ratio < 1`` and ``mode`` is valid.
     """
+
+    _extra_state = ("extreme",)
 
     def __init__(self, key: str, ratio: float = 0.5, mode: Mode = "max", **kwargs: Any) -> None:
         _check("ratio", ratio, 0 < ratio < 1, "in (0, 1)")
@@ -234,15 +234,6 @@ class Collapse(Rule):
         extreme = f"running {word} {self.extreme:.4g}"
         return f"{self.key} = {value:.4g} collapsed against its {extreme} (ratio {self.ratio:g})"
 
-    def state_dict(self) -> dict[str, Any]:
-        """Primitive state, running extreme included."""
-        return {**super().state_dict(), "extreme": self.extreme}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore state and running extreme."""
-        super().load_state_dict(state)
-        self.extreme = state.get("extreme", self.extreme)
-
 
 class Plateau(Rule):
     """Fires when the value has not improved by more than ``min_delta`` for ``patience`` evaluations.
@@ -255,6 +246,8 @@ class Plateau(Rule):
         patience: evaluations without improvement before firing.
         **kwargs: see :class:`Rule`.
     """
+
+    _extra_state = ("best",)
 
     def __init__(self, key: str, mode: Mode = "min", min_delta: float = 0.0, patience: int = 5, **kwargs: Any) -> None:
         _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
@@ -283,15 +276,6 @@ class Plateau(Rule):
 
     def _reason(self, value: float) -> str:
         return f"{self.key} has not improved on {self.best:.4g} for {self.patience} evaluations: plateau"
-
-    def state_dict(self) -> dict[str, Any]:
-        """Primitive state, best value included."""
-        return {**super().state_dict(), "best": self.best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore state and best value."""
-        super().load_state_dict(state)
-        self.best = state.get("best", self.best)
 
 
 class NonFinite(Rule):

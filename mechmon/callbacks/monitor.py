@@ -223,7 +223,8 @@ class MechMonitor(Callback):
         reduce_states(due)  # collective: every rank, same probes, decided by the step only
         tensors: dict[str, Tensor] = {}
         for probe in due:
-            tensors.update(self._guarded(probe, probe.compute) or {})
+            if probe.name not in self._disabled:  # a probe that failed this step logs nothing
+                tensors.update(self._guarded(probe, probe.compute) or {})
         with_images = self.image_schedule(step)
         host = _to_host({k: v for k, v in tensors.items() if v.ndim == 0 or (with_images and v.ndim == 2)})
         scalars = {k: v for k, v in host.items() if isinstance(v, float)}

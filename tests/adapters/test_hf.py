@@ -9,37 +9,21 @@ from mechmon.probes import InductionProbe
 from tests.conftest import TinyLM, tiny_gpt2
 
 
-def neox(attn):
-    cfg = GPTNeoXConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=64,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
+SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=64,
+             max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+def from_config(config_cls, attn, **extra):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+    return AutoModelForCausalLM.from_config(config_cls(**SMALL, **extra), attn_implementation=attn)
+
+
+def neox(attn):
+    return from_config(GPTNeoXConfig, attn)
 
 
 def llama(attn):
-    cfg = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=64,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+    return from_config(LlamaConfig, attn, num_key_value_heads=2)  # grouped-query attention
 
 
 FAMILIES = {"gpt2": tiny_gpt2, "gpt_neox": neox, "llama": llama}

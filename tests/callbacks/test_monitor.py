@@ -47,6 +47,7 @@ def test_fit_writes_keys_images_alerts_to_tensorboard_and_csv(tmp_path):
     assert [e.step for e in acc.Images("mechmon/induction/head_scores")] == [1, 4]
     assert acc.Images("mechmon/induction/head_scores")[0].width == 4 * 24  # [L=2, H=4] heatmap
     assert [e.step for e in acc.Tensors("mechmon/alerts/text_summary")] == [1]
+    assert "custom_scalars__config__" in acc.Tags()["tensors"]  # the panel layout
     assert [a.rule for a in got] == ["test_marker"] and [a.rule for a in mon.alerts] == ["test_marker"]
     assert trainer.callback_metrics["mechmon/alerts/test_marker"].item() == 1.0
     assert "mechmon/induction/score_max" in trainer.callback_metrics

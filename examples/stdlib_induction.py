@@ -6,7 +6,7 @@ within minutes on a CPU (see FIELD_NOTES), so by default half of the sequences a
 block of 10-64 byte tokens repeated to fill the context (the forward-copy half of the Bi-Induct rewrite,
 "Induction Signatures Are Not Enough"). ``--copy-frac 0`` trains on text only.
 
-    python examples/stdlib_induction.py                 # defaults: about 6-9 minutes on 2 CPU cores
+    python examples/stdlib_induction.py                 # defaults: about 8-9 minutes on 2 CPU cores
     python examples/stdlib_induction.py --text ~/books --copy-frac 0 --max-steps 500
 """
 
@@ -92,6 +92,21 @@ class ByteGPT(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
+class StopAfterEmergence(pl.Callback):
+    """Ends the fit ``extra`` optimizer steps after the induction-emergence alert (the curve is shown by then)."""
+
+    def __init__(self, extra: int) -> None:
+        self.extra, self.fired_step = extra, None
+
+    def on_alert(self, alert) -> None:  # noqa: D102
+        if alert.rule == "induction_emergence" and self.fired_step is None:
+            self.fired_step = alert.step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: D102
+        if self.extra and self.fired_step is not None and trainer.global_step >= self.fired_step + self.extra:
+            trainer.should_stop = True
+
+
 def parse_args() -> argparse.Namespace:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", type=Path, help="text file or folder (default: the stdlib's source)")
@@ -99,6 +114,7 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     p.add_argument("--max-steps", type=int, default=3000, help="optimizer steps (default 3000)")
     p.add_argument("--max-minutes", type=float, default=9.5, help="wall-clock cap in minutes (default 9.5)")
     p.add_argument("--every", type=int, default=50, help="probe every N optimizer steps (default 50)")
+    p.add_argument("--stop-after", type=int, default=300, help="steps to go on after the emergence alert (0: no stop)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--ctx", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -116,11 +132,12 @@ def main() -> None:  # noqa: D103
     data = DataLoader(Batches(corpus, args.batch, args.ctx, args.copy_frac, args.seed), batch_size=None)
     start = time.perf_counter()
     fired_at: dict[str, float] = {}
+    stopper = StopAfterEmergence(args.stop_after)
     monitor = MechMonitor(
         probes=[InductionProbe(period=50, batch_size=10), LogitsProbe()],
         schedule=args.every,
         console=not args.no_live,
-        on_alert=[lambda a: fired_at.setdefault(f"{a.rule}@{a.step}", time.perf_counter() - start)],
+        on_alert=[lambda a: fired_at.setdefault(f"{a.rule}@{a.step}", time.perf_counter() - start), stopper.on_alert],
     )
     logger = TensorBoardLogger(args.out, name="stdlib_induction")
     trainer = pl.Trainer(
@@ -129,7 +146,7 @@ def main() -> None:  # noqa: D103
         accelerator="cpu",
         devices=1,
         logger=logger,
-        callbacks=[] if args.no_monitor else [monitor],
+        callbacks=[] if args.no_monitor else [monitor, stopper],
         enable_progress_bar=args.no_live and not args.no_monitor,
         enable_checkpointing=False,
         log_every_n_steps=args.every,

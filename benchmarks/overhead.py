@@ -1,44 +1,92 @@
-"""Overhead of MechMonitor on the stdlib demo: the same run with and without the monitor.
+"""Overhead of MechMonitor on the stdlib demo's model and data (examples/stdlib_induction.py).
 
-    python benchmarks/overhead.py --steps 300 --every 50
+    python benchmarks/overhead.py --steps 400 --every 50 --repeats 2
 
-Prints steps/s of each run and the wall-time ratio (with / without). Each run is a fresh process.
+Trains the same seeded run with and without the monitor (alternating, best of ``repeats``) and prints steps/s,
+the wall-time ratio, and the time spent inside the monitor's hooks per scheduled and per unscheduled step.
 """
 
 import argparse
-import re
-import subprocess
-import sys
-import tempfile
+import importlib.util
+import time
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stdlib_induction.py"
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from mechmon import InductionProbe, LogitsProbe, MechMonitor
+
+spec = importlib.util.spec_from_file_location(
+    "demo", Path(__file__).resolve().parents[1] / "examples/stdlib_induction.py"
+)
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
 
 
-def timed_run(steps: int, every: int, monitor: bool, out: str) -> float:
-    cmd = [sys.executable, str(EXAMPLE), "--max-steps", str(steps), "--every", str(every), "--no-live", "--out", out]
-    if not monitor:
-        cmd.append("--no-monitor")
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"trained (\d+) steps in ([\d.]+) s", text)
-    if not match:
-        raise RuntimeError(f"unexpected output:\n{text}")
-    return float(match.group(2))
+class TimedMonitor(MechMonitor):
+    """Accumulates the time spent in the per-batch hooks, split by whether the step was scheduled."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = {True: 0.0, False: 0.0}
+        self.count = {True: 0, False: 0}
+
+    def on_train_batch_start(self, trainer, *args):
+        t0 = time.perf_counter()
+        super().on_train_batch_start(trainer, *args)
+        self._t_start = time.perf_counter() - t0
+
+    def on_train_batch_end(self, trainer, *args):
+        t0 = time.perf_counter()
+        super().on_train_batch_end(trainer, *args)
+        scheduled = self._last_step == trainer.global_step
+        self.seconds[scheduled] += time.perf_counter() - t0 + self._t_start
+        self.count[scheduled] += 1
+
+
+def fit(corpus, steps: int, every: int, monitor: bool, out: str) -> tuple[float, TimedMonitor | None]:
+    pl.seed_everything(0, verbose=False)
+    data = DataLoader(demo.Batches(corpus, 32, 128, 0.5, 0), batch_size=None)
+    mon = TimedMonitor(probes=[InductionProbe(), LogitsProbe()], schedule=every) if monitor else None
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(out),
+        callbacks=[mon] if mon else [],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=every,
+    )
+    model = demo.ByteGPT(2, 128, 4, 128, 1e-3)
+    t0 = time.perf_counter()
+    trainer.fit(model, data)
+    return time.perf_counter() - t0, mon
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as out:
-        base = min(timed_run(args.steps, args.every, False, out) for _ in range(args.repeats))
-        with_monitor = min(timed_run(args.steps, args.every, True, out) for _ in range(args.repeats))
-    print(f"without MechMonitor: {base:.1f} s ({args.steps / base:.2f} steps/s)")
-    rate = args.steps / with_monitor
-    print(f"with MechMonitor (every {args.every} steps): {with_monitor:.1f} s ({rate:.2f} steps/s)")
-    print(f"overhead ratio: {with_monitor / base:.3f}")
+    corpus = demo.read_corpus(None, max_bytes=16_000_000)
+    base, timed, mon = [], [], None
+    with TemporaryDirectory() as out:
+        for _ in range(args.repeats):
+            base.append(fit(corpus, args.steps, args.every, False, out)[0])
+            seconds, mon = fit(corpus, args.steps, args.every, True, out)
+            timed.append(seconds)
+    b, t = min(base), min(timed)
+    print(f"without MechMonitor: {b:.1f} s ({args.steps / b:.2f} steps/s)")
+    print(f"with MechMonitor (every {args.every} steps): {t:.1f} s ({args.steps / t:.2f} steps/s)")
+    print(f"overhead ratio (best of {args.repeats}): {t / b:.3f}")
+    for scheduled in (True, False):
+        n = max(mon.count[scheduled], 1)
+        label = "scheduled" if scheduled else "unscheduled"
+        print(f"monitor hooks per {label} step: {1e3 * mon.seconds[scheduled] / n:.3f} ms over {n} steps")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ See METRICS.md §8 for the rule kinds.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Alert", "Rule", "Threshold", "Emergence", "Collapse", "Plateau", "NonFinite"]
+__all__ = ["Alert", "Rule", "Threshold", "Emergence", "Collapse", "Plateau", "Trend", "Compound", "NonFinite"]
 
 Severity = Literal["info", "warning", "critical"]
 Mode = Literal["min", "max"]
@@ -84,15 +86,23 @@ class Rule:
         condition = self._condition(value)
         if self._seen <= self.warmup:
             return None
-        if self._active:
-            if self._cleared(value):
-                self._active, self._hits = False, 0
-            return None
         self._hits = self._hits + 1 if condition else 0
-        if self._hits < self.patience:
+        if self._active:
+            self._active = not self._cleared(value)
+            return None
+        if not self.holds:
             return None
         self._active = True
         return Alert(self.name, self.key, step, value, self.severity, self._reason(value))
+
+    @property
+    def holds(self) -> bool:
+        """Whether the condition has held for ``patience`` consecutive evaluations up to now."""
+        return self._hits >= self.patience
+
+    def observe(self, step: int, scalars: Mapping[str, float]) -> Alert | None:
+        """Feed this evaluation's scalars; rules without a value at this step are left untouched."""
+        return self.update(step, scalars[self.key]) if self.key in scalars else None
 
     def _condition(self, value: float) -> bool:
         raise NotImplementedError
@@ -276,6 +286,117 @@ class Plateau(Rule):
 
     def _reason(self, value: float) -> str:
         return f"{self.key} has not improved on {self.best:.4g} for {self.patience} evaluations: plateau"
+
+
+class Trend(Rule):
+    """Fires when the Theil-Sen slope over the last ``window`` evaluations has the watched sign and is significant.
+
+    Significant: the rise (or fall) over the window, ``|slope|·(window-1)``, exceeds ``z`` x the median absolute
+    deviation of the residuals, and ``|slope| > min_slope``. The slope is per evaluation.
+
+    Args:
+        window: evaluations in the fit (>= 3); also the memory, a bounded list of floats.
+        mode: ``"max"`` watches a rise, ``"min"`` a fall.
+        z: significance factor (>= 0).
+        min_slope: smallest slope per evaluation that counts (>= 0).
+        **kwargs: see :class:`Rule`.
+
+    Raises:
+        ValueError: on a bad ``window``, ``mode``, ``z`` or ``min_slope``.
+    """
+
+    _extra_state = ("values",)
+
+    def __init__(
+        self, key: str, window: int = 5, mode: Mode = "max", z: float = 2.0, min_slope: float = 0.0, **kwargs: Any
+    ) -> None:
+        _check("window", window, isinstance(window, int) and window >= 3, "an int >= 3")
+        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
+        _check("z", z, z >= 0, ">= 0")
+        _check("min_slope", min_slope, min_slope >= 0, ">= 0")
+        self.window, self.mode, self.z, self.min_slope = window, mode, float(z), float(min_slope)
+        kwargs.setdefault("name", "trend")
+        super().__init__(key, **kwargs)
+
+    def reset(self) -> None:
+        """Forget history and the window."""
+        super().reset()
+        self.values: list[float] = []
+        self.slope = 0.0
+
+    def _condition(self, value: float) -> bool:
+        self.values = (self.values + [value])[-self.window :]
+        if len(self.values) < self.window:
+            return False
+        self.slope, mad = theil_sen(self.values)
+        signed = self.slope if self.mode == "max" else -self.slope
+        return signed > self.min_slope and signed * (self.window - 1) > self.z * mad
+
+    def _cleared(self, value: float) -> bool:
+        return not self._hits
+
+    def _reason(self, value: float) -> str:
+        word = "rising" if self.mode == "max" else "falling"
+        slope = f"Theil-Sen slope {self.slope:.3g} per evaluation over {self.window}"
+        return f"{self.key} is {word}: {slope}, now {value:.4g}"
+
+
+def theil_sen(values: Sequence[float]) -> tuple[float, float]:
+    """Theil-Sen slope of ``values`` against 0..n-1 and the MAD of the residuals."""
+    n = len(values)
+    slope = statistics.median((values[j] - values[i]) / (j - i) for i in range(n) for j in range(i + 1, n))
+    residuals = [v - slope * i for i, v in enumerate(values)]
+    centre = statistics.median(residuals)
+    return slope, statistics.median(abs(r - centre) for r in residuals)
+
+
+class Compound(Rule):
+    """Fires when every member rule's condition holds at the same evaluation (cross-metric confirmation).
+
+    Members keep their own patience and warmup; their own alerts are not delivered. The compound is edge-triggered
+    on the conjunction and re-arms when any member stops holding.
+
+    Args:
+        members: two or more rules, e.g. ``[Threshold(cos_key, 0.7, patience=3), Threshold(acc_key, 0.99)]``.
+        name: rule name.
+        severity: alert severity.
+
+    Raises:
+        ValueError: with fewer than two members.
+    """
+
+    def __init__(self, members: Sequence[Rule], name: str = "compound", severity: Severity = "warning") -> None:
+        _check("members", members, len(members) >= 2 and all(isinstance(m, Rule) for m in members), "2+ rules")
+        self.members = list(members)
+        super().__init__(" & ".join(m.key for m in members), name=name, severity=severity)
+
+    def observe(self, step: int, scalars: Mapping[str, float]) -> Alert | None:
+        """Feed every member; fire when all hold."""
+        if not any(m.key in scalars for m in self.members):
+            return None
+        for member in self.members:
+            member.observe(step, scalars)
+        holds = all(m.holds for m in self.members)
+        if self._active or not holds:
+            self._active = holds
+            return None
+        self._active = True
+        reason = "; ".join(m._reason(scalars.get(m.key, math.nan)) for m in self.members)
+        return Alert(self.name, self.key, step, scalars.get(self.members[0].key, math.nan), self.severity, reason)
+
+    def update(self, step: int, value: float) -> Alert | None:
+        """Not meaningful for a compound; use :meth:`observe`."""
+        raise TypeError("Compound rules watch several keys: call observe(step, scalars)")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Own state plus each member's."""
+        return {**super().state_dict(), "members": [m.state_dict() for m in self.members]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore own and members' state."""
+        super().load_state_dict(state)
+        for member, saved in zip(self.members, state.get("members", []), strict=False):
+            member.load_state_dict(saved)
 
 
 class NonFinite(Rule):

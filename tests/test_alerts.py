@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mechmon.alerts import Alert, Collapse, Emergence, NonFinite, Plateau, Threshold
+from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Plateau, Threshold, Trend
 
 K = "mechmon/x/y"
 
@@ -89,3 +89,44 @@ def test_state_round_trip_neither_refires_nor_forgets():
 def test_bad_arguments_raise_value_error(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_theil_sen_against_a_naive_median_of_slopes():
+    from statistics import median
+
+    from mechmon.alerts import theil_sen
+
+    values = [1.0, 2.5, 2.0, 4.0, 9.0, 5.5]
+    naive = median([(values[j] - values[i]) / (j - i) for i in range(6) for j in range(6) if j > i])
+    slope, mad = theil_sen(values)
+    assert slope == naive
+    residuals = [v - slope * i for i, v in enumerate(values)]
+    assert mad == median(abs(r - median(residuals)) for r in residuals)
+    assert theil_sen([2.0, 4.0, 6.0]) == (2.0, 0.0)
+
+
+def test_trend_fires_on_a_significant_rise_and_rearms():
+    rule = Trend(K, window=4, z=2.0)
+    flat_noise = [1.0, 1.2, 1.0, 1.2, 1.0, 1.2]  # no significant slope in any window
+    rising = [1.0, 2.0, 3.0, 4.0]
+    # fires as soon as the window [1.0, 1.2, 1.0, 2.0] rises beyond the noise; re-arms on the flat run
+    assert run(rule, flat_noise + rising + [4.0, 4.0, 4.0, 4.0] + rising) == [7, 17]
+    assert run(Trend(K, window=3, mode="min"), [5.0, 4.0, 3.0, 2.0]) == [2]
+
+
+def test_compound_needs_all_members_at_once():
+    cos, acc = "mechmon/nlm/cos_grad", "mechmon/logits/accuracy_frac"
+    rule = Compound([Threshold(cos, 0.7, patience=2), Threshold(acc, 0.99)], name="nlm_regime")
+    seq = [(0.8, 0.5), (0.8, 0.5), (0.8, 1.0), (0.9, 1.0), (0.2, 1.0), (0.8, 1.0), (0.8, 1.0)]
+    fired = [i for i, (c, a) in enumerate(seq) if rule.observe(i, {cos: c, acc: a})]
+    assert fired == [2, 6]
+    assert rule.observe(9, {"other": 1.0}) is None
+    restored = Compound([Threshold(cos, 0.7, patience=2), Threshold(acc, 0.99)], name="nlm_regime")
+    restored.load_state_dict(rule.state_dict())
+    assert restored.observe(10, {cos: 0.8, acc: 1.0}) is None  # still active: no re-fire after resume
+    with pytest.raises(TypeError):
+        rule.update(0, 1.0)
+    with pytest.raises(ValueError):
+        Compound([Threshold(cos, 0.7)])
+    with pytest.raises(ValueError):
+        Trend(K, window=2)

@@ -258,9 +258,8 @@ class MechMonitor(Callback):
             alert = self._nonfinite.setdefault(key, NonFinite(key)).update(step, value)
             fired += [alert] if alert else []
         for rule in self._rules:
-            if rule.key in scalars:
-                alert = rule.update(step, scalars[rule.key])
-                fired += [alert] if alert else []
+            alert = rule.observe(step, scalars)
+            fired += [alert] if alert else []
         return fired
 
     def _publish(

@@ -1,12 +1,12 @@
 """mechmon: live mechanistic monitoring of transformer training (PyTorch Lightning callbacks)."""
 
 from mechmon.adapters import Adapter, HFAdapter, HookPoint, ModuleAdapter, TransformerLensAdapter, resolve_adapter
-from mechmon.alerts import Alert, Collapse, Emergence, NonFinite, Plateau, Rule, Threshold
+from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Plateau, Rule, Threshold, Trend
 from mechmon.callbacks import MechMonitor
 from mechmon.capture import capture
 from mechmon.naming import KEY_RE, metric_key
 from mechmon.probe import Probe, SnapshotProbe, StreamingProbe
-from mechmon.probes import InductionProbe, LogitsProbe
+from mechmon.probes import InductionProbe, LogitsProbe, NLMProbe, WeightsProbe
 from mechmon.registry import get_probe, list_probes, register_probe
 from mechmon.schedule import at, every, log_spaced, union
 
@@ -19,6 +19,8 @@ __all__ = [
     "StreamingProbe",
     "InductionProbe",
     "LogitsProbe",
+    "NLMProbe",
+    "WeightsProbe",
     "Adapter",
     "HookPoint",
     "HFAdapter",
@@ -32,6 +34,8 @@ __all__ = [
     "Emergence",
     "Collapse",
     "Plateau",
+    "Trend",
+    "Compound",
     "NonFinite",
     "every",
     "log_spaced",

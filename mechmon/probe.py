@@ -123,6 +123,12 @@ class Probe:
         """Metric key -> tensor from the reduced state; 0-d are scalars, 2-d become heatmaps."""
         raise NotImplementedError
 
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Streaming probes: read gradients once per scheduled optimizer step (after accumulation). No-op by default."""
+
+    def evaluate(self) -> None:
+        """Once per scheduled step, right after the optimizer step and before the reduction. No-op by default."""
+
     def default_rules(self) -> list[Rule]:
         """Alert rules used unless the user passed ``rules``."""
         return []

@@ -180,13 +180,14 @@ class MechMonitor(Callback):
     def _due(self, step: int) -> list[Probe]:
         return [p for p in self.probes if p.name not in self._disabled and (p.schedule or self.schedule)(step)]
 
+    def _streaming_due(self, step: int) -> list[Probe]:
+        return [p for p in self._due(step) if p.kind == "streaming"]
+
     def _attach_streaming(self, upcoming: int) -> None:
         """Hook the training forward for the micro-batches of a scheduled step only."""
-        if self._stream is not None or self._adapter is None:
+        if self._stream is not None or self._adapter is None or not self._streaming_due(upcoming):
             return
-        names = sorted({n for p in self._due(upcoming) if p.kind == "streaming" for n in self._names[p.name]})
-        if not names:
-            return
+        names = sorted({n for p in self._streaming_due(upcoming) for n in self._names[p.name]})
         self._stream = contextlib.ExitStack()
         self._stream_caps = self._stream.enter_context(capture(self._adapter, names))
         self._stream_step = upcoming
@@ -194,12 +195,20 @@ class MechMonitor(Callback):
     def _detach_streaming(self) -> None:
         if self._stream is not None:
             self._stream.close()
-        self._stream, self._stream_caps = None, None
+        self._stream, self._stream_caps, self._stream_step = None, None, -1
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._stream is not None:
+            for probe in self._streaming_due(self._stream_step):
+                self._guarded(probe, probe.before_optimizer_step, optimizer)
 
     def _after_batch(self, trainer: pl.Trainer, batch: Any) -> None:
         step = trainer.global_step
         if self._stream_caps is not None:
-            self._feed_streaming(batch, self._due(self._stream_step))
+            self._feed_streaming(batch, self._streaming_due(self._stream_step))
         # run only right after an optimizer step (dedups gradient accumulation), once per step
         if step == self._step_at_start or step == self._last_step or not self._due(step):
             return
@@ -209,7 +218,7 @@ class MechMonitor(Callback):
     def _feed_streaming(self, batch: Any, due: list[Probe]) -> None:
         caps = self._stream_caps or {}
         for probe in due:
-            if probe.kind == "streaming" and all(n in caps for n in self._names[probe.name]):
+            if all(n in caps for n in self._names[probe.name]):
                 self._guarded(probe, probe.update, caps, batch)
         caps.clear()  # captures are dropped right after update
 
@@ -220,6 +229,8 @@ class MechMonitor(Callback):
         for probe in due:
             if probe.kind == "snapshot":
                 self._guarded(probe, _snapshot_forward, probe, self._adapter, self._names[probe.name])
+            else:
+                self._guarded(probe, probe.evaluate)
         reduce_states(due)  # collective: every rank, same probes, decided by the step only
         tensors: dict[str, Tensor] = {}
         for probe in due:

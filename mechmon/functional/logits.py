@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["softmax_collapse", "zero_loss", "top2_gap", "absorption_gap", "flatten_rows"]
+__all__ = ["softmax_collapse", "zero_loss", "top2_gap", "absorption_gap", "measured_absorption_gap", "flatten_rows"]
 
 
 def softmax_collapse(logits_NV: Tensor, dtype: torch.dtype) -> Tensor:
@@ -88,3 +88,28 @@ def flatten_rows(
     logits_NV, targets_N = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
     valid_N = targets_N != ignore_index
     return logits_NV, torch.where(valid_N, targets_N, torch.zeros_like(targets_N)), valid_N
+
+
+def measured_absorption_gap(vocab: int, dtype: torch.dtype, device: torch.device, resolution: float = 0.05) -> Tensor:
+    """Smallest top-logit gap at which a row with ``vocab - 1`` equal other logits collapses, measured here.
+
+    Runs :func:`softmax_collapse` on a grid of gaps in ``dtype`` on ``device``, so it reflects this device's
+    summation order and this vocabulary size (METRICS.md A1: 16.6 to 27.5 nats in fp32 depending on both). Equal
+    non-max logits are the slowest case: real rows can collapse at smaller gaps. No host sync.
+
+    Args:
+        vocab: V (>= 2).
+        dtype: the loss dtype τ.
+        device: where the loss runs.
+        resolution: grid step in nats.
+
+    Returns:
+        0-d fp64 tensor on ``device``, in nats (``inf`` if no grid gap collapsed).
+    """
+    low = absorption_gap(dtype) - 0.5
+    gaps_G = torch.arange(low, low + math.log(vocab) + 2.0, resolution, dtype=torch.float64, device=device)
+    rows_GV = torch.zeros(gaps_G.numel(), vocab, dtype=dtype, device=device)
+    rows_GV[:, 0] = gaps_G.to(dtype)
+    collapsed_G = softmax_collapse(rows_GV, dtype)
+    first = collapsed_G.to(torch.int8).argmax()
+    return torch.where(collapsed_G.any(), gaps_G[first], torch.full_like(gaps_G[0], math.inf))

@@ -23,7 +23,16 @@ key                                            meaning                          
 ``<ns>/logits/max_mean``                       mean of the row maximum                     logit units sum
 ``<ns>/logits/gap_mean_nats``                  mean top1-top2 gap                          nats        sum
 ``<ns>/logits/gap_frac_absorbable``            rows with gap >= (p_τ+1)·ln2                 [0, 1]      sum
+``<ns>/logits/absorb_gap_nats``                gap at which a row with V-1 equal others     nats        -
+                                               collapses, measured on this device in τ
+``<ns>/logits/gap_frac_near_absorb``           rows with gap >= absorb_gap - ``margin``     [0, 1]      sum
+                                               (logit-scale precursor)
+``<ns>/logits/accuracy_frac``                  rows whose argmax is the target              [0, 1]      sum
 =============================================  ==========================================  ==========  ======
+
+Alerts: ``softmax_collapse`` (critical, above 0.5 for 2 evaluations), ``softmax_collapse_warning`` (above 0.01),
+``logit_scale_precursor`` (warning: ``gap_frac_near_absorb`` rising over 5 evaluations while ``accuracy_frac``
+>= 0.99).
 """
 
 from __future__ import annotations
@@ -35,8 +44,15 @@ import torch
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter
-from mechmon.alerts import Rule, Threshold
-from mechmon.functional.logits import absorption_gap, flatten_rows, softmax_collapse, top2_gap, zero_loss
+from mechmon.alerts import Compound, Rule, Threshold, Trend
+from mechmon.functional.logits import (
+    absorption_gap,
+    flatten_rows,
+    measured_absorption_gap,
+    softmax_collapse,
+    top2_gap,
+    zero_loss,
+)
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
 
@@ -73,6 +89,7 @@ class LogitsProbe(StreamingProbe):
         ignore_index: target id of rows to skip (padding).
         collapse_level: the paper's mark for the critical alert (0.5).
         warning_level: earlier warning level (0.01).
+        margin: nats below the measured absorption gap that count as "near" for the precursor (> 0).
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
@@ -98,6 +115,7 @@ class LogitsProbe(StreamingProbe):
         ignore_index: int = -100,
         collapse_level: float = 0.5,
         warning_level: float = 0.01,
+        margin: float = 2.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,8 +124,11 @@ class LogitsProbe(StreamingProbe):
         if not 0 < warning_level < collapse_level < 1:
             raise ValueError(f"need 0 < warning_level < collapse_level < 1, got {warning_level!r}, {collapse_level!r}")
         self.loss_dtype, self.targets, self.ignore_index = loss_dtype, targets or default_targets, ignore_index
-        self.collapse_level, self.warning_level = collapse_level, warning_level
-        counts = ("rows", "collapsed", "collapsed_fp64", "zero_loss", "absorbable")
+        if not margin > 0:
+            raise ValueError(f"margin must be > 0 nats, got {margin!r}")
+        self.collapse_level, self.warning_level, self.margin = collapse_level, warning_level, float(margin)
+        self._absorb: tuple[tuple[int, torch.dtype], Tensor] | None = None
+        counts = ("rows", "collapsed", "collapsed_fp64", "zero_loss", "absorbable", "near_absorb", "correct")
         for name in counts:
             self.add_state(name, torch.zeros((), dtype=torch.int64), "sum")
         for name in ("norm_sum", "max_sum", "gap_sum"):
@@ -130,15 +151,26 @@ class LogitsProbe(StreamingProbe):
         self.collapsed_fp64 += (softmax_collapse(logits_NV, torch.float64) & valid_N).sum()
         self.zero_loss += (zero_loss(logits_NV, targets_N, tau) & valid_N).sum()
         self.absorbable += ((gap_N >= absorption_gap(tau)) & valid_N).sum()
+        self.near_absorb += (
+            (gap_N >= self._absorb_gap(logits_NV.shape[-1], tau, logits_NV.device) - self.margin) & valid_N
+        ).sum()
+        self.correct += ((logits_NV.argmax(dim=-1) == targets_N) & valid_N).sum()
         self.norm_sum += torch.where(valid_N, norm_N, 0).sum(dtype=torch.float64)
         self.max_sum += torch.where(valid_N, logits_NV.float().amax(dim=-1), 0).sum(dtype=torch.float64)
         self.gap_sum += torch.where(valid_N, gap_N, 0).sum(dtype=torch.float64)
         self.norm_max.copy_(torch.maximum(self.norm_max, torch.where(valid_N, norm_N, 0).amax()))
 
+    def _absorb_gap(self, vocab: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Measured once per (V, τ) on the training device, then cached (a device tensor, no sync)."""
+        if self._absorb is None or self._absorb[0] != (vocab, dtype):
+            self._absorb = ((vocab, dtype), measured_absorption_gap(vocab, dtype, device))
+        return self._absorb[1]
+
     def compute(self) -> dict[str, Tensor]:
         """Fractions and means from the reduced counts (0 when no row was seen)."""
         rows = self.rows.clamp_min(1).double()
-        return {
+        measured = {self.key("absorb_gap_nats"): self._absorb[1]} if self._absorb is not None else {}
+        return measured | {
             self.key("softmax_collapse_frac"): self.collapsed / rows,
             self.key("softmax_collapse_frac_fp64"): self.collapsed_fp64 / rows,
             self.key("zero_loss_frac"): self.zero_loss / rows,
@@ -147,12 +179,22 @@ class LogitsProbe(StreamingProbe):
             self.key("max_mean"): self.max_sum / rows,
             self.key("gap_mean_nats"): self.gap_sum / rows,
             self.key("gap_frac_absorbable"): self.absorbable / rows,
+            self.key("gap_frac_near_absorb"): self.near_absorb / rows,
+            self.key("accuracy_frac"): self.correct / rows,
         }
 
     def default_rules(self) -> list[Rule]:
-        """Critical softmax collapse above ``collapse_level`` for 2 evaluations; a warning above ``warning_level``."""
+        """Softmax collapse (critical), its early warning, and the logit-scale precursor.
+
+        Collapse: above ``collapse_level`` for 2 evaluations. Precursor: the near-absorption fraction rising while
+        train accuracy is about 1.
+        """
         frac = self.key("softmax_collapse_frac")
         return [
             Threshold(frac, self.collapse_level, patience=2, name="softmax_collapse", severity="critical"),
             Threshold(frac, self.warning_level, patience=1, name="softmax_collapse_warning", severity="warning"),
+            Compound(
+                [Trend(self.key("gap_frac_near_absorb"), window=5), Threshold(self.key("accuracy_frac"), 0.99)],
+                name="logit_scale_precursor",
+            ),
         ]

@@ -1,0 +1,39 @@
+"""Parameter selection shared by the weight-side probes: trainable tensors, the output layer, glob subsets."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
+from mechmon.adapters.base import LOGITS, Adapter
+
+__all__ = ["trainable", "output_weight_names", "select"]
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every trainable tensor, tied weights once."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def output_weight_names(adapter: Adapter) -> list[str]:
+    """Names (in ``adapter.model``) of the output layer's weight, found by identity (handles tied embeddings)."""
+    point = adapter.hook_points().get(LOGITS)
+    weight = getattr(point.module, "weight", None) if point is not None else None
+    return [n for n, p in adapter.model.named_parameters() if weight is not None and p is weight]
+
+
+def select(named: Sequence[tuple[str, nn.Parameter]], patterns: Sequence[str]) -> list[int]:
+    """Indices of the tensors whose name matches any glob in ``patterns``.
+
+    Raises:
+        ValueError: if a pattern matches nothing (listing a few names that exist).
+    """
+    chosen: list[int] = []
+    for pattern in patterns:
+        hits = [i for i, (n, _) in enumerate(named) if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(f"no parameter matches {pattern!r}; some names: {[n for n, _ in named][:12]}")
+        chosen += [i for i in hits if i not in chosen]
+    return chosen

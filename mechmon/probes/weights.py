@@ -1,0 +1,85 @@
+"""Weight-norm probe: global and per-tensor L2 norms of the trainable weights and their growth.
+
+Phenomenon: unbounded weight-norm growth under naive loss minimization precedes softmax collapse, Prieto, Barsbey,
+Mediano, Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025); METRICS.md A4. Reads parameters only
+(cost ``weights``), once per scheduled step, right after the optimizer step.
+
+Logged metrics (``<ns>`` = namespace; ``<param>`` a tracked parameter name, default the output layer's weight):
+
+=================================  ===================================================  ==========  ==========
+key                                meaning                                              range/unit  reduce
+=================================  ===================================================  ==========  ==========
+``<ns>/weights/norm``              global norm √Σ‖p‖² over trainable tensors            >= 0        replicated
+``<ns>/weights/norm/<param>``      norm of one tracked tensor                           >= 0        replicated
+``<ns>/weights/norm_growth``       relative change of ``norm`` since the last evaluation  ratio      -
+=================================  ===================================================  ==========  ==========
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters.base import Adapter
+from mechmon.functional.weights import square_norms
+from mechmon.params import output_weight_names, select, trainable
+from mechmon.probe import StreamingProbe
+from mechmon.registry import register_probe
+
+__all__ = ["WeightsProbe"]
+
+
+@register_probe
+class WeightsProbe(StreamingProbe):
+    """Global and per-tensor weight norms (METRICS.md A4).
+
+    Args:
+        params: globs over parameter names whose norms get their own key; default the output layer's weight.
+        **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
+
+    Raises:
+        ValueError: in ``setup``, if a glob matches no parameter.
+
+    Example:
+        >>> WeightsProbe(params=["*head*"]).name
+        'weights'
+    """
+
+    name = "weights"
+    requires = ()
+    higher_is_better = False
+
+    def __init__(self, params: Sequence[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if params is not None and (isinstance(params, str) or not all(isinstance(p, str) for p in params)):
+            raise TypeError(f"params must be a list of glob strings, got {params!r}")
+        self.param_globs = None if params is None else list(params)
+
+    def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Resolve the tensors and declare replicated states (identical on every data-parallel rank)."""
+        self.named = trainable(adapter.model)
+        self.tracked = select(self.named, self.param_globs or output_weight_names(adapter))
+        self._specs.clear()
+        self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=True)
+        self.to(device)
+        self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, captures: Any, batch: Any) -> None:
+        """Nothing per micro-batch: weights are read once, in :meth:`evaluate`."""
+
+    def evaluate(self) -> None:
+        """Squared norms of every trainable tensor after this step's update."""
+        self.sq_P.copy_(square_norms([p for _, p in self.named]))
+
+    def compute(self) -> dict[str, Tensor]:
+        """Global norm, tracked norms, growth since the previous evaluation (0 at the first)."""
+        norm = self.sq_P.sum().sqrt()
+        growth = torch.where(self.prev_norm > 0, (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300), 0.0)
+        self.prev_norm.copy_(norm)
+        out = {self.key("norm"): norm, self.key("norm_growth"): growth}
+        for i in self.tracked:
+            out[self.key("norm", self.named[i][0])] = self.sq_P[i].sqrt()
+        return out

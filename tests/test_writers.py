@@ -4,8 +4,14 @@ from mechmon.writers import heatmap_rgb, scalar_layout
 
 
 def test_layout_groups_scopes_under_one_chart_per_stat():
-    layout = scalar_layout(["mechmon/induction/score_max", "mechmon/induction/score_max/L01",
-                            "mechmon/prev_token/score_max", "mechmon/alerts/induction_emergence"])
+    layout = scalar_layout(
+        [
+            "mechmon/induction/score_max",
+            "mechmon/induction/score_max/L01",
+            "mechmon/prev_token/score_max",
+            "mechmon/alerts/induction_emergence",
+        ]
+    )
     assert set(layout) == {"mechmon/induction", "mechmon/prev_token", "mechmon/alerts"}
     chart = layout["mechmon/induction"]["induction: score_max"]
     assert chart[0] == "Multiline" and len(layout["mechmon/induction"]) == 1

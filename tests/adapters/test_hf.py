@@ -8,8 +8,17 @@ from mechmon.capture import resolve_names
 from mechmon.probes import InductionProbe
 from tests.conftest import TinyLM, tiny_gpt2
 
-SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=64,
-             max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+SMALL = dict(
+    num_hidden_layers=2,
+    hidden_size=32,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=64,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
 
 
 def from_config(config_cls, attn, **extra):

@@ -15,8 +15,9 @@ if not hasattr(tl, "HookedTransformer"):
 
 
 def test_hooked_transformer_scores_match_its_own_cache():
-    cfg = tl.HookedTransformerConfig(n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64,
-                                     act_fn="relu", attn_only=True)
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, act_fn="relu", attn_only=True
+    )
     model = tl.HookedTransformer(cfg)
     adapter = resolve_adapter(model)
     assert isinstance(adapter, TransformerLensAdapter)

@@ -169,3 +169,32 @@ def test_unsupported_module_fails_in_setup_with_guidance(tmp_path):
 def test_constructor_validation(kwargs, error):
     with pytest.raises(error):
         MechMonitor(**kwargs)
+
+
+def test_numerical_stability_probes_in_a_real_fit(tmp_path):
+    from mechmon import NLMProbe, WeightsProbe
+
+    mon = monitor(probes=[LogitsProbe(), WeightsProbe(), NLMProbe()], schedule=every(2))
+    model = TinyLM()
+    make_trainer(tmp_path, [mon], max_steps=4, accumulate_grad_batches=2).fit(model, token_loader())
+    acc = read_events(tmp_path / "tb")
+    tags = acc.Tags()["scalars"]
+    head = "transformer.wte.weight"  # GPT-2 ties lm_head to the embedding: found by identity
+    for key in [
+        "weights/norm",
+        f"weights/norm/{head}",
+        "weights/norm_growth",
+        "nlm/cos_grad",
+        f"nlm/cos_grad/{head}",
+        "nlm/cos_update",
+        "nlm/par_frac",
+        "logits/accuracy_frac",
+        "logits/gap_frac_near_absorb",
+        "logits/absorb_gap_nats",
+    ]:
+        assert scalar_steps(acc, f"mechmon/{key}") == [1, 2, 4], key
+    assert all(-1 <= e.value <= 1 for e in acc.Scalars("mechmon/nlm/cos_grad"))
+    assert all(e.value != 0 for e in acc.Scalars("mechmon/nlm/cos_grad"))  # gradients were seen each time
+    gaps = {round(e.value, 6) for e in acc.Scalars("mechmon/logits/absorb_gap_nats")}
+    assert len(gaps) == 1 and 16.6 <= gaps.pop() <= 16.64 + math.log(63) + 0.06  # fp32, V = 64, measured once
+    assert "mechmon/alerts/probe_failed" not in tags and hook_count(model) == 0

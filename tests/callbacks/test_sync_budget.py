@@ -5,7 +5,7 @@ import os
 import lightning.pytorch as pl
 import torch
 
-from mechmon import InductionProbe, LogitsProbe, MechMonitor, every
+from mechmon import InductionProbe, LogitsProbe, MechMonitor, NLMProbe, WeightsProbe, every
 from tests.conftest import TinyLM, make_trainer, token_loader
 
 MECHMON_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep + "mechmon"
@@ -39,9 +39,8 @@ def test_one_transfer_per_scheduled_step_and_none_otherwise(tmp_path, monkeypatc
 
     for name in SYNCING:
         monkeypatch.setattr(torch.Tensor, name, wrap(name))
-    monitor = MechMonitor(
-        probes=[InductionProbe(period=20, batch_size=2), LogitsProbe()], schedule=every(3), image_schedule=every(6)
-    )
+    probes = [InductionProbe(period=20, batch_size=2), LogitsProbe(), WeightsProbe(), NLMProbe()]
+    monitor = MechMonitor(probes=probes, schedule=every(3), image_schedule=every(6))
     recorder = StepRecorder(counter)
     # the recorder runs after the monitor, so each step's count includes the monitor's work on that step
     make_trainer(tmp_path, [monitor, recorder], max_steps=9).fit(TinyLM(), token_loader())

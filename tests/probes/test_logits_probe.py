@@ -88,3 +88,21 @@ def test_targets_and_validation():
     with pytest.raises(ValueError):
         LogitsProbe(collapse_level=0.01, warning_level=0.5)
     assert LogitsProbe().compute()["mechmon/logits/softmax_collapse_frac"].item() == 0.0  # no rows seen
+
+
+def test_precursor_and_accuracy():
+    from mechmon.functional.logits import measured_absorption_gap
+
+    threshold = measured_absorption_gap(9, torch.float32, torch.device("cpu")).item()
+    logits = torch.zeros(4, 9)
+    logits[:, 0] = torch.tensor([threshold + 0.5, threshold - 1.0, threshold - 3.0, 1.0])
+    targets = torch.tensor([0, 0, 3, 0])
+    probe = LogitsProbe(margin=2.0)
+    probe.update({"logits": logits}, (None, targets))
+    out = probe.compute()
+    assert out["mechmon/logits/absorb_gap_nats"].item() == pytest.approx(threshold)
+    assert out["mechmon/logits/gap_frac_near_absorb"].item() == 0.5  # rows 0 and 1
+    assert out["mechmon/logits/accuracy_frac"].item() == 0.75
+    assert out["mechmon/logits/softmax_collapse_frac"].item() == 0.25
+    with pytest.raises(ValueError):
+        LogitsProbe(margin=0)

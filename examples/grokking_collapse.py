@@ -48,6 +48,8 @@ def split(train_frac: float, seed: int) -> tuple[tuple[torch.Tensor, torch.Tenso
 
 
 class FullBatch(IterableDataset):
+    """The whole training split as one batch, forever (full-batch training)."""
+
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
 
@@ -138,15 +140,18 @@ def run(key: str, args: argparse.Namespace) -> dict:
 
 def report(results: dict[str, dict], out: Path) -> None:
     """Rich table and PNG plot."""
-    table = Table(title="softmax collapse vs grokking, (a + b) mod 113")
-    for column in ("run", "steps", "alerts (rule@step)", "test acc > 0.9 at", "final collapse frac"):
-        table.add_column(column)
+    rules = ["nlm_regime", "logit_scale_precursor", "softmax_collapse_warning", "softmax_collapse"]
+    table = Table(title="softmax collapse vs grokking, (a + b) mod 113 (first step each alert fired)")
+    for column in ["run", "steps", *rules, "test acc > 0.9", "final collapse frac"]:
+        table.add_column(column.replace("_", " "), justify="right")
     for res in results.values():
-        alerts = ", ".join(f"{a.rule}@{a.step}" for a in res["alerts"] if a.rule != "non_finite") or "none"
-        table.add_row(
-            res["label"], str(res["steps"]), alerts, str(res["passed"] or "never"), f"{res['final_collapse']:.3f}"
-        )
-    Console().print(table)
+        first = {}
+        for alert in res["alerts"]:
+            first.setdefault(alert.rule, alert.step)
+        fired = [str(first.get(rule, "-")) for rule in rules]
+        acc = str(res["passed"] or "never")
+        table.add_row(res["label"], str(res["steps"]), *fired, acc, f"{res['final_collapse']:.3f}")
+    Console(width=160).print(table)
     import matplotlib
 
     matplotlib.use("Agg")

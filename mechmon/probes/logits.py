@@ -31,8 +31,8 @@ key                                            meaning                          
 =============================================  ==========================================  ==========  ======
 
 Alerts: ``softmax_collapse`` (critical, above 0.5 for 2 evaluations), ``softmax_collapse_warning`` (above 0.01),
-``logit_scale_precursor`` (warning: ``gap_frac_near_absorb`` rising over 5 evaluations while ``accuracy_frac``
->= 0.99).
+``logit_scale_precursor`` (warning: ``gap_frac_near_absorb`` rising by > 0.01 per evaluation over 5 evaluations
+while ``accuracy_frac`` >= 0.99).
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ class LogitsProbe(StreamingProbe):
         ignore_index: target id of rows to skip (padding).
         collapse_level: the paper's mark for the critical alert (0.5).
         warning_level: earlier warning level (0.01).
-        margin: nats below the measured absorption gap that count as "near" for the precursor (> 0).
+        margin: nats below the measured absorption gap that count as "near" for the precursor (> 0). Real rows
+            collapse below the measured gap (it is the equal-others worst case), so the margin must be wide enough
+            to lead: 6 nats (other terms within a factor e^6 of absorption) led collapse on the grokking example.
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
@@ -115,7 +117,7 @@ class LogitsProbe(StreamingProbe):
         ignore_index: int = -100,
         collapse_level: float = 0.5,
         warning_level: float = 0.01,
-        margin: float = 2.0,
+        margin: float = 6.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -194,7 +196,10 @@ class LogitsProbe(StreamingProbe):
             Threshold(frac, self.collapse_level, patience=2, name="softmax_collapse", severity="critical"),
             Threshold(frac, self.warning_level, patience=1, name="softmax_collapse_warning", severity="warning"),
             Compound(
-                [Trend(self.key("gap_frac_near_absorb"), window=5), Threshold(self.key("accuracy_frac"), 0.99)],
+                [
+                    Trend(self.key("gap_frac_near_absorb"), window=5, min_slope=0.01),
+                    Threshold(self.key("accuracy_frac"), 0.99),
+                ],
                 name="logit_scale_precursor",
             ),
         ]

@@ -97,7 +97,7 @@ def test_precursor_and_accuracy():
     logits = torch.zeros(4, 9)
     logits[:, 0] = torch.tensor([threshold + 0.5, threshold - 1.0, threshold - 3.0, 1.0])
     targets = torch.tensor([0, 0, 3, 0])
-    probe = LogitsProbe(margin=2.0)
+    probe = LogitsProbe(margin=2.0)  # rows 0 and 1 are within 2 nats
     probe.update({"logits": logits}, (None, targets))
     out = probe.compute()
     assert out["mechmon/logits/absorb_gap_nats"].item() == pytest.approx(threshold)

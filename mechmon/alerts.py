@@ -108,11 +108,8 @@ class Rule:
         raise NotImplementedError
 
     def _cleared(self, value: float) -> bool:
-        return not self._condition_view(value)
-
-    def _condition_view(self, value: float) -> bool:
-        """Condition without side effects; defaults to :meth:`_condition` for stateless rules."""
-        return self._condition(value)
+        """Re-arm once the condition no longer holds (``_hits`` is already updated for this evaluation)."""
+        return self._hits == 0
 
     def _reason(self, value: float) -> str:
         return f"{self.key} = {value:.4g}"
@@ -230,11 +227,6 @@ class Collapse(Rule):
     def _condition(self, value: float) -> bool:
         pick = max if self.mode == "max" else min
         self.extreme = value if self.extreme is None else pick(self.extreme, value)
-        return self._condition_view(value)
-
-    def _condition_view(self, value: float) -> bool:
-        if self.extreme is None:
-            return False
         if self.mode == "max":
             return value < self.ratio * self.extreme
         return value > self.extreme / self.ratio
@@ -270,19 +262,14 @@ class Plateau(Rule):
         """Forget history and the best value."""
         super().reset()
         self.best: float | None = None
-        self._improved = False
 
     def _condition(self, value: float) -> bool:
         better = self.best is None or (
             value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
         )
-        self._improved = better
         if better:
             self.best = value
         return not better
-
-    def _cleared(self, value: float) -> bool:
-        return self._improved
 
     def _reason(self, value: float) -> str:
         return f"{self.key} has not improved on {self.best:.4g} for {self.patience} evaluations: plateau"
@@ -331,9 +318,6 @@ class Trend(Rule):
         self.slope, mad = theil_sen(self.values)
         signed = self.slope if self.mode == "max" else -self.slope
         return signed > self.min_slope and signed * (self.window - 1) > self.z * mad
-
-    def _cleared(self, value: float) -> bool:
-        return not self._hits
 
     def _reason(self, value: float) -> str:
         word = "rising" if self.mode == "max" else "falling"

@@ -185,9 +185,10 @@ class MechMonitor(Callback):
 
     def _attach_streaming(self, upcoming: int) -> None:
         """Hook the training forward for the micro-batches of a scheduled step only."""
-        if self._stream is not None or self._adapter is None or not self._streaming_due(upcoming):
+        due = self._streaming_due(upcoming) if self._stream is None and self._adapter is not None else []
+        if not due:
             return
-        names = sorted({n for p in self._streaming_due(upcoming) for n in self._names[p.name]})
+        names = sorted({n for p in due for n in self._names[p.name]})
         self._stream = contextlib.ExitStack()
         self._stream_caps = self._stream.enter_context(capture(self._adapter, names))
         self._stream_step = upcoming

@@ -9,7 +9,7 @@ from torch import nn
 
 from mechmon.adapters.base import LOGITS, Adapter
 
-__all__ = ["trainable", "output_weight_names", "select"]
+__all__ = ["trainable", "output_weight_names", "select", "check_globs", "tracked_params"]
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -37,3 +37,24 @@ def select(named: Sequence[tuple[str, nn.Parameter]], patterns: Sequence[str]) -
             raise ValueError(f"no parameter matches {pattern!r}; some names: {[n for n, _ in named][:12]}")
         chosen += [i for i in hits if i not in chosen]
     return chosen
+
+
+def check_globs(params: Sequence[str] | None) -> list[str] | None:
+    """Validate a probe's ``params`` argument: ``None`` or a list of glob strings.
+
+    Raises:
+        TypeError: for a bare string or non-string items.
+    """
+    if params is not None and (isinstance(params, str) or not all(isinstance(p, str) for p in params)):
+        raise TypeError(f"params must be a list of glob strings, got {params!r}")
+    return None if params is None else list(params)
+
+
+def tracked_params(adapter: Adapter, globs: Sequence[str] | None) -> tuple[list[tuple[str, nn.Parameter]], list[int]]:
+    """Every trainable tensor of ``adapter.model`` and the indices of those ``globs`` pick (default: output weight).
+
+    Raises:
+        ValueError: if a glob matches nothing.
+    """
+    named = trainable(adapter.model)
+    return named, select(named, globs or output_weight_names(adapter))

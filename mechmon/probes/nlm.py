@@ -39,7 +39,7 @@ from mechmon.adapters.base import Adapter
 from mechmon.alerts import Compound, Rule, Threshold
 from mechmon.functional.weights import cosines, dots_and_square_norms, global_cosine
 from mechmon.naming import metric_key
-from mechmon.params import output_weight_names, select, trainable
+from mechmon.params import check_globs, tracked_params
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
 
@@ -61,6 +61,7 @@ class NLMProbe(StreamingProbe):
 
     Raises:
         ValueError: on ``level`` outside (-1, 1) or ``patience < 1``; in ``setup`` if a glob matches nothing.
+        TypeError: if ``params`` is not a list of strings.
 
     Example:
         >>> NLMProbe(level=0.8).name
@@ -83,15 +84,14 @@ class NLMProbe(StreamingProbe):
         super().__init__(**kwargs)
         if not -1 < level < 1 or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"need -1 < level < 1 and an int patience >= 1, got {level!r}, {patience!r}")
-        self.param_globs = None if params is None else list(params)
+        self.param_globs = check_globs(params)
         self.level, self.patience, self.accuracy_key, self.update_form = level, patience, accuracy_key, update_form
         self._before: list[Tensor] = []
         self._decay: list[float] = []
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve tensors; states are replicated (gradients are identical across data-parallel ranks)."""
-        self.named = trainable(adapter.model)
-        self.tracked = select(self.named, self.param_globs or output_weight_names(adapter))
+        self.named, self.tracked = tracked_params(adapter, self.param_globs)
         self._specs.clear()
         self.add_state("grad_3P", torch.zeros(3, len(self.named), dtype=torch.float64), "sum", replicated=True)
         self.add_state("update_3K", torch.zeros(3, len(self.tracked), dtype=torch.float64), "sum", replicated=True)

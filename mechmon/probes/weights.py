@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter
 from mechmon.functional.weights import square_norms
-from mechmon.params import output_weight_names, select, trainable
+from mechmon.params import check_globs, tracked_params
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
 
@@ -42,6 +42,7 @@ class WeightsProbe(StreamingProbe):
 
     Raises:
         ValueError: in ``setup``, if a glob matches no parameter.
+        TypeError: if ``params`` is not a list of strings.
 
     Example:
         >>> WeightsProbe(params=["*head*"]).name
@@ -54,14 +55,11 @@ class WeightsProbe(StreamingProbe):
 
     def __init__(self, params: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if params is not None and (isinstance(params, str) or not all(isinstance(p, str) for p in params)):
-            raise TypeError(f"params must be a list of glob strings, got {params!r}")
-        self.param_globs = None if params is None else list(params)
+        self.param_globs = check_globs(params)
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve the tensors and declare replicated states (identical on every data-parallel rank)."""
-        self.named = trainable(adapter.model)
-        self.tracked = select(self.named, self.param_globs or output_weight_names(adapter))
+        self.named, self.tracked = tracked_params(adapter, self.param_globs)
         self._specs.clear()
         self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=True)
         self.to(device)

@@ -90,3 +90,11 @@ def test_weight_norms_and_growth():
     assert probe.compute()["mechmon/weights/norm_growth"].item() == pytest.approx(0.5, rel=1e-6)
     with pytest.raises(ValueError, match="no parameter matches"):
         setup(WeightsProbe(params=["nope*"]), model)
+
+
+@pytest.mark.parametrize("probe_cls", [WeightsProbe, NLMProbe])
+def test_params_must_be_a_list_of_globs(probe_cls):
+    with pytest.raises(TypeError, match="list of glob strings"):
+        probe_cls(params="2.weight")
+    with pytest.raises(TypeError):
+        probe_cls(params=[3])

@@ -1,12 +1,21 @@
 """mechmon: live mechanistic monitoring of transformer training (PyTorch Lightning callbacks)."""
 
 from mechmon.adapters import Adapter, HFAdapter, HookPoint, ModuleAdapter, TransformerLensAdapter, resolve_adapter
-from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Plateau, Rule, Threshold, Trend
+from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Phase, Plateau, Rule, Threshold, Trend
 from mechmon.callbacks import MechMonitor
 from mechmon.capture import capture
 from mechmon.naming import KEY_RE, metric_key
 from mechmon.probe import Probe, SnapshotProbe, StreamingProbe
-from mechmon.probes import InductionProbe, LogitsProbe, NLMProbe, WeightsProbe
+from mechmon.probes import (
+    AttentionProgressProbe,
+    CollapseProbe,
+    InductionProbe,
+    LogitsProbe,
+    NLMProbe,
+    RankProbe,
+    RepetitionProbe,
+    WeightsProbe,
+)
 from mechmon.registry import get_probe, list_probes, register_probe
 from mechmon.schedule import at, every, log_spaced, union
 
@@ -21,6 +30,10 @@ __all__ = [
     "LogitsProbe",
     "NLMProbe",
     "WeightsProbe",
+    "CollapseProbe",
+    "RankProbe",
+    "RepetitionProbe",
+    "AttentionProgressProbe",
     "Adapter",
     "HookPoint",
     "HFAdapter",
@@ -36,6 +49,7 @@ __all__ = [
     "Plateau",
     "Trend",
     "Compound",
+    "Phase",
     "NonFinite",
     "every",
     "log_spaced",

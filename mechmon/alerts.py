@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Alert", "Rule", "Threshold", "Emergence", "Collapse", "Plateau", "Trend", "Compound", "NonFinite"]
+__all__ = ["Alert", "Rule", "Threshold", "Emergence", "Collapse", "Plateau", "Trend", "Compound", "Phase", "NonFinite"]
 
 Severity = Literal["info", "warning", "critical"]
 Mode = Literal["min", "max"]
@@ -94,6 +94,11 @@ class Rule:
             return None
         self._active = True
         return Alert(self.name, self.key, step, value, self.severity, self._reason(value))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The alert names this rule can emit (``<rule>`` of ``mechmon/alerts/<rule>``)."""
+        return (self.name,)
 
     @property
     def holds(self) -> bool:
@@ -199,23 +204,26 @@ class Emergence(Threshold):
 class Collapse(Rule):
     """Fires when the value collapses against its running extreme for ``patience`` evaluations.
 
-    Mode ``"max"``: below ``ratio`` x the running maximum; mode ``"min"``: above ``1/ratio`` x the running minimum.
+    Mode ``"max"``: below ``ratio`` x the running maximum minus ``margin``; mode ``"min"``: above the running
+    minimum / ``ratio`` plus ``margin``.
 
     Args:
-        ratio: in (0, 1), e.g. 0.5 for "halved from its best".
+        ratio: in (0, 1], e.g. 0.5 for "halved from its best"; 1 with a ``margin`` for an absolute fall.
         mode: ``"max"`` tracks a running max (collapse = drop), ``"min"`` a running min (collapse = rise).
+        margin: absolute distance beyond ``ratio`` x the extreme (>= 0), e.g. 0.1 for "0.1 below the running max".
         **kwargs: see :class:`Rule`.
 
     Raises:
-        ValueError: unless ``0 < ratio < 1`` and ``mode`` is valid.
+        ValueError: unless ``0 < ratio <= 1``, ``margin >= 0``, one of them is strict, and ``mode`` is valid.
     """
 
     _extra_state = ("extreme",)
 
-    def __init__(self, key: str, ratio: float = 0.5, mode: Mode = "max", **kwargs: Any) -> None:
-        _check("ratio", ratio, 0 < ratio < 1, "in (0, 1)")
+    def __init__(self, key: str, ratio: float = 0.5, mode: Mode = "max", margin: float = 0.0, **kwargs: Any) -> None:
+        _check("ratio", ratio, 0 < ratio <= 1, "in (0, 1]")
+        _check("margin", margin, margin >= 0 and (margin > 0 or ratio < 1), ">= 0, and > 0 when ratio is 1")
         _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
-        self.ratio, self.mode = float(ratio), mode
+        self.ratio, self.mode, self.margin = float(ratio), mode, float(margin)
         kwargs.setdefault("name", "collapse")
         super().__init__(key, **kwargs)
 
@@ -228,33 +236,46 @@ class Collapse(Rule):
         pick = max if self.mode == "max" else min
         self.extreme = value if self.extreme is None else pick(self.extreme, value)
         if self.mode == "max":
-            return value < self.ratio * self.extreme
-        return value > self.extreme / self.ratio
+            return value < self.ratio * self.extreme - self.margin
+        return value > self.extreme / self.ratio + self.margin
 
     def _reason(self, value: float) -> str:
         word = "max" if self.mode == "max" else "min"
         extreme = f"running {word} {self.extreme:.4g}"
-        return f"{self.key} = {value:.4g} collapsed against its {extreme} (ratio {self.ratio:g})"
+        return (
+            f"{self.key} = {value:.4g} collapsed against its {extreme} (ratio {self.ratio:g}, margin {self.margin:g})"
+        )
 
 
 class Plateau(Rule):
-    """Fires when the value has not improved by more than ``min_delta`` for ``patience`` evaluations.
+    """Fires when the value has not improved for ``patience`` evaluations.
 
-    Like ``EarlyStopping``: an improvement resets the count and re-arms the rule.
+    Like ``EarlyStopping`` and ``ReduceLROnPlateau``: an improvement must beat the best value so far by
+    ``max(min_delta, min_rel_delta·|best|)``; one resets the count and re-arms the rule.
 
     Args:
         mode: ``"min"`` (a loss) or ``"max"`` (a score).
-        min_delta: smallest change that counts as an improvement (>= 0).
+        min_delta: smallest absolute change that counts as an improvement (>= 0).
+        min_rel_delta: smallest change relative to the best value that counts (>= 0), e.g. 0.01 for 1 %.
         patience: evaluations without improvement before firing.
         **kwargs: see :class:`Rule`.
     """
 
     _extra_state = ("best",)
 
-    def __init__(self, key: str, mode: Mode = "min", min_delta: float = 0.0, patience: int = 5, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        key: str,
+        mode: Mode = "min",
+        min_delta: float = 0.0,
+        min_rel_delta: float = 0.0,
+        patience: int = 5,
+        **kwargs: Any,
+    ) -> None:
         _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
         _check("min_delta", min_delta, min_delta >= 0, ">= 0")
-        self.mode, self.min_delta = mode, float(min_delta)
+        _check("min_rel_delta", min_rel_delta, min_rel_delta >= 0, ">= 0")
+        self.mode, self.min_delta, self.min_rel_delta = mode, float(min_delta), float(min_rel_delta)
         kwargs.setdefault("name", "plateau")
         super().__init__(key, patience=patience, **kwargs)
 
@@ -264,9 +285,11 @@ class Plateau(Rule):
         self.best: float | None = None
 
     def _condition(self, value: float) -> bool:
-        better = self.best is None or (
-            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
-        )
+        if self.best is None:
+            self.best = value
+            return False
+        step = max(self.min_delta, self.min_rel_delta * abs(self.best))
+        better = value < self.best - step if self.mode == "min" else value > self.best + step
         if better:
             self.best = value
         return not better
@@ -381,6 +404,80 @@ class Compound(Rule):
         super().load_state_dict(state)
         for member, saved in zip(self.members, state.get("members", []), strict=False):
             member.load_state_dict(saved)
+
+
+class Phase(Compound):
+    """A phase with an entry and an exit alert, each fired once per phase.
+
+    Fires ``name`` when every ``enter`` rule holds, then ``exit_name`` when any ``exit`` rule holds, and re-arms. The
+    ``exit`` rules are reset at entry and fed only inside the phase, so their running statistics (a running
+    max, a baseline) start at the phase. Example: the loss plateau of METRICS.md C1 enters on "loss flat and mean
+    cosine > 0.9" and exits on "cosine 0.1 below its running max, or the loss falls by 20 %".
+
+    Args:
+        enter: rules that must all hold to enter (their patience counts).
+        exit: rules of which one must hold to leave.
+        name: entry alert name.
+        exit_name: exit alert name.
+        severity: entry severity.
+        exit_severity: exit severity.
+
+    Raises:
+        ValueError: if ``enter`` or ``exit`` is empty.
+    """
+
+    def __init__(
+        self,
+        enter: Sequence[Rule],
+        exit: Sequence[Rule],
+        name: str = "phase",
+        exit_name: str = "phase_exit",
+        severity: Severity = "warning",
+        exit_severity: Severity = "info",
+    ) -> None:
+        _check("enter", enter, len(enter) >= 1, "at least one rule")
+        _check("exit", exit, len(exit) >= 1, "at least one rule")
+        _check("exit_name", exit_name, exit_name.replace("_", "").isalnum(), "a snake_case rule name")
+        self.enter, self.exit = list(enter), list(exit)
+        self.exit_name, self.exit_severity = exit_name, exit_severity
+        super().__init__(self.enter + self.exit, name=name, severity=severity)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Entry and exit alert names."""
+        return (self.name, self.exit_name)
+
+    @property
+    def inside(self) -> bool:
+        """Whether the phase has been entered and not yet left."""
+        return self._active
+
+    def observe(self, step: int, scalars: Mapping[str, float]) -> Alert | None:
+        """Feed the entry rules always and the exit rules inside the phase; return the transition's alert."""
+        if not any(m.key in scalars for m in self.members):
+            return None
+        for member in self.enter:
+            member.observe(step, scalars)
+        if not self._active:
+            if not all(m.holds for m in self.enter):
+                return None
+            self._active = True
+            for member in self.exit:
+                member.reset()
+                member.observe(step, scalars)
+            return self._alert(step, scalars, self.enter, self.name, self.severity)
+        for member in self.exit:
+            member.observe(step, scalars)
+        fired = [m for m in self.exit if m.holds]
+        if not fired:
+            return None
+        self._active = False
+        return self._alert(step, scalars, fired, self.exit_name, self.exit_severity)
+
+    @staticmethod
+    def _alert(step: int, scalars: Mapping[str, float], why: list[Rule], name: str, severity: Severity) -> Alert:
+        reason = "; ".join(m._reason(scalars.get(m.key, math.nan)) for m in why)
+        return Alert(name, why[0].key, step, scalars.get(why[0].key, math.nan), severity, reason)
 
 
 class NonFinite(Rule):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from mechmon.adapters.base import LOGITS
 from mechmon.naming import metric_key
 from mechmon.schedule import Schedule, as_schedule
 
@@ -148,13 +149,22 @@ class Probe:
 class SnapshotProbe(Probe):
     """A probe that runs one ``no_grad`` eval-mode forward on its own fixed batch at scheduled steps.
 
-    Subclasses build ``self.probe_batch`` (token ids ``[B, T]``, on the model's device) in :meth:`setup`.
-    The monitor runs the forward with eager attention and passes the captures plus ``"logits"``
-    (``[B, T, V]``) to :meth:`update`; ``batch`` is ``None``.
+    Subclasses build ``self.probe_batch`` (token ids ``[B, T]``, on the model's device) in :meth:`setup`, or set
+    ``needs_batch`` and build it in :meth:`take_batch` from the first training batch. The monitor runs
+    :meth:`snapshot` with eager attention under the probe's hooks and passes the captures plus what
+    :meth:`snapshot` returns (``"logits"`` ``[B, T, V]`` by default) to :meth:`update`; ``batch`` is ``None``.
     """
 
     kind: ClassVar[Kind] = "snapshot"
+    needs_batch: bool = False
     probe_batch: Tensor
+
+    def take_batch(self, batch: Any) -> None:
+        """Build the probe batch from a training batch; called once, before the first evaluation, if ``needs_batch``."""
+
+    def snapshot(self, adapter: Adapter) -> dict[str, Tensor]:
+        """The probe's forward(s) under its hooks; override for several forwards (e.g. greedy generation)."""
+        return {LOGITS: adapter.forward(self.probe_batch)}
 
 
 class StreamingProbe(Probe):

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from mechmon.adapters import LOGITS, Adapter, AdapterSpec, resolve_adapter
+from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
 from mechmon.alerts import Alert, NonFinite, Rule
 from mechmon.capture import capture, resolve_names
 from mechmon.console import ConsoleView
@@ -116,6 +116,7 @@ class MechMonitor(Callback):
         self._stream_step = -1
         self._names: dict[str, list[str]] = {}
         self._adapter: Adapter | None = None
+        self._waiting: list[Probe] = []
 
     @property
     @override
@@ -135,6 +136,7 @@ class MechMonitor(Callback):
             self._names[probe.name] = resolve_names(self._adapter, probe.requires)
             probe.setup(self._adapter.model, self._adapter, pl_module.device)
         self._rules = [rule for probe in self.probes for rule in probe.rules()] + self.extra_rules
+        self._waiting = [p for p in self.probes if getattr(p, "needs_batch", False)]
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
         if trainer.is_global_zero:
@@ -160,6 +162,8 @@ class MechMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._step_at_start = trainer.global_step
+        if self._waiting:
+            self._take_batch(batch)
         self._attach_streaming(trainer.global_step + 1)
 
     @override
@@ -182,6 +186,12 @@ class MechMonitor(Callback):
 
     def _streaming_due(self, step: int) -> list[Probe]:
         return [p for p in self._due(step) if p.kind == "streaming"]
+
+    def _take_batch(self, batch: Any) -> None:
+        """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
+        for probe in self._waiting:
+            self._guarded(probe, probe.take_batch, batch)
+        self._waiting = []
 
     def _attach_streaming(self, upcoming: int) -> None:
         """Hook the training forward for the micro-batches of a scheduled step only."""
@@ -279,7 +289,8 @@ class MechMonitor(Callback):
     ) -> None:
         markers = {metric_key("alerts", a.rule, namespace=self.namespace): 1.0 for a in alerts}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in {**scalars, **markers}.items()})
-        alert_keys = [metric_key("alerts", r.name, namespace=self.namespace) for r in self._rules]
+        names = dict.fromkeys(n for r in self._rules for n in r.names)
+        alert_keys = [metric_key("alerts", n, namespace=self.namespace) for n in names]
         self._writer.layout(list(scalars) + alert_keys)
         self._writer.scalars({**scalars, **markers}, step)
         for key, matrix in images.items():
@@ -390,7 +401,7 @@ def _snapshot_forward(probe: Probe, adapter: Adapter, names: list[str]) -> None:
     try:
         with torch.no_grad(), adapter.eager_attention():
             with capture(adapter, names, probe.reduce_capture) as caps:
-                caps[LOGITS] = adapter.forward(probe.probe_batch)
+                caps.update(probe.snapshot(adapter))
                 probe.update(caps, None)
     finally:
         model.train(was_training)

@@ -1,7 +1,9 @@
 """Pure, stateless, vectorised formulas; probes wrap them."""
 
+from mechmon.functional.collapse import effective_rank, gram_with_ones, mean_pairwise_cosine, participation_ratio
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses, repeated_tokens
 from mechmon.functional.logits import absorption_gap, flatten_rows, softmax_collapse, top2_gap, zero_loss
+from mechmon.functional.plateau import attention_progress, loss_at_positions, repetition_frac, select_positions
 
 __all__ = [
     "induction_scores",
@@ -13,4 +15,12 @@ __all__ = [
     "top2_gap",
     "absorption_gap",
     "flatten_rows",
+    "mean_pairwise_cosine",
+    "gram_with_ones",
+    "effective_rank",
+    "participation_ratio",
+    "select_positions",
+    "loss_at_positions",
+    "repetition_frac",
+    "attention_progress",
 ]

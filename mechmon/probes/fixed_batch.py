@@ -1,0 +1,122 @@
+"""Base of the snapshot probes that read real data: a fixed batch given by the user or taken from training.
+
+The plateau family (METRICS.md §4) measures a model on a fixed batch of its own task or text. The batch is either
+passed to the probe (token ids ``[B, T]``, or a mapping with ``input_ids`` and optionally ``attention_mask``) or,
+by default, the first ``max_rows`` rows of the first training batch, copied once and kept on the model's device.
+Padding must be on the right, where the causal model never looks back at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters.base import Adapter
+from mechmon.capture import capture
+from mechmon.functional.plateau import loss_at_positions
+from mechmon.probe import SnapshotProbe
+
+__all__ = ["FixedBatchProbe", "batch_tokens", "check_positions", "hidden_width"]
+
+
+def batch_tokens(batch: Any, owner: str) -> tuple[Tensor, Tensor]:
+    """Token ids ``[B, T]`` and attention mask ``[B, T]`` from a tensor, a mapping or an ``(inputs, ...)`` tuple.
+
+    Raises:
+        TypeError: if no 2-d integer tensor of ids can be found (the message names the fix).
+    """
+    ids, mask = batch, None
+    if isinstance(batch, Mapping):
+        ids, mask = batch.get("input_ids"), batch.get("attention_mask")
+    elif isinstance(batch, (tuple, list)) and batch:
+        ids = batch[0]
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(
+            f"{owner} needs token ids [B, T]: a LongTensor, a mapping with 'input_ids' (and optionally "
+            f"'attention_mask'), or a tuple whose first item is the ids; got {type(batch).__name__}. "
+            f"Pass batch=... to {owner} explicitly."
+        )
+    mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+    if mask.shape != ids.shape:
+        raise TypeError(f"{owner}: attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
+    return ids, mask
+
+
+def check_positions(positions: Sequence[int] | None, owner: str) -> list[int] | None:
+    """Validate a position list: two or more distinct ints >= 0 (``None`` passes through).
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if positions is None:
+        return None
+    values = list(positions)
+    if len(values) < 2 or not all(isinstance(p, int) and p >= 0 for p in values) or len(set(values)) != len(values):
+        raise ValueError(f"{owner}(positions=...) needs two or more distinct ints >= 0, got {positions!r}")
+    return values
+
+
+def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
+    """Last dimension of capture ``name``, read from a two-token ``no_grad`` forward (shapes only)."""
+    with torch.no_grad(), capture(adapter, [name]) as caps:
+        adapter.forward(torch.zeros((1, 2), dtype=torch.long, device=device))
+    return int(caps[name].shape[-1])
+
+
+class FixedBatchProbe(SnapshotProbe):
+    """A snapshot probe on a fixed batch of real data (see the module docstring).
+
+    Subclasses declare states in :meth:`setup` (calling ``super().setup``) and build their masks in
+    :meth:`prepare`, which runs once the batch is known.
+
+    Args:
+        batch: token ids ``[B, T]``, a mapping with ``input_ids`` / ``attention_mask``, or ``None`` for the first
+            training batch.
+        max_rows: rows kept from the batch (>= 1).
+        **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
+
+    Raises:
+        TypeError: if ``batch`` holds no 2-d integer ids.
+        ValueError: if ``max_rows`` is not a positive int.
+    """
+
+    def __init__(self, batch: Any = None, max_rows: int = 8, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"{type(self).__name__}(max_rows=...) must be an int >= 1, got {max_rows!r}")
+        self.max_rows = max_rows
+        self._given = None if batch is None else batch_tokens(batch, type(self).__name__)
+        self._ready = False
+        self._device = torch.device("cpu")
+
+    @property
+    def needs_batch(self) -> bool:
+        """True until the probe holds a batch; the monitor then passes it the first training batch."""
+        return not self._ready
+
+    def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Remember the device and, if the user gave a batch, prepare it now."""
+        self._device, self._ready = device, False
+        self._specs.clear()
+        if self._given is not None:
+            self._use(*self._given)
+
+    def take_batch(self, batch: Any) -> None:
+        """Keep the first ``max_rows`` rows of a training batch (copied: no reference to the loader's tensor)."""
+        self._use(*batch_tokens(batch, type(self).__name__))
+
+    def _use(self, ids: Tensor, mask: Tensor) -> None:
+        self.probe_batch = ids[: self.max_rows].to(self._device).clone()
+        self.attention_mask = mask[: self.max_rows].to(self._device).clone()
+        self.prepare()
+        self._ready = True
+
+    def prepare(self) -> None:
+        """Build position masks from ``probe_batch`` and ``attention_mask`` (``[B, T]`` on the device)."""
+
+    def position_loss(self, logits_BTV: Tensor, mask_BT: Tensor) -> Tensor:
+        """``[sum, count]`` of the teacher-forced next-token loss at the positions of ``mask_BT``."""
+        return loss_at_positions(logits_BTV, self.probe_batch, mask_BT, self.attention_mask)

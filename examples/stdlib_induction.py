@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mechmon import InductionProbe, LogitsProbe, MechMonitor
+from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, RankProbe
 from mechmon.cli import print_summary
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -45,6 +45,12 @@ def read_corpus(path: Path | None, max_bytes: int) -> torch.Tensor:
     if total < 10_000:
         raise SystemExit(f"found only {total} bytes of text under {root}")
     return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
+
+
+def text_windows(corpus: torch.Tensor, rows: int, ctx: int, seed: int) -> torch.Tensor:
+    """``[rows, ctx]`` random windows of the corpus (seeded)."""
+    starts = torch.randint(len(corpus) - ctx, (rows, 1), generator=torch.Generator().manual_seed(seed))
+    return corpus[starts + torch.arange(ctx)]
 
 
 class Batches(IterableDataset):
@@ -133,8 +139,14 @@ def main() -> None:  # noqa: D103
     start = time.perf_counter()
     fired_at: dict[str, float] = {}
     stopper = StopAfterEmergence(args.stop_after)
+    text_rows = text_windows(corpus, 8, args.ctx, args.seed + 1)  # representation probes read real text only
     monitor = MechMonitor(
-        probes=[InductionProbe(period=50, batch_size=10), LogitsProbe()],
+        probes=[
+            InductionProbe(period=50, batch_size=10),
+            LogitsProbe(),
+            CollapseProbe(text_rows),
+            RankProbe(text_rows),
+        ],
         schedule=args.every,
         console=not args.no_live,
         on_alert=[lambda a: fired_at.setdefault(f"{a.rule}@{a.step}", time.perf_counter() - start), stopper.on_alert],

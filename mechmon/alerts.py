@@ -205,7 +205,7 @@ class Collapse(Rule):
     """Fires when the value collapses against its running extreme for ``patience`` evaluations.
 
     Mode ``"max"``: below ``ratio`` x the running maximum minus ``margin``; mode ``"min"``: above the running
-    minimum / ``ratio`` plus ``margin``.
+    minimum / ``ratio`` plus ``margin``. Values seen during ``warmup`` do not enter the running extreme.
 
     Args:
         ratio: in (0, 1], e.g. 0.5 for "halved from its best"; 1 with a ``margin`` for an absolute fall.
@@ -233,6 +233,8 @@ class Collapse(Rule):
         self.extreme: float | None = None
 
     def _condition(self, value: float) -> bool:
+        if self._seen <= self.warmup:  # warmup values (e.g. the initialisation) do not set the running extreme
+            return False
         pick = max if self.mode == "max" else min
         self.extreme = value if self.extreme is None else pick(self.extreme, value)
         if self.mode == "max":

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -123,6 +124,18 @@ class Probe:
     def compute(self) -> dict[str, Tensor]:
         """Metric key -> tensor from the reduced state; 0-d are scalars, 2-d become heatmaps."""
         raise NotImplementedError
+
+    def host_inputs(self) -> dict[str, Tensor]:
+        """Reduced tensors that :meth:`finish` needs on the host; they ride in the step's one transfer. None by default.
+
+        For measures with no sync-free device algorithm: CUDA eigensolvers check their convergence flag with a host
+        sync, so an eigendecomposition runs on the host copy instead.
+        """
+        return {}
+
+    def finish(self, host: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Metric key -> float from the host copies of :meth:`host_inputs` (CPU only, no device work)."""
+        return {}
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Streaming probes: read gradients once per scheduled optimizer step (after accumulation). No-op by default."""

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Plateau, Threshold, Trend
+from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Phase, Plateau, Threshold, Trend
 
 K = "mechmon/x/y"
 
@@ -130,3 +130,81 @@ def test_compound_needs_all_members_at_once():
         Compound([Threshold(cos, 0.7)])
     with pytest.raises(ValueError):
         Trend(K, window=2)
+
+
+def test_plateau_relative_delta_counts_small_improvements_as_flat():
+    rule = Plateau(K, min_rel_delta=0.01, patience=3)
+    # each value is less than 1 % below the best (2.83, then 1.0), so flat from the second value of each run
+    assert run(rule, [2.83, 2.825, 2.82, 2.815, 1.0, 0.995, 0.993, 0.992]) == [3, 7]
+    # a slow decline that adds up to more than 1 % is an improvement and resets the count
+    assert run(Plateau(K, min_rel_delta=0.01, patience=3), [2.83, 2.82, 2.81, 2.80, 2.79, 2.78]) == []
+    absolute = Plateau(K, min_delta=0.005, patience=3)
+    assert run(absolute, [2.83, 2.82, 2.81, 2.80]) == []  # each beats the best by more than 0.005
+    with pytest.raises(ValueError, match="min_rel_delta"):
+        Plateau(K, min_rel_delta=-0.1)
+
+
+def test_collapse_margin_below_running_max():
+    rule = Collapse(K, ratio=1.0, margin=0.1)
+    # 0.84 < 0.95 - 0.1 fires; 0.97 re-arms and raises the max; 0.8 < 0.97 - 0.1 fires again
+    assert run(rule, [0.5, 0.95, 0.9, 0.86, 0.84, 0.5, 0.97, 0.8]) == [4, 7]
+    assert run(Collapse(K, ratio=1.0, margin=0.1), [0.5, 0.95, 0.86, 0.9]) == []
+    with pytest.raises(ValueError, match="margin"):
+        Collapse(K, ratio=1.0)
+
+
+def plateau_phase():
+    loss, cos = "mechmon/c/loss", "mechmon/c/cos"
+    enter = [Plateau(loss, min_rel_delta=0.01, patience=2), Threshold(cos, 0.9, patience=2)]
+    exit_ = [Collapse(cos, ratio=1.0, margin=0.1), Collapse(loss, ratio=0.8)]
+    return Phase(enter, exit_, name="plateau_start", exit_name="plateau_exit"), loss, cos
+
+
+def feed(rule, loss_key, cos_key, losses, cosines):
+    out = []
+    for i, (loss, cos) in enumerate(zip(losses, cosines, strict=True)):
+        alert = rule.observe(i, {loss_key: loss, cos_key: cos})
+        out += [(i, alert.rule)] if alert else []
+    return out
+
+
+def test_phase_enters_once_exits_once_and_rearms():
+    rule, loss, cos = plateau_phase()
+    losses = [3.0, 2.8, 2.8, 2.8, 2.8, 2.8, 2.0, 0.5, 0.5, 0.5, 0.5]
+    cosines = [0.3, 0.92, 0.95, 0.96, 0.96, 0.95, 0.9, 0.3, 0.3, 0.3, 0.3]
+    assert feed(rule, loss, cos, losses, cosines) == [(3, "plateau_start"), (6, "plateau_exit")]
+    assert rule.names == ("plateau_start", "plateau_exit") and not rule.inside
+    # a second plateau fires again: the loss has been flat since index 7, the cosine is high for 2 evaluations
+    assert feed(rule, loss, cos, [0.5, 0.5, 0.5, 0.1], [0.95, 0.95, 0.95, 0.95]) == [
+        (1, "plateau_start"),
+        (3, "plateau_exit"),
+    ]
+
+
+def test_phase_exit_statistics_start_at_entry_and_round_trip():
+    rule, loss, cos = plateau_phase()
+    # a high loss long before the plateau must not count as the plateau's level for the drop test
+    losses, cosines = [9.0, 2.8, 2.8, 2.8, 2.7], [0.95, 0.95, 0.95, 0.95, 0.95]
+    assert feed(rule, loss, cos, losses, cosines) == [(3, "plateau_start")]
+    saved = rule.state_dict()
+    twin, _, _ = plateau_phase()
+    twin.load_state_dict(saved)
+    assert twin.inside and feed(twin, loss, cos, [2.7, 2.0], [0.95, 0.95]) == [(1, "plateau_exit")]
+    assert feed(rule, loss, cos, [2.7], [0.8]) == [(0, "plateau_exit")]  # cosine fell 0.15 below its max
+
+
+def test_phase_validation():
+    rule = Threshold(K, 0.5)
+    with pytest.raises(ValueError, match="enter"):
+        Phase([], [rule])
+    with pytest.raises(ValueError, match="exit_name"):
+        Phase([rule], [Threshold(K, 0.1)], exit_name="bad name")
+    with pytest.raises(TypeError):
+        plateau_phase()[0].update(0, 1.0)
+
+
+def test_collapse_warmup_values_do_not_set_the_running_max():
+    # an initial 67 (random init) followed by 17 and a slow rise: quiet with warmup=1, fires without it
+    values = [67.0, 17.0, 23.0, 27.0, 30.0]
+    assert run(Collapse(K, ratio=0.5, patience=2, warmup=1), values) == []
+    assert run(Collapse(K, ratio=0.5, patience=2), values) == [2]

@@ -244,11 +244,18 @@ class MechMonitor(Callback):
                 self._guarded(probe, probe.evaluate)
         reduce_states(due)  # collective: every rank, same probes, decided by the step only
         tensors: dict[str, Tensor] = {}
+        finishing: dict[str, Probe] = {}
         for probe in due:
             if probe.name not in self._disabled:  # a probe that failed this step logs nothing
                 tensors.update(self._guarded(probe, probe.compute) or {})
+                for name, tensor in (self._guarded(probe, probe.host_inputs) or {}).items():
+                    tensors[f"{probe.name}:{name}"], finishing[probe.name] = tensor, probe
         with_images = self.image_schedule(step)
-        host = _to_host({k: v for k, v in tensors.items() if v.ndim == 0 or (with_images and v.ndim == 2)})
+        wanted = {k: v for k, v in tensors.items() if ":" in k or v.ndim == 0 or (with_images and v.ndim == 2)}
+        host = _to_host(wanted)
+        for name, probe in finishing.items():
+            inputs = {k.split(":", 1)[1]: host.pop(k) for k in list(host) if k.startswith(f"{name}:")}
+            host.update(self._guarded(probe, probe.finish, inputs) or {})
         scalars = {k: v for k, v in host.items() if isinstance(v, float)}
         alerts = self._check_rules(step, scalars)
         self._publish(trainer, step, scalars, {k: v for k, v in host.items() if not isinstance(v, float)}, alerts)
@@ -383,12 +390,13 @@ def _to_host(tensors: Mapping[str, Tensor]) -> dict[str, float | np.ndarray]:
     first = next(iter(tensors.values()))
     dtype = torch.float32 if first.device.type == "mps" else torch.float64
     flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors.values()])
-    values = flat.tolist()  # sync: the one device-to-host transfer of a scheduled step
+    values = np.asarray(flat.cpu())  # sync: the one device-to-host transfer of a scheduled step
     out: dict[str, float | np.ndarray] = {}
     offset = 0
     for key, t in tensors.items():
         n = t.numel()
-        out[key] = values[offset] if t.ndim == 0 else np.asarray(values[offset : offset + n]).reshape(tuple(t.shape))
+        chunk = values[offset : offset + n]
+        out[key] = float(chunk[0]) if t.ndim == 0 else chunk.reshape(tuple(t.shape))
         offset += n
     return out
 

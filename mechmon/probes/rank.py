@@ -3,7 +3,8 @@
 Phenomenon: hidden states that span fewer and fewer directions. Garrido et al., *RankMe: Assessing the Downstream
 Performance of Pretrained Self-Supervised Representations by Their Rank* (ICML 2023), the effective rank of Roy &
 Vetterli (2007); METRICS.md C2. Streaming form: each forward adds the Gram matrix with ones of the selected tokens
-(``[K+1, K+1]`` per layer, one sum across ranks); ``compute`` takes its eigenvalues in fp64. RankMe is uncentered by
+(``[K+1, K+1]`` per layer, one sum across ranks); its eigenvalues are taken in fp64 on the host copy that
+rides in the scheduled step's one transfer (CUDA eigensolvers would add a sync). RankMe is uncentered by
 default (``centered=True`` subtracts the mean); the participation ratio is always centered. Widths above
 ``max_dim`` go through a fixed seeded Gaussian projection to ``max_dim`` dimensions (trend only).
 
@@ -18,7 +19,9 @@ key                                      meaning                               r
 =======================================  ====================================  ==============  ======
 
 Alert: ``dimensional_collapse`` (warning) per key ``rankme[/Lxx]``, below ``ratio`` x its running max for 2
-evaluations.
+evaluations. The first evaluation is left out of the running max: a randomly initialised network is close to
+isotropic and every run loses most of that rank in its first steps (on the stdlib demo, RankMe 67 at step 1 and
+17 at step 50).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -118,19 +122,32 @@ class RankProbe(FixedBatchProbe):
         self.gram += torch.stack([captures[name] for name in self.names]).double()
 
     def compute(self) -> dict[str, Tensor]:
-        """RankMe, RankMe / K and participation ratio per layer and for the final norm."""
-        rank, part = effective_rank(self.gram, self.centered), participation_ratio(self.gram)
+        """Nothing on the device: the spectrum is taken on the host (see :meth:`finish`)."""
+        return {}
+
+    def host_inputs(self) -> dict[str, Tensor]:
+        """The reduced Gram matrices; CUDA eigensolvers would add a host sync, so eigenvalues are taken on the host."""
+        return {"gram": self.gram}
+
+    def finish(self, host: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """RankMe, RankMe / K and participation ratio per layer and for the final norm (NaN for a non-finite Gram)."""
+        gram = torch.from_numpy(np.asarray(host["gram"], dtype=np.float64))
+        finite = np.asarray(torch.isfinite(gram).flatten(1).all(dim=1))
+        safe = torch.where(torch.from_numpy(finite)[:, None, None], gram, torch.zeros_like(gram))
+        rank = np.where(finite, np.asarray(effective_rank(safe, self.centered)), np.nan)
+        part = np.where(finite, np.asarray(participation_ratio(safe)), np.nan)
         out = {}
         for i in range(len(self.names)):
             scope = layer_scope(i) if i < len(self.names) - 1 else None
-            out[self.key("rankme", scope)] = rank[i]
-            out[self.key("rankme_frac", scope)] = rank[i] / self.dim
-            out[self.key("part_ratio", scope)] = part[i]
+            out[self.key("rankme", scope)] = float(rank[i])
+            out[self.key("rankme_frac", scope)] = float(rank[i]) / self.dim
+            out[self.key("part_ratio", scope)] = float(part[i])
         return out
 
     def default_rules(self) -> list[Rule]:
         """``dimensional_collapse`` on every ``rankme`` key."""
         scopes = [layer_scope(i) for i in range(len(self.names) - 1)] + [None]
         return [
-            Collapse(self.key("rankme", s), ratio=self.ratio, patience=2, name="dimensional_collapse") for s in scopes
+            Collapse(self.key("rankme", s), ratio=self.ratio, patience=2, warmup=1, name="dimensional_collapse")
+            for s in scopes
         ]

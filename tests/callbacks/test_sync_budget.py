@@ -5,8 +5,19 @@ import os
 import lightning.pytorch as pl
 import torch
 
-from mechmon import InductionProbe, LogitsProbe, MechMonitor, NLMProbe, WeightsProbe, every
-from tests.conftest import TinyLM, make_trainer, token_loader
+from mechmon import (
+    AttentionProgressProbe,
+    CollapseProbe,
+    InductionProbe,
+    LogitsProbe,
+    MechMonitor,
+    NLMProbe,
+    RankProbe,
+    RepetitionProbe,
+    WeightsProbe,
+    every,
+)
+from tests.conftest import CTX, TinyLM, make_trainer, token_loader
 
 MECHMON_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep + "mechmon"
 SYNCING = ["item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__"]
@@ -37,9 +48,12 @@ def test_one_transfer_per_scheduled_step_and_none_otherwise(tmp_path, monkeypatc
 
         return counted
 
+    probes = [InductionProbe(period=20, batch_size=2), LogitsProbe(), WeightsProbe(), NLMProbe()]
+    # the plateau family, with its probe batch taken from the first training batch and RankMe's host-side finish
+    # (CPU tensors from numpy, no device work)
+    probes += [CollapseProbe(), RankProbe(), RepetitionProbe(gen_len=3), AttentionProgressProbe(torch.eye(CTX))]
     for name in SYNCING:
         monkeypatch.setattr(torch.Tensor, name, wrap(name))
-    probes = [InductionProbe(period=20, batch_size=2), LogitsProbe(), WeightsProbe(), NLMProbe()]
     monitor = MechMonitor(probes=probes, schedule=every(3), image_schedule=every(6))
     recorder = StepRecorder(counter)
     # the recorder runs after the monitor, so each step's count includes the monitor's work on that step
@@ -47,3 +61,4 @@ def test_one_transfer_per_scheduled_step_and_none_otherwise(tmp_path, monkeypatc
     scheduled = {s for s in range(1, 10) if every(3)(s)}
     assert scheduled == {1, 3, 6, 9}
     assert {s: n for s, n in recorder.per_step.items() if n} == {s: 1 for s in scheduled}
+    assert not monitor._disabled

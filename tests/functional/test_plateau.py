@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mechmon.functional.plateau import attention_progress, loss_at_positions, repetition_frac, select_positions
+
+
+def test_select_positions_default_explicit_and_padding():
+    attn = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert select_positions(attn).tolist() == [[False, True, True, True, False], [False, True, True, True, True]]
+    assert select_positions(attn, exclude_first=False)[1, 0].item()
+    assert select_positions(attn, positions=[0, 4]).tolist() == [
+        [True, False, False, False, False],
+        [True] + [False] * 3 + [True],
+    ]
+    with pytest.raises(ValueError, match="outside"):
+        select_positions(attn, positions=[5])
+
+
+def test_loss_at_positions_matches_loop():
+    gen = torch.Generator().manual_seed(0)
+    logits, tokens = torch.randn(2, 6, 7, generator=gen), torch.randint(0, 7, (2, 6), generator=gen)
+    attn = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    mask = select_positions(attn)
+    total, count = 0.0, 0
+    for b in range(2):
+        for t in range(5):
+            if mask[b, t] and attn[b, t + 1]:
+                total += F.cross_entropy(logits[b, t][None], tokens[b, t + 1][None]).item()
+                count += 1
+    got = loss_at_positions(logits, tokens, mask, attn)
+    assert got[1].item() == count == 4 + 2  # row 0: t=1..4; row 1: t=1,2 (t=3 predicts padding)
+    assert got[0].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_repetition_frac_hand_case():
+    assert repetition_frac(torch.tensor([[1, 1, 2, 2], [3, 4, 5, 6]])).item() == pytest.approx(2 / 6)
+    assert repetition_frac(torch.tensor([[7, 7, 7]])).item() == 1.0
+
+
+def naive_apm(pattern, target, rows):
+    out = []
+    for b in range(pattern.shape[0]):
+        num = den = 0.0
+        for h in range(pattern.shape[1]):
+            for q in range(pattern.shape[2]):
+                if not rows[b, q]:
+                    continue
+                for k in range(pattern.shape[3]):
+                    a = abs(pattern[b, h, q, k].item())
+                    num += a * target[q, k].item()
+                    den += a
+        out.append(num / den)
+    return torch.tensor(out)
+
+
+def test_attention_progress_matches_loop_with_signed_scores():
+    gen = torch.Generator().manual_seed(3)
+    pattern = torch.randn(2, 3, 5, 5, generator=gen).tril()  # linear attention: signed, masked scores
+    target = (torch.rand(5, 5, generator=gen) < 0.3).float()
+    rows = torch.tensor([[False, True, True, False, True], [True, True, True, True, False]])
+    got = attention_progress(pattern, target, rows)
+    assert torch.allclose(got, naive_apm(pattern, target, rows).float(), atol=1e-6)
+    assert torch.allclose(attention_progress(pattern, target.expand(2, 5, 5), rows), got)
+
+
+def test_attention_progress_perfect_and_disjoint_maps():
+    pattern = torch.zeros(1, 1, 4, 4)
+    pattern[0, 0, torch.arange(4), torch.arange(4)] = 1.0  # every query on itself
+    rows = torch.ones(1, 4, dtype=torch.bool)
+    assert attention_progress(pattern, torch.eye(4), rows).item() == 1.0
+    assert attention_progress(pattern, 1 - torch.eye(4), rows).item() == 0.0

@@ -7,7 +7,7 @@ probes on one fixed batch of 64 task samples: CollapseProbe (output positions wi
 (greedy continuation of the 16 outputs), AttentionProgressProbe (Ω: each output position attends to the two summands
 of the next output) and RankProbe.
 
-    python examples/loss_plateau.py            # about 2 minutes on 2 CPU cores
+    python examples/loss_plateau.py            # 300 steps, about 2 minutes on 2 CPU cores
 
 Prints the step where ``plateau_start`` fired, the step where ``plateau_exit`` fired and the loss-drop step, defined
 as the first evaluation at which the output-token loss (``mechmon/repr_collapse/loss_nats``) is below half of
@@ -193,6 +193,7 @@ def report(scalars: dict, alerts: list, out: Path) -> None:
         ("apm/score", "attention progress"),
     ]:
         right.plot(*zip(*scalars[f"mechmon/{key}"], strict=True), label=label)
+    right.plot(*zip(*scalars["mechmon/repetition/data_frac"], strict=True), ls=":", label="repetition in the data")
     right.set(ylabel="cosine / fraction", ylim=(-0.05, 1.05))
     for rule, colour in [("plateau_start", "tab:red"), ("plateau_exit", "tab:green")]:
         if rule in first:
@@ -209,7 +210,7 @@ def report(scalars: dict, alerts: list, out: Path) -> None:
 
 def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--max-steps", type=int, default=600)
+    p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--max-minutes", type=float, default=4.5, help="wall-clock cap (default 4.5)")
     p.add_argument("--every", type=int, default=5, help="probe every N steps")
     p.add_argument("--lr", type=float, default=1e-4)

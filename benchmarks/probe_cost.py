@@ -1,0 +1,89 @@
+"""Cost of one evaluation of each snapshot probe, on the two example models, exactly as the monitor runs it.
+
+    python benchmarks/probe_cost.py --repeats 20
+
+One evaluation = the probe's forward(s) under its hooks (eager attention), ``update``, ``compute``, the one
+device-to-host transfer and any host-side ``finish`` (RankMe's eigenvalues). Models: the moving-window-sum model
+of examples/loss_plateau.py (1 layer, width 256, probe batch 64 x 33) and the stdlib demo's GPT-2 (2 layers,
+width 128, probe batch 8 x 128 text bytes). Prints the median and the minimum over ``repeats`` in milliseconds.
+"""
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mechmon import AttentionProgressProbe, CollapseProbe, InductionProbe, RankProbe, RepetitionProbe
+from mechmon.adapters import resolve_adapter
+from mechmon.callbacks.monitor import _snapshot_forward, _to_host
+from mechmon.capture import resolve_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def one_evaluation(probe, adapter, names) -> None:
+    _snapshot_forward(probe, adapter, names)
+    tensors = {k: v for k, v in probe.compute().items() if v.ndim == 0}
+    inputs = probe.host_inputs()
+    host = _to_host({**tensors, **{f"in:{k}": v for k, v in inputs.items()}})
+    probe.finish({k[3:]: v for k, v in host.items() if k.startswith("in:")})
+    probe.reset()
+
+
+def time_probe(probe, model, adapter, repeats: int) -> tuple[float, float]:
+    probe.setup(model, adapter, torch.device("cpu"))
+    names = resolve_names(adapter, probe.requires)
+    one_evaluation(probe, adapter, names)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one_evaluation(probe, adapter, names)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), min(times)
+
+
+def main() -> None:  # noqa: D103
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    mws = load("loss_plateau")
+    mws_model = mws.MWSModel()
+    batch = mws.mws_batch(64, torch.Generator().manual_seed(1))
+    outputs = list(range(mws.N + 1, 2 * mws.N))
+    demo = load("stdlib_induction")
+    gpt = demo.ByteGPT(2, 128, 4, 128, 1e-3)
+    text = demo.text_windows(demo.read_corpus(None, 2_000_000), 8, 128, 1)
+    cases = [
+        ("MWS 1L d256", mws_model, mws.adapter(mws_model), CollapseProbe(batch, positions=outputs, max_rows=64)),
+        ("MWS 1L d256", mws_model, mws.adapter(mws_model), RankProbe(batch, positions=outputs, max_rows=64)),
+        ("MWS 1L d256", mws_model, mws.adapter(mws_model), RepetitionProbe(batch, gen_len=16, max_rows=64)),
+        (
+            "MWS 1L d256",
+            mws_model,
+            mws.adapter(mws_model),
+            AttentionProgressProbe(mws.target_map(), batch, max_rows=64),
+        ),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), CollapseProbe(text)),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), RankProbe(text)),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), RepetitionProbe(text)),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), InductionProbe()),
+    ]
+    print(f"{'model':<15} {'probe':<24} {'median ms':>10} {'min ms':>8}")
+    for label, model, adapter, probe in cases:
+        median, best = time_probe(probe, model, adapter, args.repeats)
+        print(f"{label:<15} {type(probe).__name__:<24} {median:>10.1f} {best:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from mechmon.probes import (
     NLMProbe,
     RankProbe,
     RepetitionProbe,
+    RoutingProbe,
     WeightsProbe,
 )
 from mechmon.registry import get_probe, list_probes, register_probe
@@ -34,6 +35,7 @@ __all__ = [
     "RankProbe",
     "RepetitionProbe",
     "AttentionProgressProbe",
+    "RoutingProbe",
     "Adapter",
     "HookPoint",
     "HFAdapter",

@@ -4,6 +4,8 @@ Canonical names (shapes):
     ``blocks.{l}.attn.hook_pattern``   attention probabilities ``[B, H, Q, K]``
     ``blocks.{l}.hook_resid_post``     residual stream after block ``l`` ``[B, T, d]``
     ``ln_final.hook_normalized``       final-norm hidden states ``[B, T, d]``
+    ``blocks.{l}.mlp.hook_router_logits``   MoE router logits, pre-softmax ``[B·T, E]`` (hooked at the gate module)
+    ``blocks.{l}.mlp.hook_expert_indices``  the router's selected experts ``[B·T, k]``
     ``logits``                         output-head logits ``[B, T, V]`` (or ``[N, C]`` for a classifier)
 """
 
@@ -16,7 +18,17 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-__all__ = ["Adapter", "HookPoint", "first_output", "pattern_name", "resid_name", "FINAL_NORM", "LOGITS"]
+__all__ = [
+    "Adapter",
+    "HookPoint",
+    "first_output",
+    "pattern_name",
+    "resid_name",
+    "router_name",
+    "expert_indices_name",
+    "FINAL_NORM",
+    "LOGITS",
+]
 
 FINAL_NORM = "ln_final.hook_normalized"
 LOGITS = "logits"
@@ -30,6 +42,16 @@ def pattern_name(layer: int) -> str:
 def resid_name(layer: int) -> str:
     """Canonical residual-stream name after block ``layer``."""
     return f"blocks.{layer}.hook_resid_post"
+
+
+def router_name(layer: int) -> str:
+    """Canonical MoE router-logits name of ``layer``."""
+    return f"blocks.{layer}.mlp.hook_router_logits"
+
+
+def expert_indices_name(layer: int) -> str:
+    """Canonical selected-experts name of ``layer``."""
+    return f"blocks.{layer}.mlp.hook_expert_indices"
 
 
 def first_output(output: Any) -> Tensor:
@@ -66,6 +88,8 @@ class Adapter:
     n_heads: int
     vocab_size: int
     bos_token_id: int | None = None
+    n_experts: int = 0  # MoE models: experts per MoE layer
+    top_k: int = 0  # MoE models: experts selected per token
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

@@ -14,7 +14,17 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from mechmon.adapters.base import FINAL_NORM, LOGITS, Adapter, HookPoint, pattern_name, resid_name
+from mechmon.adapters.base import (
+    FINAL_NORM,
+    LOGITS,
+    Adapter,
+    HookPoint,
+    expert_indices_name,
+    first_output,
+    pattern_name,
+    resid_name,
+    router_name,
+)
 
 __all__ = ["HFAdapter", "HF_LAYOUTS"]
 
@@ -29,6 +39,12 @@ HF_LAYOUTS: dict[str, tuple[str, str, str]] = {
     "mixtral": ("model.layers", "self_attn", "model.norm"),
     "qwen2_moe": ("model.layers", "self_attn", "model.norm"),
 }
+
+
+def _expert_indices(output: Any) -> Tensor:
+    if not (isinstance(output, tuple) and len(output) > 2):
+        raise RuntimeError("the router returned no selected-expert indices (expected (logits, scores, indices))")
+    return output[2]
 
 
 def _attention_weights(output: Any) -> Tensor:
@@ -58,6 +74,8 @@ class HFAdapter(Adapter):
         self.n_heads = int(cfg.num_attention_heads)
         self.vocab_size = int(cfg.vocab_size)
         self.bos_token_id = getattr(cfg, "bos_token_id", None)
+        experts = next((getattr(cfg, a) for a in ("num_experts", "num_local_experts") if getattr(cfg, a, None)), 0)
+        self.n_experts, self.top_k = int(experts), int(getattr(cfg, "num_experts_per_tok", 0) or 0)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -68,7 +86,7 @@ class HFAdapter(Adapter):
         return getattr(cfg, "model_type", None) in HF_LAYOUTS and has_head
 
     def hook_points(self) -> dict[str, HookPoint]:
-        """Patterns and residual stream per layer, final norm and logits."""
+        """Canonical name -> hook point: patterns, residual stream, MoE router outputs (at the gate), norm, logits."""
         layers_path, attn_attr, norm_path = self.layout
         try:
             layers = self.model.get_submodule(layers_path)
@@ -78,6 +96,10 @@ class HFAdapter(Adapter):
         for i, layer in enumerate(layers):
             points[pattern_name(i)] = HookPoint(getattr(layer, attn_attr), _attention_weights)
             points[resid_name(i)] = HookPoint(layer)
+            gate = getattr(getattr(layer, "mlp", None), "gate", None)
+            if isinstance(gate, nn.Module) and getattr(gate, "weight", None) is not None:  # MoE layers only
+                points[router_name(i)] = HookPoint(gate, first_output)
+                points[expert_indices_name(i)] = HookPoint(gate, _expert_indices)
         points[LOGITS] = HookPoint(self.model.get_output_embeddings())
         return points
 

@@ -4,6 +4,7 @@ from mechmon.functional.collapse import effective_rank, gram_with_ones, mean_pai
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses, repeated_tokens
 from mechmon.functional.logits import absorption_gap, flatten_rows, softmax_collapse, top2_gap, zero_loss
 from mechmon.functional.plateau import attention_progress, loss_at_positions, repetition_frac, select_positions
+from mechmon.functional.routing import expert_counts, load_stats, routing_entropy
 
 __all__ = [
     "induction_scores",
@@ -23,4 +24,7 @@ __all__ = [
     "loss_at_positions",
     "repetition_frac",
     "attention_progress",
+    "routing_entropy",
+    "expert_counts",
+    "load_stats",
 ]

@@ -7,6 +7,7 @@ from mechmon.probes.logits import LogitsProbe
 from mechmon.probes.nlm import NLMProbe
 from mechmon.probes.rank import RankProbe
 from mechmon.probes.repetition import RepetitionProbe
+from mechmon.probes.routing import RoutingProbe
 from mechmon.probes.weights import WeightsProbe
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "NLMProbe",
     "RankProbe",
     "RepetitionProbe",
+    "RoutingProbe",
     "WeightsProbe",
 ]

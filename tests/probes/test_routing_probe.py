@@ -1,0 +1,92 @@
+"""RoutingProbe on HF MoE models built from small configs (never downloaded), hooked at the gate module."""
+
+import pytest
+import torch
+
+from mechmon import MechMonitor, RoutingProbe, every
+from mechmon.adapters import HFAdapter
+from mechmon.functional.routing import load_stats
+from mechmon.naming import KEY_RE
+from tests.callbacks.helpers import read_events, scalar_steps
+from tests.conftest import VOCAB, TinyLM, hook_count, make_trainer, tiny_gpt2, token_loader
+
+E, K = 8, 2
+
+
+def tiny_moe(kind: str):
+    from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig
+
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_experts_per_tok=K,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    configs = {
+        "olmoe": lambda: OlmoeConfig(num_experts=E, **common),
+        "mixtral": lambda: MixtralConfig(num_local_experts=E, **common),
+        "qwen2_moe": lambda: Qwen2MoeConfig(
+            num_experts=E, moe_intermediate_size=32, shared_expert_intermediate_size=32, **common
+        ),
+    }
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(configs[kind]())
+
+
+@pytest.mark.parametrize("kind", ["olmoe", "mixtral", "qwen2_moe"])
+def test_probe_matches_router_outputs_of_the_forward(kind):
+    model = tiny_moe(kind).eval()
+    adapter = HFAdapter(model)
+    probe = RoutingProbe()
+    probe.setup(model, adapter, torch.device("cpu"))
+    ids = torch.randint(1, VOCAB, (3, 10), generator=torch.Generator().manual_seed(1))
+    seen = {}
+    gates = [model.get_submodule(f"model.layers.{i}.mlp.gate") for i in range(2)]
+    handles = [g.register_forward_hook(lambda m, a, out, i=i: seen.setdefault(i, out)) for i, g in enumerate(gates)]
+    from mechmon.capture import capture, resolve_names
+
+    with torch.no_grad(), capture(adapter, resolve_names(adapter, probe.requires)) as caps:
+        model(input_ids=ids)
+        probe.update(caps)
+    for h in handles:
+        h.remove()
+    out = probe.compute()
+    counts = torch.stack([torch.bincount(seen[i][2].flatten(), minlength=E) for i in range(2)])
+    assert torch.equal(probe.counts_LE, counts) and counts.sum().item() == 2 * 30 * K
+    p = torch.softmax(seen[1][0].float(), -1)
+    want = (-(p * p.log()).sum(-1) / torch.log(torch.tensor(float(E)))).mean()
+    assert out["mechmon/moe_routing/entropy/L01"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert out["mechmon/moe_routing/load_cv"].item() == pytest.approx(load_stats(counts)["load_cv"].mean().item())
+    assert out["mechmon/moe_routing/expert_load"].shape == (2, E)
+    assert hook_count(model) == 0
+
+
+def test_fit_writes_routing_keys(tmp_path):
+    model = TinyLM(tiny_moe("olmoe"))
+    mon = MechMonitor(probes=[RoutingProbe()], schedule=every(2), image_schedule=every(4))
+    make_trainer(tmp_path, [mon], max_steps=4, accumulate_grad_batches=2).fit(model, token_loader())
+    acc = read_events(tmp_path / "tb")
+    tags = acc.Tags()["scalars"]
+    for key in ["entropy", "entropy/L00", "entropy/L01", "load_cv", "max_load_ratio", "dead_frac", "dead_experts/L01"]:
+        assert KEY_RE.match(f"mechmon/moe_routing/{key}") and f"mechmon/moe_routing/{key}" in tags, key
+        assert scalar_steps(acc, f"mechmon/moe_routing/{key}") == [1, 2, 4]
+    assert all(0 <= e.value <= 1 for e in acc.Scalars("mechmon/moe_routing/entropy"))
+    assert [e.step for e in acc.Images("mechmon/moe_routing/expert_load")] == [1, 4]
+    assert not mon._disabled and hook_count(model) == 0
+
+
+def test_dense_model_gets_a_clear_error(tmp_path):
+    mon = MechMonitor(probes=[RoutingProbe()], schedule=every(2))
+    with pytest.raises(RuntimeError, match="hook_router_logits"):
+        make_trainer(tmp_path, [mon], max_steps=2).fit(TinyLM(tiny_gpt2()), token_loader())
+
+
+def test_bad_levels():
+    with pytest.raises(ValueError):
+        RoutingProbe(dead_level=1.5)

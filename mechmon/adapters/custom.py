@@ -41,6 +41,9 @@ class ModuleAdapter(Adapter):
         vocab_size: output vocabulary size.
         bos_token_id: BOS id prepended to probe batches, or ``None``.
         forward: optional ``fn(model, input_ids) -> logits``; defaults to ``model(input_ids)``.
+        n_experts: experts per MoE layer, for a custom MoE (map ``blocks.{l}.mlp.hook_router_logits`` ``[B·T, E]``
+            and ``blocks.{l}.mlp.hook_expert_indices`` ``[B·T, k]`` to the router module, with an ``extract``).
+        top_k: experts selected per token.
 
     Raises:
         RuntimeError: if a path does not exist (listing the module's submodules).
@@ -57,9 +60,12 @@ class ModuleAdapter(Adapter):
         vocab_size: int,
         bos_token_id: int | None = None,
         forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+        n_experts: int = 0,
+        top_k: int = 0,
     ) -> None:
         super().__init__(model)
         self.n_layers, self.n_heads, self.vocab_size, self.bos_token_id = n_layers, n_heads, vocab_size, bos_token_id
+        self.n_experts, self.top_k = n_experts, top_k
         self._forward = forward
         self._points = {name: self._resolve(spec) for name, spec in points.items()}
 

@@ -3,6 +3,7 @@
 from mechmon.functional.collapse import effective_rank, gram_with_ones, mean_pairwise_cosine, participation_ratio
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses, repeated_tokens
 from mechmon.functional.logits import absorption_gap, flatten_rows, softmax_collapse, top2_gap, zero_loss
+from mechmon.functional.pathway import mean_edit_distance, pathway_selection, sample_routing, serialize_pathways
 from mechmon.functional.plateau import attention_progress, loss_at_positions, repetition_frac, select_positions
 from mechmon.functional.routing import expert_counts, load_stats, routing_entropy
 
@@ -27,4 +28,8 @@ __all__ = [
     "routing_entropy",
     "expert_counts",
     "load_stats",
+    "sample_routing",
+    "pathway_selection",
+    "serialize_pathways",
+    "mean_edit_distance",
 ]

@@ -90,3 +90,43 @@ def test_dense_model_gets_a_clear_error(tmp_path):
 def test_bad_levels():
     with pytest.raises(ValueError):
         RoutingProbe(dead_level=1.5)
+
+
+def test_custom_moe_layer_through_module_adapter():
+    from torch import nn
+
+    from mechmon.adapters import ModuleAdapter
+    from mechmon.capture import capture, resolve_names
+
+    class Router(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 4, bias=False)
+
+        def forward(self, h):
+            logits = self.proj(h.reshape(-1, 8))
+            return logits, logits.topk(1, dim=-1).indices
+
+    class TinyMoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.router, self.head = nn.Embedding(16, 8), Router(), nn.Linear(8, 16)
+
+        def forward(self, ids):
+            h = self.emb(ids)
+            self.router(h)
+            return self.head(h)
+
+    points = {
+        "blocks.0.mlp.hook_router_logits": ("router", lambda out: out[0]),
+        "blocks.0.mlp.hook_expert_indices": ("router", lambda out: out[1]),
+        "logits": "head",
+    }
+    model = TinyMoE()
+    adapter = ModuleAdapter(model, points, n_layers=1, n_heads=0, vocab_size=16, n_experts=4, top_k=1)
+    probe = RoutingProbe()
+    probe.setup(model, adapter, torch.device("cpu"))
+    with torch.no_grad(), capture(adapter, resolve_names(adapter, probe.requires)) as caps:
+        model(torch.randint(0, 16, (2, 5)))
+        probe.update(caps)
+    assert probe.counts_LE.sum().item() == 10 and 0 <= probe.compute()["mechmon/moe_routing/entropy"].item() <= 1

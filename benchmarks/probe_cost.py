@@ -36,7 +36,7 @@ def one_evaluation(probe, adapter, names) -> None:
     tensors = {k: v for k, v in probe.compute().items() if v.ndim == 0}
     inputs = probe.host_inputs()
     host = _to_host({**tensors, **{f"in:{k}": v for k, v in inputs.items()}})
-    probe.finish({k[3:]: v for k, v in host.items() if k.startswith("in:")})
+    probe.finish({k[3:]: v for k, v in host.items() if k.startswith("in:")}, 0)
     probe.reset()
 
 

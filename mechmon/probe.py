@@ -133,9 +133,20 @@ class Probe:
         """
         return {}
 
-    def finish(self, host: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Metric key -> float from the host copies of :meth:`host_inputs` (CPU only, no device work)."""
+    def finish(self, host: Mapping[str, np.ndarray], step: int) -> dict[str, float]:
+        """Metric key -> float from the host copies of :meth:`host_inputs` (CPU only, no device work).
+
+        A probe may instead hand slow host work to a worker thread here and return its results later from
+        :meth:`late_results`, stamped with ``step``.
+        """
         return {}
+
+    def late_results(self, wait: bool = False) -> list[tuple[int, dict[str, float]]]:
+        """Finished off-thread results as ``(step of the probe forward, metrics)``, oldest first; ``wait``: all."""
+        return []
+
+    def close(self) -> None:
+        """Release workers; called when the fit ends, after the last :meth:`late_results`."""
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Streaming probes: read gradients once per scheduled optimizer step (after accumulation). No-op by default."""

@@ -255,12 +255,23 @@ class MechMonitor(Callback):
         host = _to_host(wanted)
         for name, probe in finishing.items():
             inputs = {k.split(":", 1)[1]: host.pop(k) for k in list(host) if k.startswith(f"{name}:")}
-            host.update(self._guarded(probe, probe.finish, inputs) or {})
+            host.update(self._guarded(probe, probe.finish, inputs, step) or {})
         scalars = {k: v for k, v in host.items() if isinstance(v, float)}
         alerts = self._check_rules(step, scalars)
         self._publish(trainer, step, scalars, {k: v for k, v in host.items() if not isinstance(v, float)}, alerts)
         for probe in due:
             probe.reset()
+        self._publish_late(trainer)
+
+    def _publish_late(self, trainer: pl.Trainer | None, wait: bool = False) -> None:
+        """Write off-thread results at the step of the probe forward they came from, and run the rules on them."""
+        for probe in self.probes:
+            for step, scalars in self._guarded(probe, probe.late_results, wait) or []:
+                alerts = self._check_rules(step, scalars)
+                if trainer is not None:
+                    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+                self._writer.scalars(scalars, step)
+                self._deliver(alerts)
 
     def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
         """Run ``fn``; a probe that raises is disabled with an alert and training goes on."""
@@ -318,6 +329,9 @@ class MechMonitor(Callback):
 
     def _close(self) -> None:
         self._detach_streaming()
+        self._publish_late(None, wait=True)
+        for probe in self.probes:
+            self._guarded(probe, probe.close)
         if self._view is not None:
             self._view.stop()
         self._writer.close()

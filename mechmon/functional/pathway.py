@@ -12,11 +12,19 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 from torch import Tensor
 
-__all__ = ["sample_routing", "pathway_selection", "serialize_pathways", "mean_edit_distance", "pair_subset"]
+__all__ = [
+    "sample_losses",
+    "sample_routing",
+    "pathway_selection",
+    "serialize_pathways",
+    "mean_edit_distance",
+    "pair_subset",
+]
 
 
 def sample_routing(router_logits_NE: Tensor, mask_BT: Tensor) -> Tensor:
@@ -33,6 +41,19 @@ def sample_routing(router_logits_NE: Tensor, mask_BT: Tensor) -> Tensor:
     g_BTE = torch.softmax(router_logits_NE.float(), dim=-1).reshape(B, T, -1)
     w_BT1 = mask_BT.float().unsqueeze(-1)
     return (g_BTE * w_BT1).sum(dim=1) / w_BT1.sum(dim=1).clamp_min(1)
+
+
+def sample_losses(logits_BTV: Tensor, tokens_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """Each sample's mean next-token NLL over its real targets, fp32 ``[B]`` (the ℓ_i of the memorization criterion).
+
+    Args:
+        logits_BTV: teacher-forced logits ``[B, T, V]``.
+        tokens_BT: the input ids.
+        mask_BT: 1/True for real tokens; position t counts when token t + 1 is real.
+    """
+    ce_BT = F.cross_entropy(logits_BTV[:, :-1].float().transpose(1, 2), tokens_BT[:, 1:], reduction="none")
+    use_BT = mask_BT[:, 1:].float()
+    return (ce_BT * use_BT).sum(dim=1) / use_BT.sum(dim=1).clamp_min(1)
 
 
 def pathway_selection(weights_NLE: Tensor, tau: float = 0.7) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from mechmon.probes.collapse import CollapseProbe
 from mechmon.probes.induction import InductionProbe
 from mechmon.probes.logits import LogitsProbe
 from mechmon.probes.nlm import NLMProbe
+from mechmon.probes.pathway import PathwayProbe
 from mechmon.probes.rank import RankProbe
 from mechmon.probes.repetition import RepetitionProbe
 from mechmon.probes.routing import RoutingProbe
@@ -16,6 +17,7 @@ __all__ = [
     "InductionProbe",
     "LogitsProbe",
     "NLMProbe",
+    "PathwayProbe",
     "RankProbe",
     "RepetitionProbe",
     "RoutingProbe",

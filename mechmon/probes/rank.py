@@ -129,7 +129,7 @@ class RankProbe(FixedBatchProbe):
         """The reduced Gram matrices; CUDA eigensolvers would add a host sync, so eigenvalues are taken on the host."""
         return {"gram": self.gram}
 
-    def finish(self, host: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def finish(self, host: Mapping[str, np.ndarray], step: int) -> dict[str, float]:
         """RankMe, RankMe / K and participation ratio per layer and for the final norm (NaN for a non-finite Gram)."""
         gram = torch.from_numpy(np.asarray(host["gram"], dtype=np.float64))
         finite = np.asarray(torch.isfinite(gram).flatten(1).all(dim=1))

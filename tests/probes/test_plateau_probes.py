@@ -31,7 +31,7 @@ def evaluate(probe, model, times=1, training_batch=None):
     for _ in range(times):
         _snapshot_forward(probe, adapter, names)
     out = {k: v.item() for k, v in probe.compute().items() if v.ndim == 0}
-    out.update(probe.finish({k: v.numpy() for k, v in probe.host_inputs().items()}))
+    out.update(probe.finish({k: v.numpy() for k, v in probe.host_inputs().items()}, 0))
     return out
 
 
@@ -98,7 +98,7 @@ def test_rank_probe_non_finite_gram_gives_nan_not_an_error():
     probe = RankProbe(batch())
     evaluate(probe, tiny_gpt2().eval())
     probe.gram[0, 0, 0] = float("nan")
-    out = probe.finish({"gram": probe.gram.numpy()})
+    out = probe.finish({"gram": probe.gram.numpy()}, 0)
     assert np.isnan(out["mechmon/repr_rank/rankme/L00"]) and np.isfinite(out["mechmon/repr_rank/rankme"])
 
 

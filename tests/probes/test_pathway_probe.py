@@ -1,0 +1,112 @@
+"""PathwayProbe on a tiny HF OLMoE: keys stamped with the probe step, and training goes on while distances compute."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from mechmon import MechMonitor, PathwayProbe, every
+from mechmon.adapters import HFAdapter
+from mechmon.functional.pathway import mean_edit_distance, pathway_selection, sample_routing, serialize_pathways
+from mechmon.naming import KEY_RE
+from tests.callbacks.helpers import read_events, scalar_steps
+from tests.conftest import VOCAB, TinyLM, hook_count, make_trainer, token_loader
+from tests.probes.test_routing_probe import tiny_moe
+
+GROUPS = ["json", "json", "json", "email", "email", "email"]
+
+
+def probe_set():
+    return torch.randint(1, VOCAB, (6, 16), generator=torch.Generator().manual_seed(5))
+
+
+def test_worker_result_matches_the_formulas_on_the_model_routing():
+    model = tiny_moe("olmoe").eval()
+    probe = PathwayProbe(probe_set(), groups=GROUPS)
+    from mechmon.callbacks.monitor import _snapshot_forward
+    from mechmon.capture import resolve_names
+
+    adapter = HFAdapter(model)
+    probe.setup(model, adapter, torch.device("cpu"))
+    _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    losses = probe.compute()
+    probe.finish({"weights": probe.host_inputs()["weights"].numpy()}, step=7)
+    [(step, out)] = probe.late_results(wait=True)
+    probe.close()
+    assert step == 7
+    seen = {}
+    gates = [model.get_submodule(f"model.layers.{i}.mlp.gate") for i in range(2)]
+    handles = [g.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, o[0])) for i, g in enumerate(gates)]
+    with torch.no_grad():
+        model(input_ids=probe_set())
+    for h in handles:
+        h.remove()
+    mask = torch.ones(6, 16)
+    weights = torch.stack([sample_routing(seen[i], mask) for i in range(2)], dim=1)
+    pathways, per_layer = serialize_pathways(*(t.numpy() for t in pathway_selection(weights, 0.7)))
+    assert out["mechmon/moe_pathway/edit_dist/json"] == pytest.approx(mean_edit_distance(pathways[:3]))
+    assert out["mechmon/moe_pathway/edit_dist/email.L01"] == pytest.approx(mean_edit_distance(per_layer[1][3:]))
+    assert set(losses) == {"mechmon/moe_pathway/loss_nats/json", "mechmon/moe_pathway/loss_nats/email"}
+
+
+def test_training_goes_on_while_distances_compute(tmp_path):
+    """The worker waits until training has made two more steps; a blocked training thread would fail the test."""
+    step_now = {"step": 0}
+    original = PathwayProbe._distances
+
+    def slow(self, weights):
+        start, deadline = step_now["step"], time.monotonic() + 20  # the deadline turns a blocked run into a failure
+        while step_now["step"] < start + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {**original(self, weights), "mechmon/moe_pathway/steps_during": float(step_now["step"] - start)}
+
+    class Clock(pl_callback()):
+        def on_train_batch_end(self, trainer, *args):
+            step_now["step"] = trainer.global_step
+
+    probe = PathwayProbe(probe_set(), groups=GROUPS)
+    probe._distances = slow.__get__(probe)
+    mon = MechMonitor(probes=[probe], schedule=every(4))
+    model = TinyLM(tiny_moe("olmoe"))
+    make_trainer(tmp_path, [mon, Clock()], max_steps=9).fit(model, token_loader())
+    acc = read_events(tmp_path / "tb")
+    # forwards at 1, 4, 8; each result is written at the step of its own forward, computed while >= 2 steps ran
+    assert scalar_steps(acc, "mechmon/moe_pathway/edit_dist/json") == [1, 4, 8]
+    assert all(e.value >= 2 for e in acc.Scalars("mechmon/moe_pathway/steps_during")[:2])
+    for key in ["edit_dist/json", "edit_dist/email.L00", "edit_dist/email.L01", "loss_nats/json"]:
+        assert KEY_RE.match(f"mechmon/moe_pathway/{key}") and f"mechmon/moe_pathway/{key}" in acc.Tags()["scalars"]
+    assert not mon._disabled and hook_count(model) == 0 and probe._pool is None
+
+
+def pl_callback():
+    import lightning.pytorch as pl
+
+    return pl.Callback
+
+
+def test_busy_worker_skips_the_round():
+    probe = PathwayProbe(probe_set(), groups=GROUPS)
+    gate = threading.Event()
+    probe._distances = lambda weights: gate.wait(5) and {}
+    weights = torch.full((6, 2, 8), 1 / 8).numpy()
+    probe.finish({"weights": weights}, 1)
+    probe.finish({"weights": weights}, 2)  # the first round is still running
+    assert probe.skipped == 1 and probe.late_results() == []
+    gate.set()
+    assert [s for s, _ in probe.late_results(wait=True)] == [1]
+    probe.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs,error",
+    [
+        ({"batch": None}, TypeError),
+        ({"groups": ["a"]}, ValueError),
+        ({"tau": 0}, ValueError),
+        ({"max_pairs": 0}, ValueError),
+    ],
+)
+def test_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        PathwayProbe(**{"batch": probe_set(), **kwargs})

@@ -28,7 +28,7 @@ def routing_entropy(router_logits_NE: Tensor) -> Tensor:
     """
     logp = F.log_softmax(router_logits_NE.float(), dim=-1)
     h_N = -(logp.exp() * logp).sum(dim=-1) / math.log(router_logits_NE.shape[-1])
-    return torch.stack([h_N.sum(), torch.tensor(float(h_N.numel()), device=h_N.device)])
+    return torch.stack([h_N.sum(), h_N.new_full((), h_N.numel())])  # new_full: a fill kernel, no host copy
 
 
 def expert_counts(indices_Nk: Tensor, n_experts: int) -> Tensor:

@@ -101,9 +101,8 @@ class AttentionProgressProbe(FixedBatchProbe):
         self.names = [pattern_name(i) for i in self.layers]
         super().setup(model, adapter, device)
         self.add_state("apm_sum", torch.zeros(len(self.layers)), "sum")
-        self.add_state("loss_sum", torch.zeros(()), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
-        self.add_state("loss_count", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_loss_state()
         self.to(device)
 
     def prepare(self) -> None:
@@ -127,14 +126,12 @@ class AttentionProgressProbe(FixedBatchProbe):
         """Add this forward's per-layer APM and the loss at the query rows."""
         self.apm_sum += torch.stack([captures[name] for name in self.names])
         self.count += 1
-        loss = self.position_loss(captures[LOGITS], self.rows_BQ)
-        self.loss_sum += loss[0]
-        self.loss_count += loss[1].long()
+        self.add_position_loss(captures[LOGITS], self.rows_BQ)
 
     def compute(self) -> dict[str, Tensor]:
         """Per-layer APM, their max, and the loss."""
         apm = self.apm_sum / self.count.clamp_min(1)
-        out = {self.key("score"): apm.max(), self.key("loss_nats"): self.loss_sum / self.loss_count.clamp_min(1)}
+        out = {self.key("score"): apm.max(), self.key("loss_nats"): self.loss_nats()}
         for i, layer in enumerate(self.layers or []):
             out[self.key("score", layer_scope(layer))] = apm[i]
         return out

@@ -109,8 +109,7 @@ class CollapseProbe(FixedBatchProbe):
         n = len(self.names)
         self.add_state("cos_sum", torch.zeros(n), "sum")
         self.add_state("cos_count", torch.zeros(n, dtype=torch.int64), "sum")
-        self.add_state("loss_sum", torch.zeros(()), "sum")
-        self.add_state("loss_count", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_loss_state()
         self.to(device)
 
     def prepare(self) -> None:
@@ -127,15 +126,13 @@ class CollapseProbe(FixedBatchProbe):
         sums_N2 = torch.stack([captures[name] for name in self.names])
         self.cos_sum += sums_N2[:, 0]
         self.cos_count += sums_N2[:, 1].long()
-        loss = self.position_loss(captures[LOGITS], self.mask_BT)
-        self.loss_sum += loss[0]
-        self.loss_count += loss[1].long()
+        self.add_position_loss(captures[LOGITS], self.mask_BT)
 
     def compute(self) -> dict[str, Tensor]:
         """Mean cosine per layer and for the final norm (NaN when no sequence had two positions), and the loss."""
         cos = self.cos_sum / self.cos_count.clamp_min(1)
         cos = torch.where(self.cos_count > 0, cos, torch.full_like(cos, float("nan")))
-        out = {self.key("mean_cos"): cos[-1], self.key("loss_nats"): self.loss_sum / self.loss_count.clamp_min(1)}
+        out = {self.key("mean_cos"): cos[-1], self.key("loss_nats"): self.loss_nats()}
         for layer in range(len(self.names) - 1):
             out[self.key("mean_cos", layer_scope(layer))] = cos[layer]
         return out

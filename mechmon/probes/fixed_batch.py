@@ -117,6 +117,17 @@ class FixedBatchProbe(SnapshotProbe):
     def prepare(self) -> None:
         """Build position masks from ``probe_batch`` and ``attention_mask`` (``[B, T]`` on the device)."""
 
-    def position_loss(self, logits_BTV: Tensor, mask_BT: Tensor) -> Tensor:
-        """``[sum, count]`` of the teacher-forced next-token loss at the positions of ``mask_BT``."""
-        return loss_at_positions(logits_BTV, self.probe_batch, mask_BT, self.attention_mask)
+    def add_loss_state(self) -> None:
+        """Declare ``loss_sum`` / ``loss_count``, the teacher-forced loss at a probe's positions (call in ``setup``)."""
+        self.add_state("loss_sum", torch.zeros(()), "sum")
+        self.add_state("loss_count", torch.zeros((), dtype=torch.int64), "sum")
+
+    def add_position_loss(self, logits_BTV: Tensor, mask_BT: Tensor) -> None:
+        """Add the next-token loss at the positions of ``mask_BT`` (``[B, T]``) to the loss state."""
+        loss = loss_at_positions(logits_BTV, self.probe_batch, mask_BT, self.attention_mask)
+        self.loss_sum += loss[0]
+        self.loss_count += loss[1].long()
+
+    def loss_nats(self) -> Tensor:
+        """Mean loss in nats over the positions added since the last reset (0 when none)."""
+        return self.loss_sum / self.loss_count.clamp_min(1)

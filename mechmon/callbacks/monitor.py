@@ -174,11 +174,11 @@ class MechMonitor(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._close()
+        self._close(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._close()
+        self._close(trainer)
 
     # -- scheduling --------------------------------------------------------------------------------------
     def _due(self, step: int) -> list[Probe]:
@@ -263,15 +263,11 @@ class MechMonitor(Callback):
             probe.reset()
         self._publish_late(trainer)
 
-    def _publish_late(self, trainer: pl.Trainer | None, wait: bool = False) -> None:
-        """Write off-thread results at the step of the probe forward they came from, and run the rules on them."""
+    def _publish_late(self, trainer: pl.Trainer, wait: bool = False) -> None:
+        """Publish off-thread results at the step of the probe forward they came from, after running the rules."""
         for probe in self.probes:
             for step, scalars in self._guarded(probe, probe.late_results, wait) or []:
-                alerts = self._check_rules(step, scalars)
-                if trainer is not None:
-                    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-                self._writer.scalars(scalars, step)
-                self._deliver(alerts)
+                self._publish(trainer, step, scalars, {}, self._check_rules(step, scalars))
 
     def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
         """Run ``fn``; a probe that raises is disabled with an alert and training goes on."""
@@ -327,9 +323,9 @@ class MechMonitor(Callback):
                 for fn in self.on_alert:
                     fn(alert)
 
-    def _close(self) -> None:
+    def _close(self, trainer: pl.Trainer) -> None:
         self._detach_streaming()
-        self._publish_late(None, wait=True)
+        self._publish_late(trainer, wait=True)
         for probe in self.probes:
             self._guarded(probe, probe.close)
         if self._view is not None:

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from mechmon import MechMonitor, PathwayProbe, every
+from mechmon import MechMonitor, PathwayProbe, Threshold, every
 from mechmon.adapters import HFAdapter
 from mechmon.functional.pathway import mean_edit_distance, pathway_selection, sample_routing, serialize_pathways
 from mechmon.naming import KEY_RE
@@ -67,13 +67,15 @@ def test_training_goes_on_while_distances_compute(tmp_path):
 
     probe = PathwayProbe(probe_set(), groups=GROUPS)
     probe._distances = slow.__get__(probe)
-    mon = MechMonitor(probes=[probe], schedule=every(4))
+    late_marker = Threshold("mechmon/moe_pathway/edit_dist/json", -1.0, name="late_marker")  # fires on the first
+    mon = MechMonitor(probes=[probe], schedule=every(4), rules=[late_marker])
     model = TinyLM(tiny_moe("olmoe"))
     make_trainer(tmp_path, [mon, Clock()], max_steps=9).fit(model, token_loader())
     acc = read_events(tmp_path / "tb")
     # forwards at 1, 4, 8; each result is written at the step of its own forward, computed while >= 2 steps ran
     assert scalar_steps(acc, "mechmon/moe_pathway/edit_dist/json") == [1, 4, 8]
     assert all(e.value >= 2 for e in acc.Scalars("mechmon/moe_pathway/steps_during")[:2])
+    assert scalar_steps(acc, "mechmon/alerts/late_marker") == [1]  # an alert on a late result marks its own step
     for key in ["edit_dist/json", "edit_dist/email.L00", "edit_dist/email.L01", "loss_nats/json"]:
         assert KEY_RE.match(f"mechmon/moe_pathway/{key}") and f"mechmon/moe_pathway/{key}" in acc.Tags()["scalars"]
     assert not mon._disabled and hook_count(model) == 0 and probe._pool is None

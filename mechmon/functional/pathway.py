@@ -1,9 +1,10 @@
 """Grokking-pathway formulas on MoE routing: per-sample routing weights, pathways and their edit distance (B2).
 
 Li, Fan & Zhou, *Where to find Grokking in LLM Pretraining? Monitor Memorization-to-Generalization without Test*
-(ICLR 2026), Sec. 4.1; METRICS.md B2. Legend: B samples, T tokens, E experts, L MoE layers, N samples of the probe
-set. The device half (:func:`sample_routing`, :func:`pathway_selection`) is vectorised and sync-free; the host half
-(:func:`serialize_pathways`, :func:`mean_edit_distance`) works on numpy copies and strings, off the training thread.
+(ICLR 2026), Sec. 4.1-4.2; METRICS.md B2-B3. Legend: B samples, T tokens, E experts, L MoE layers, d width, N samples
+of the probe set. The device half (:func:`sample_routing`, :func:`pathway_selection`, consistency) is vectorised and
+sync-free; the host half (:func:`serialize_pathways`, :func:`mean_edit_distance`) works on numpy copies and strings, off
+the training thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ __all__ = [
     "serialize_pathways",
     "mean_edit_distance",
     "pair_subset",
+    "routing_embeddings",
+    "pathway_consistency",
 ]
 
 
@@ -107,3 +110,38 @@ def mean_edit_distance(strings: Sequence[str], pairs: np.ndarray | None = None) 
         matrix = cdist(strings, strings, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
         return float(matrix[np.triu_indices(len(strings), k=1)].mean())
     return float(np.mean([Levenshtein.distance(strings[i], strings[j]) for i, j in pairs]))
+
+
+def routing_embeddings(weights_NLE: Tensor, router_LED: Tensor) -> Tensor:
+    """Routing embeddings e^ℓ_i = Σ_k ḡ_{ℓ,i,k} W^ℓ[k], the routing-weighted sum of router rows, fp32 ``[N, L, d]``.
+
+    Args:
+        weights_NLE: mean routing weights per sample and layer ``[N, L, E]``.
+        router_LED: each MoE layer's router weight matrix ``W^ℓ`` ``[L, E, d]`` (row k = expert k's embedding).
+    """
+    return torch.einsum("nle,led->nld", weights_NLE.float(), router_LED.float())
+
+
+def pathway_consistency(embed_NLD: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Both forms of pathway consistency from adjacent-layer cosines of the routing embeddings (METRICS.md B3).
+
+    With c_ℓ = cos(e^ℓ_i, e^{ℓ+1}_i) for ℓ = 1..L-1:
+
+    - smoothness S_i = mean_ℓ c_ℓ in [-1, 1], higher = smoother (mechmon's reading of the paper's claims);
+    - the printed form C_i = 1 - mean_ℓ c_ℓ / (max_ℓ c_ℓ + 1e-8), 0 when all c_ℓ are equal (its sign is unsettled).
+
+    Args:
+        embed_NLD: routing embeddings ``[N, L, d]`` with L >= 2.
+        eps: the paper's 1e-8 in the denominator (also the cosine's norm floor).
+
+    Returns:
+        ``(smoothness_N, consistency_paper_N)``, fp32 ``[N]`` each.
+
+    Raises:
+        ValueError: with fewer than two layers (no adjacent pair).
+    """
+    if embed_NLD.shape[1] < 2:
+        raise ValueError(f"pathway consistency needs >= 2 MoE layers, got {embed_NLD.shape[1]}")
+    cos_NL = F.cosine_similarity(embed_NLD[:, :-1], embed_NLD[:, 1:], dim=-1, eps=eps)
+    smooth = cos_NL.mean(dim=1)
+    return smooth, 1 - smooth / (cos_NL.amax(dim=1) + eps)

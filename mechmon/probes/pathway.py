@@ -1,26 +1,38 @@
-"""Grokking-pathway probe: pathway edit distance of MoE routing on a fixed, grouped probe set, computed off-thread.
+"""Grokking-pathway probe: pathway edit distance, pathway consistency and memorization of MoE routing, per group.
 
 Phenomenon: memorization turning into generalization, read from training data alone: the routes (pathways) that
 samples of one domain take through the experts first diverge while they are memorized, then converge as the model
 generalizes. Li, Fan & Zhou, *Where to find Grokking in LLM Pretraining? Monitor Memorization-to-Generalization
-without Test* (ICLR 2026); METRICS.md B2. At scheduled steps one ``no_grad`` forward of the probe set runs under the
-router hooks; each sample's token-mean routing weights ``[N, L, E]`` ride in the step's one transfer; a worker thread
-builds the pathways (0.7-cumulative) and the mean pairwise Levenshtein distances (rapidfuzz) within each group, and
-the monitor logs them at the step of the forward they came from. If the previous round is still running, the round
-is skipped (counted in ``skipped``): training never waits.
+without Test* (ICLR 2026); METRICS.md B1-B3. At scheduled steps one ``no_grad`` forward of the probe set runs under the
+router hooks; each sample's token-mean routing weights ``[N, L, E]``, loss and consistency ride in the step's one
+transfer. On the host the online memorization criterion (B1) updates each sample's cohort; a worker thread builds the
+pathways (0.7-cumulative) and the mean pairwise Levenshtein distances (rapidfuzz) within each group, and the monitor
+logs them at the step of the forward they came from. If the previous round is still running, the round is skipped
+(counted in ``skipped``): training never waits.
 
-Logged metrics (``<ns>`` = namespace, ``<g>`` = group slug, ``Lxx`` = MoE layer):
+Logged metrics (``<ns>`` = namespace, ``<g>`` = group slug, ``Lxx`` = MoE layer; ``<g>.mem`` = the group's memorized
+samples only, the paper's subset, written once the criterion is configured and has at least one (two for distances)):
 
-========================================  ==================================================  ==========  ============
-key                                       meaning                                             range/unit  reduce
-========================================  ==================================================  ==========  ============
-``<ns>/moe_pathway/edit_dist/<g>``        mean pairwise edit distance of full pathways        characters  replicated
-``<ns>/moe_pathway/edit_dist/<g>.Lxx``    the same on layer xx's substrings                   characters  replicated
-``<ns>/moe_pathway/loss_nats/<g>``        the group's mean per-sample loss on the probe set   nats        replicated
-========================================  ==================================================  ==========  ============
+==============================================  ===============================================  ==========  ==========
+key                                             meaning                                          range/unit  reduce
+==============================================  ===============================================  ==========  ==========
+``<ns>/moe_pathway/edit_dist/<g>[.mem]``        mean pairwise edit distance of full pathways     characters  replicated
+``<ns>/moe_pathway/edit_dist/<g>.Lxx``          the same on layer xx's substrings                characters  replicated
+``<ns>/moe_pathway/smoothness/<g>[.mem]``       mean adjacent-layer cosine of routing embeddings [-1, 1]     replicated
+``<ns>/moe_pathway/consistency_paper/<g>[.mem]`` the paper's printed C (0 = uniform cosines)      <= 1        replicated
+``<ns>/moe_pathway/memorized_frac/<g>``         share of the group in the memorized set          [0, 1]      replicated
+``<ns>/moe_pathway/revoked/<g>``                samples that left the set so far (cumulative)    count       replicated
+``<ns>/moe_pathway/epsilon/<g>``                the loss bound ε in force                        nats        replicated
+``<ns>/moe_pathway/loss_nats/<g>``              the group's mean per-sample loss on the probe set nats        replicated
+==============================================  ===============================================  ==========  ==========
 
-Alert: ``generalization_onset`` (info, per group) when ``edit_dist/<g>`` falls (Theil–Sen over 5 evaluations) while
-``loss_nats/<g>`` has not improved by 1 % for 3 evaluations.
+Smoothness and consistency need two or more MoE layers whose router module has a ``weight`` ``[E, d]`` (HF gates and
+``nn.Linear`` routers do); otherwise they are left out with a warning.
+
+Alerts (info, per group): ``generalization_onset`` when ``edit_dist/<g>`` falls (Theil–Sen over 5 evaluations) while
+``loss_nats/<g>`` has not improved by 1 % for 3 evaluations; ``generalization_in_progress`` when ``smoothness/<g>``
+rises (or falls, ``smoothness_mode="min"``) over 5 evaluations while the loss is flat. None on ``consistency_paper``
+(its sign is unsettled, METRICS.md B3).
 """
 
 from __future__ import annotations
@@ -32,14 +44,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, router_name
 from mechmon.alerts import Compound, Plateau, Rule, Trend
+from mechmon.functional.memorization import loss_quantile, memorization_step
 from mechmon.functional.pathway import (
     mean_edit_distance,
     pair_subset,
+    pathway_consistency,
     pathway_selection,
+    routing_embeddings,
     sample_losses,
     sample_routing,
     serialize_pathways,
@@ -51,9 +67,56 @@ from mechmon.registry import register_probe
 __all__ = ["PathwayProbe"]
 
 
+class _Memorization:
+    """Host state of the online memorization criterion (B1): loss window, cohorts, ε per group, revocations."""
+
+    def __init__(self, members: dict[str, np.ndarray], epsilon: dict[str, float], window: int, delta: float) -> None:
+        n = sum(len(rows) for rows in members.values())
+        self.members, self.epsilon, self.delta = members, dict(epsilon), delta
+        self.history = np.full((window, n), np.nan)
+        self.cohort = np.full(n, -1, dtype=np.int64)
+        self.revoked = {g: 0 for g in members}
+
+    def step(self, loss_N: np.ndarray, step: int) -> None:
+        """Advance the window by this evaluation's losses and update cohorts (no-op on ε until it is known)."""
+        eps_N = np.full(len(loss_N), np.nan)
+        for g, rows in self.members.items():
+            eps_N[rows] = self.epsilon.get(g, np.nan)
+        self.history, self.cohort, revoked = memorization_step(
+            self.history, loss_N, eps_N, self.cohort, step, self.delta
+        )
+        for g, rows in self.members.items():
+            self.revoked[g] += int(revoked[rows].sum())
+
+    def memorized(self) -> np.ndarray:
+        """Bool mask ``[N]`` of samples in the memorized set."""
+        return self.cohort >= 0
+
+    def state(self) -> dict[str, Tensor]:
+        groups = list(self.members)
+        return {
+            "memo.history": torch.from_numpy(self.history.copy()),
+            "memo.cohort": torch.from_numpy(self.cohort.copy()),
+            "memo.epsilon": torch.tensor([self.epsilon.get(g, float("nan")) for g in groups], dtype=torch.float64),
+            "memo.revoked": torch.tensor([self.revoked[g] for g in groups], dtype=torch.int64),
+        }
+
+    def load(self, state: Mapping[str, Tensor]) -> None:
+        if "memo.cohort" not in state or state["memo.cohort"].numel() != self.cohort.size:
+            return
+        self.history = state["memo.history"].numpy().copy()
+        self.cohort = state["memo.cohort"].numpy().copy()
+        for g, eps, rev in zip(
+            self.members, state["memo.epsilon"].tolist(), state["memo.revoked"].tolist(), strict=True
+        ):
+            self.revoked[g] = int(rev)
+            if not np.isnan(eps):
+                self.epsilon[g] = eps
+
+
 @register_probe
 class PathwayProbe(FixedBatchProbe):
-    """Pathway edit distance within each data group, per layer, off the training thread (METRICS.md B2).
+    """Pathway edit distance, consistency and memorization within each data group, off the training thread (B1-B3).
 
     Args:
         batch: the fixed probe set, ids ``[N, T]`` or a mapping with ``input_ids`` / ``attention_mask`` (required).
@@ -61,18 +124,28 @@ class PathwayProbe(FixedBatchProbe):
         tau: cumulative routing weight at which a layer's pathway stops (0.7, the paper's).
         max_pairs: pairs per group above which a fixed seeded subset of pairs is used (32,640 = all pairs of 256).
         seed: seed of the pair subsets.
+        epsilon: the memorization loss bound ε in nats, one float for every group or a mapping group -> float.
+        epsilon_at: instead of ``epsilon``, freeze each group's ε at the first evaluation at or after this global
+            step, as the ``epsilon_quantile`` of the group's losses then. Neither given: no memorization criterion.
+        epsilon_quantile: share of a group under ε when it is frozen (0.225: the paper's 20-25 %).
+        delta: stability band δ in nats (0.05).
+        window: evaluations over which a loss must stay within δ (3).
+        smoothness_mode: ``"max"`` (default) alerts on rising smoothness, ``"min"`` on falling.
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
-        Reads ``blocks.{l}.mlp.hook_router_logits`` ``[N·T, E]`` (reduced to ``[N, E]`` in the hook) and logits.
+        Reads ``blocks.{l}.mlp.hook_router_logits`` ``[N·T, E]`` (reduced to ``[N, E]`` in the hook), logits, and
+        each router module's ``weight`` ``[E, d]``.
 
     Raises:
         TypeError: without a ``batch``.
-        ValueError: if ``groups`` has the wrong length, ``tau`` is outside (0, 1] or ``max_pairs < 1``.
+        ValueError: if ``groups`` has the wrong length, ``tau`` is outside (0, 1], ``max_pairs < 1``, ``epsilon``
+            is not positive or misses a group, both ``epsilon`` and ``epsilon_at`` are given, ``epsilon_quantile``
+            is outside (0, 1), ``delta < 0``, ``window < 1`` or ``smoothness_mode`` is not "min"/"max".
 
     Example:
         >>> ids = torch.randint(1, 100, (4, 16))
-        >>> PathwayProbe(ids, groups=["json", "json", "email", "email"]).groups
+        >>> PathwayProbe(ids, groups=["json", "json", "email", "email"], epsilon=1.8).groups
         ['json', 'email']
     """
 
@@ -87,6 +160,12 @@ class PathwayProbe(FixedBatchProbe):
         tau: float = 0.7,
         max_pairs: int = 32_640,
         seed: int = 0,
+        epsilon: float | Mapping[str, float] | None = None,
+        epsilon_at: int | None = None,
+        epsilon_quantile: float = 0.225,
+        delta: float = 0.05,
+        window: int = 3,
+        smoothness_mode: str = "max",
         **kwargs: Any,
     ) -> None:
         if batch is None:
@@ -98,16 +177,25 @@ class PathwayProbe(FixedBatchProbe):
             raise ValueError(f"PathwayProbe: {len(labels)} group labels for {n} rows; give one label per row")
         if not 0 < tau <= 1 or not isinstance(max_pairs, int) or max_pairs < 1:
             raise ValueError(f"PathwayProbe needs 0 < tau <= 1 and max_pairs >= 1, got {tau!r}, {max_pairs!r}")
+        if smoothness_mode not in ("min", "max"):
+            raise ValueError(f"PathwayProbe(smoothness_mode=...) must be 'min' or 'max', got {smoothness_mode!r}")
         self.groups = list(dict.fromkeys(labels))
         self.members = {g: np.array([i for i, lab in enumerate(labels) if lab == g]) for g in self.groups}
         self.slugs = {g: re.sub(r"[^A-Za-z0-9_.\-]+", "_", g) for g in self.groups}
-        self.tau, self.max_pairs, self.seed = tau, max_pairs, seed
+        self.tau, self.max_pairs, self.seed, self.smoothness_mode = tau, max_pairs, seed, smoothness_mode
+        self.epsilon_at, self.epsilon_quantile = _check_memorization(
+            self.groups, epsilon, epsilon_at, epsilon_quantile, delta, window
+        )
+        fixed = {} if epsilon is None else _epsilon_map(self.groups, epsilon)
+        self.memo = (
+            None if epsilon is None and epsilon_at is None else _Memorization(self.members, fixed, window, delta)
+        )
         self.skipped = 0
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: list[tuple[int, Future]] = []
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
-        """Find the MoE layers; declare the replicated ``[N, L, E]`` weights and ``[N]`` losses."""
+        """Find the MoE layers and routers; declare the replicated ``[N, L, E]`` weights and ``[N]`` sample states."""
         points = adapter.hook_points()
         self.layers = [i for i in range(adapter.n_layers) if router_name(i) in points]
         if not self.layers or adapter.n_experts < 2:
@@ -117,6 +205,10 @@ class PathwayProbe(FixedBatchProbe):
         shape = (n, len(self.layers), adapter.n_experts)
         self.add_state("weights_NLE", torch.zeros(shape), "sum", replicated=True)
         self.add_state("loss_N", torch.zeros(n), "sum", replicated=True)
+        self._routers = _router_weights([points[router_name(i)].module for i in self.layers], adapter.n_experts)
+        if self._routers:
+            self.add_state("smooth_N", torch.zeros(n), "sum", replicated=True)
+            self.add_state("consist_N", torch.zeros(n), "sum", replicated=True)
         self._index = {g: torch.as_tensor(m, device=device) for g, m in self.members.items()}
         self.to(device)
 
@@ -125,26 +217,63 @@ class PathwayProbe(FixedBatchProbe):
         return sample_routing(tensor, self.attention_mask)
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
-        """Keep this forward's routing weights and per-sample losses (identical on every rank)."""
+        """Keep this forward's routing weights, per-sample losses and consistency (identical on every rank)."""
         self.weights_NLE.copy_(torch.stack([captures[router_name(i)] for i in self.layers], dim=1))
         self.loss_N.copy_(sample_losses(captures[LOGITS], self.probe_batch, self.attention_mask))
+        if self._routers:
+            router_LED = torch.stack([w.detach() for w in self._routers])
+            smooth, consist = pathway_consistency(routing_embeddings(self.weights_NLE, router_LED))
+            self.smooth_N.copy_(smooth)
+            self.consist_N.copy_(consist)
 
     def compute(self) -> dict[str, Tensor]:
-        """Each group's mean loss (the edit distances come later, from the worker)."""
-        return {self.key("loss_nats", self.slugs[g]): self.loss_N[idx].mean() for g, idx in self._index.items()}
+        """Each group's mean loss and consistency (the edit distances come later, from the worker)."""
+        out = {}
+        for g, idx in self._index.items():
+            out[self.key("loss_nats", self.slugs[g])] = self.loss_N[idx].mean()
+            if self._routers:
+                out[self.key("smoothness", self.slugs[g])] = self.smooth_N[idx].mean()
+                out[self.key("consistency_paper", self.slugs[g])] = self.consist_N[idx].mean()
+        return out
 
     def host_inputs(self) -> dict[str, Tensor]:
-        """The routing weights, for the worker."""
-        return {"weights": self.weights_NLE}
+        """The routing weights (for the worker) and the per-sample states the memorization criterion reads."""
+        if self.memo is None:
+            return {"weights": self.weights_NLE}
+        extra = {"smooth": self.smooth_N, "consist": self.consist_N} if self._routers else {}
+        return {"weights": self.weights_NLE, "loss": self.loss_N, **extra}
 
     def finish(self, host: Mapping[str, np.ndarray], step: int) -> dict[str, float]:
-        """Hand the distances of this step to the worker, or skip the round if the last one is still running."""
+        """Update the memorization criterion; hand the distances to the worker, or skip if it is still busy."""
+        memorized, out = self._memorization(host, step)
         if self._jobs and not self._jobs[-1][1].done():
             self.skipped += 1
-            return {}
+            return out
         self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechmon-pathway")
-        self._jobs.append((step, self._pool.submit(self._distances, np.array(host["weights"], copy=True))))
-        return {}
+        weights = np.array(host["weights"], copy=True)
+        self._jobs.append((step, self._pool.submit(self._distances, weights, memorized)))
+        return out
+
+    def _memorization(self, host: Mapping[str, np.ndarray], step: int) -> tuple[np.ndarray | None, dict[str, float]]:
+        """B1 on the host: freeze ε if due, step the criterion, and the memorized-subset means."""
+        if self.memo is None:
+            return None, {}
+        loss = np.asarray(host["loss"], dtype=np.float64)
+        if self.epsilon_at is not None and not self.memo.epsilon and step >= self.epsilon_at:
+            self.memo.epsilon = loss_quantile(loss, self.members, self.epsilon_quantile)
+        self.memo.step(loss, step)
+        memorized, out = self.memo.memorized(), {}
+        for g, rows in self.members.items():
+            slug, mem = self.slugs[g], rows[memorized[rows]]
+            if g not in self.memo.epsilon:
+                continue
+            out[self.key("epsilon", slug)] = self.memo.epsilon[g]
+            out[self.key("memorized_frac", slug)] = len(mem) / len(rows)
+            out[self.key("revoked", slug)] = float(self.memo.revoked[g])
+            for stat, name in (("smoothness", "smooth"), ("consistency_paper", "consist")):
+                if len(mem) and name in host:
+                    out[self.key(stat, f"{slug}.mem")] = float(np.mean(host[name][mem]))
+        return memorized, out
 
     def late_results(self, wait: bool = False) -> list[tuple[int, dict[str, float]]]:
         """Finished rounds, oldest first, each stamped with the step of its probe forward."""
@@ -160,8 +289,18 @@ class PathwayProbe(FixedBatchProbe):
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _distances(self, weights_NLE: np.ndarray) -> dict[str, float]:
-        """Worker: pathways, then mean pairwise edit distances per group, overall and per layer."""
+    def state_dict(self) -> dict[str, Tensor]:
+        """The declared states plus the memorization criterion's window, cohorts, ε and revocations."""
+        return {**super().state_dict(), **(self.memo.state() if self.memo is not None else {})}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the states and the memorization criterion (ignored if the probe set changed size)."""
+        super().load_state_dict(state)
+        if self.memo is not None:
+            self.memo.load(state)
+
+    def _distances(self, weights_NLE: np.ndarray, memorized: np.ndarray | None = None) -> dict[str, float]:
+        """Worker: pathways, then mean pairwise edit distances per group (all, memorized) and per layer."""
         order, keep = pathway_selection(torch.from_numpy(weights_NLE), self.tau)
         pathways, per_layer = serialize_pathways(order.numpy(), keep.numpy())
         out = {}
@@ -172,13 +311,79 @@ class PathwayProbe(FixedBatchProbe):
             for row, layer in enumerate(self.layers):
                 strings = [per_layer[row][i] for i in rows]
                 out[self.key("edit_dist", f"{slug}.{layer_scope(layer)}")] = mean_edit_distance(strings, pairs)
+            mem = rows[memorized[rows]] if memorized is not None else rows[:0]
+            if len(mem) >= 2:
+                mem_pairs = pair_subset(len(mem), self.max_pairs, self.seed)
+                out[self.key("edit_dist", f"{slug}.mem")] = mean_edit_distance([pathways[i] for i in mem], mem_pairs)
         return out
 
     def default_rules(self) -> list[Rule]:
-        """``generalization_onset`` per group."""
+        """``generalization_onset`` and ``generalization_in_progress`` per group."""
         rules: list[Rule] = []
         for g in self.groups:
-            falling = Trend(self.key("edit_dist", self.slugs[g]), window=5, mode="min", name="pathway_falling")
-            flat = Plateau(self.key("loss_nats", self.slugs[g]), min_rel_delta=0.01, patience=3, name="loss_flat")
-            rules.append(Compound([falling, flat], name="generalization_onset", severity="info"))
+            slug = self.slugs[g]
+            flat = {"min_rel_delta": 0.01, "patience": 3, "name": "loss_flat"}
+            falling = Trend(self.key("edit_dist", slug), window=5, mode="min", name="pathway_falling")
+            rules.append(
+                Compound(
+                    [falling, Plateau(self.key("loss_nats", slug), **flat)],
+                    name="generalization_onset",
+                    severity="info",
+                )
+            )
+            smoother = Trend(self.key("smoothness", slug), window=5, mode=self.smoothness_mode, name="smoothness_trend")
+            rules.append(
+                Compound(
+                    [smoother, Plateau(self.key("loss_nats", slug), **flat)],
+                    name="generalization_in_progress",
+                    severity="info",
+                )
+            )
         return rules
+
+
+def _router_weights(routers: list[nn.Module], n_experts: int) -> list[Tensor]:
+    """Each router's ``weight`` ``[E, d]`` (all of one width, two or more layers), else ``[]`` with a warning."""
+    weights = [getattr(r, "weight", None) for r in routers]
+    ok = all(isinstance(w, Tensor) and w.ndim == 2 and w.shape[0] == n_experts for w in weights)
+    if ok and len(weights) >= 2 and len({w.shape[1] for w in weights}) == 1:
+        return weights
+    rank_zero_warn(
+        "PathwayProbe: pathway consistency needs >= 2 MoE layers whose router module has a weight [E, d]; "
+        f"found {[type(r).__name__ for r in routers]}. Smoothness and consistency_paper are left out."
+    )
+    return []
+
+
+def _epsilon_map(groups: list[str], epsilon: float | Mapping[str, float]) -> dict[str, float]:
+    """ε per group from one float or a mapping (checked by :func:`_check_memorization`)."""
+    if isinstance(epsilon, Mapping):
+        return {g: float(epsilon[g]) for g in groups}
+    return {g: float(epsilon) for g in groups}
+
+
+def _check_memorization(
+    groups: list[str],
+    epsilon: float | Mapping[str, float] | None,
+    epsilon_at: int | None,
+    quantile: float,
+    delta: float,
+    window: int,
+) -> tuple[int | None, float]:
+    """Validate the B1 arguments with messages that name the fix."""
+    if epsilon is not None and epsilon_at is not None:
+        raise ValueError("PathwayProbe: give epsilon= (fixed ε) or epsilon_at= (ε frozen as a quantile), not both")
+    values = list(epsilon.values()) if isinstance(epsilon, Mapping) else [] if epsilon is None else [epsilon]
+    if isinstance(epsilon, Mapping) and set(groups) - set(epsilon):
+        raise ValueError(f"PathwayProbe(epsilon=...) misses groups {sorted(set(groups) - set(epsilon))}")
+    if not all(isinstance(v, (int, float)) and v > 0 for v in values):
+        raise ValueError(
+            f"PathwayProbe(epsilon=...) must be a positive loss in nats (or one per group), got {epsilon!r}"
+        )
+    if epsilon_at is not None and (not isinstance(epsilon_at, int) or epsilon_at < 0):
+        raise ValueError(f"PathwayProbe(epsilon_at=...) must be a global step >= 0, got {epsilon_at!r}")
+    if not 0 < quantile < 1:
+        raise ValueError(f"PathwayProbe(epsilon_quantile=...) must be in (0, 1), got {quantile!r}")
+    if not delta >= 0 or not isinstance(window, int) or window < 1:
+        raise ValueError(f"PathwayProbe needs delta >= 0 and an int window >= 1, got {delta!r}, {window!r}")
+    return epsilon_at, float(quantile)

@@ -7,7 +7,9 @@ import torch
 from mechmon.functional.pathway import (
     mean_edit_distance,
     pair_subset,
+    pathway_consistency,
     pathway_selection,
+    routing_embeddings,
     sample_routing,
     serialize_pathways,
 )
@@ -70,3 +72,34 @@ def test_pair_subset_is_fixed_and_none_when_small():
     assert pair_subset(10, 45) is None
     assert np.array_equal(pair_subset(256, 1000, seed=3), pair_subset(256, 1000, seed=3))
     assert math.isnan(mean_edit_distance(["1,2"]))
+
+
+def test_consistency_both_forms_on_a_hand_example():
+    # L = 3 layers of d = 2: e1 = (1, 0), e2 = (2, 0), e3 = (0, 1) -> adjacent cosines 1 and 0
+    # smoothness = (1 + 0) / 2 = 0.5; paper form = 1 - 0.5 / (max(1, 0) + 1e-8) = 0.5
+    # a second sample with equal cosines (1/sqrt2 twice) has paper form 0: it measures non-uniformity
+    embed = torch.tensor(
+        [
+            [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]],
+            [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]],
+        ]
+    )
+    smooth, paper = pathway_consistency(embed)
+    assert smooth.tolist() == pytest.approx([0.5, 2**-0.5])
+    assert paper.tolist() == pytest.approx([0.5, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match=">= 2 MoE layers"):
+        pathway_consistency(embed[:, :1])
+
+
+def test_routing_embeddings_and_consistency_match_a_naive_loop():
+    gen = torch.Generator().manual_seed(3)
+    weights = torch.softmax(torch.randn(4, 3, 5, generator=gen), -1)
+    router = torch.randn(3, 5, 7, generator=gen)
+    embed = routing_embeddings(weights, router)
+    smooth, paper = pathway_consistency(embed)
+    for i in range(4):
+        e = [sum(weights[i, layer, k] * router[layer, k] for k in range(5)) for layer in range(3)]
+        assert torch.allclose(embed[i], torch.stack(e), atol=1e-6)
+        cos = [float(e[a] @ e[a + 1] / (e[a].norm() * e[a + 1].norm())) for a in range(2)]
+        assert smooth[i].item() == pytest.approx(sum(cos) / 2, abs=1e-6)
+        assert paper[i].item() == pytest.approx(1 - (sum(cos) / 2) / (max(cos) + 1e-8), abs=1e-5)

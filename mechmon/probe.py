@@ -46,6 +46,8 @@ class Probe:
         requires: canonical capture names this probe reads (see :mod:`mechmon.adapters`).
         kind: ``"snapshot"`` (own fixed batch, extra ``no_grad`` forward) or ``"streaming"`` (training batch).
         higher_is_better: default alert mode.
+        late_stats: stats that may first appear after the first log (off-thread results, criteria that start
+            later); named here so the TensorBoard panel layout, which is written once, has their charts.
 
     Args:
         schedule: optional per-probe schedule (int ``n`` means ``every(n)``) overriding the monitor default.
@@ -59,6 +61,7 @@ class Probe:
     requires: ClassVar[tuple[str, ...]] = ()
     kind: ClassVar[Kind] = "snapshot"
     higher_is_better: ClassVar[bool] = True
+    late_stats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")

@@ -305,7 +305,8 @@ class MechMonitor(Callback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in {**scalars, **markers}.items()})
         names = dict.fromkeys(n for r in self._rules for n in r.names)
         alert_keys = [metric_key("alerts", n, namespace=self.namespace) for n in names]
-        self._writer.layout(list(scalars) + alert_keys)
+        late_keys = [p.key(stat) for p in self.probes for stat in p.late_stats]
+        self._writer.layout(list(scalars) + alert_keys + late_keys)
         self._writer.scalars({**scalars, **markers}, step)
         for key, matrix in images.items():
             self._writer.image(key, matrix, step)

@@ -152,6 +152,7 @@ class PathwayProbe(FixedBatchProbe):
     name = "moe_pathway"
     requires = ("blocks.*.mlp.hook_router_logits",)
     higher_is_better = False
+    late_stats = ("edit_dist", "memorized_frac", "revoked", "epsilon")
 
     def __init__(
         self,

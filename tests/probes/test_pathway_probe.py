@@ -142,6 +142,10 @@ def test_training_goes_on_while_distances_compute(tmp_path):
     for key in ["edit_dist/json", *keys, "consistency_paper/email", "epsilon/email", "revoked/json"]:
         assert KEY_RE.match(f"mechmon/moe_pathway/{key}") and f"mechmon/moe_pathway/{key}" in acc.Tags()["scalars"]
     assert not mon._disabled and hook_count(model) == 0 and probe._pool is None
+    # one panel group for the probe, with charts for the stats that arrive late (the layout is written once)
+    [layout] = acc.Tensors("custom_scalars__config__")
+    text = layout.tensor_proto.string_val[0].decode("latin-1")
+    assert all(f"moe_pathway: {stat}" in text for stat in ["edit_dist", "memorized_frac", "smoothness", "loss_nats"])
 
 
 def pl_callback():

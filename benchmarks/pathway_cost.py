@@ -12,12 +12,13 @@ Prints the median and minimum in milliseconds.
 
 import argparse
 import statistics
+import sys
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-from probe_cost import load, one_evaluation
+from probe_cost import ROOT, load, one_evaluation
 
 from mechmon import PathwayProbe
 from mechmon.adapters import resolve_adapter
@@ -46,6 +47,7 @@ def main() -> None:  # noqa: D103
     p.add_argument("--sizes", default="64,256,1024")
     args = p.parse_args()
     torch.manual_seed(0)
+    sys.path.insert(0, str(ROOT / "examples"))  # the example imports a helper from its sibling
     ex = load("stdlib_moe_pathways")
     cfg = SimpleNamespace(width=128, layers=4, experts=8, top_k=2, ctx=128, lr=1e-3)
     model = ex.ByteMoE(cfg, PACKAGES).model.eval()

@@ -413,12 +413,18 @@ def _to_host(tensors: Mapping[str, Tensor]) -> dict[str, float | np.ndarray]:
 
 
 def _snapshot_forward(probe: Probe, adapter: Adapter, names: list[str]) -> None:
-    """One eval-mode ``no_grad`` forward of the probe batch with eager attention; restores the previous mode."""
+    """One eval-mode ``no_grad`` forward of the probe batch; restores the previous mode.
+
+    Attention runs eager (probabilities materialised) only when the probe reads attention patterns.
+    """
     model = adapter.model
     was_training = model.training
     model.eval()
+    eager = (
+        adapter.eager_attention() if any(n.endswith("attn.hook_pattern") for n in names) else contextlib.nullcontext()
+    )
     try:
-        with torch.no_grad(), adapter.eager_attention():
+        with torch.no_grad(), eager:
             with capture(adapter, names, probe.reduce_capture) as caps:
                 caps.update(probe.snapshot(adapter))
                 probe.update(caps, None)

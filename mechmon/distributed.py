@@ -1,7 +1,12 @@
-"""Pack -> all_reduce -> unpack: one collective per (reduce op, dtype) for all probes together.
+"""Pack -> all_gather -> reduce locally: **one** collective per scheduled step for all probes together.
 
 Every rank must call :func:`reduce_states` on every scheduled step with the same probes, whatever its data:
-whether to enter a collective depends only on the step (CONVENTIONS.md §5-6).
+whether to enter a collective depends only on the step (CONVENTIONS.md §5-6). All non-replicated states, whatever
+their reduce op (sum, max, min) and dtype, travel as one float64 vector (exact for float32 and for int64 counts
+below 2**53) together with the monitor's per-probe failure flags; each rank gathers the ``[world, n]`` matrix and
+applies the ops itself. The gathered flags tell every rank which probes failed on which rank, so a probe that
+raises on one rank only is disabled on all of them at the same step instead of desynchronising the next collective.
+Memory: ``world × n`` float64 on the states' device, n being a few thousand numbers for the built-in probes.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from torch import Tensor
 
 from mechmon.probe import Probe
 
-__all__ = ["reduce_states", "world_size"]
+__all__ = ["reduce_states", "world_size", "rank"]
 
-_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+_REDUCE = {"sum": lambda m: m.sum(dim=0), "max": lambda m: m.amax(dim=0), "min": lambda m: m.amin(dim=0)}
 
 
 def world_size() -> int:
@@ -24,29 +29,33 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _groups(probes: Iterable[Probe]) -> dict[tuple[str, torch.dtype, torch.device], list[Tensor]]:
-    groups: dict[tuple[str, torch.dtype, torch.device], list[Tensor]] = {}
-    for probe in probes:
-        for tensor, spec in probe.states().values():
-            if not spec.replicated:
-                groups.setdefault((spec.reduce, tensor.dtype, tensor.device), []).append(tensor)
-    return groups
+def rank() -> int:
+    """This process's rank in the default group (0 when torch.distributed is not initialised)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def reduce_states(probes: Iterable[Probe]) -> int:
-    """Reduce every non-replicated state across ranks, in place.
+def reduce_states(probes: Iterable[Probe], flags: Tensor) -> tuple[Tensor, int]:
+    """Reduce every non-replicated state across ranks in place, and gather the failure flags.
+
+    Args:
+        probes: the probes due at this step (the same list on every rank).
+        flags: this rank's per-probe failure flags ``[P]`` (0/1), on the states' device.
 
     Returns:
-        The number of collectives issued (0 in a single process).
+        ``(flags_WP, collectives)``: every rank's flags ``[world, P]`` (``[1, P]`` in one process) and the number of
+        collectives issued (1, or 0 in one process).
     """
-    if world_size() == 1:
-        return 0
-    groups = _groups(probes)
-    for (reduce, _, _), tensors in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), str(kv[0][2]))):
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, op=getattr(dist.ReduceOp, _OPS[reduce]))  # collective: one per (op, dtype)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
-    return len(groups)
+    world = world_size()
+    if world == 1:
+        return flags.unsqueeze(0), 0
+    parts = [(t, spec.reduce) for probe in probes for t, spec in probe.states().values() if not spec.replicated]
+    dtype = torch.float32 if flags.device.type == "mps" else torch.float64  # MPS has no float64
+    flat = torch.cat([t.reshape(-1).to(dtype) for t, _ in parts] + [flags.to(dtype)])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)  # collective: the one of a scheduled step
+    matrix = torch.stack(gathered)
+    offset = 0
+    for t, reduce in parts:
+        t.copy_(_REDUCE[reduce](matrix[:, offset : offset + t.numel()]).view_as(t))
+        offset += t.numel()
+    return matrix[:, offset:], 1

@@ -2,7 +2,7 @@
 
 On a scheduled optimizer step every rank: runs the due snapshot probes (one eval-mode ``no_grad`` forward each,
 eager attention, hooks only inside ``capture()``), feeds the streaming probes the captures of that step's
-micro-batches, reduces all states with one packed collective per (op, dtype), makes **one** device-to-host
+micro-batches, reduces all states (and agrees on failed probes) with one packed collective, makes **one** device-to-host
 transfer, runs the alert rules on identical floats; rank 0 writes. Other steps evaluate a Python predicate and
 nothing else: no hook, no sync, no collective.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,13 +31,15 @@ from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
 from mechmon.alerts import Alert, NonFinite, Rule
 from mechmon.capture import capture, resolve_names
 from mechmon.console import ConsoleView
-from mechmon.distributed import reduce_states
+from mechmon.distributed import rank, reduce_states, world_size
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule, _Every, as_schedule, every
 from mechmon.writers import NullWriter, TensorBoardWriter
 
 __all__ = ["MechMonitor"]
+
+_FLAGS = "monitor:failure_flags"
 
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _MAX_ALERTS_KEPT = 1000
@@ -105,7 +108,9 @@ class MechMonitor(Callback):
         self.alerts: list[Alert] = []
         self._last_step = -1
         self._step_at_start = -1
-        self._disabled: set[str] = set()
+        self._disabled: set[str] = set()  # agreed by every rank
+        self._failed: dict[str, str] = {}  # failed on this rank, not yet agreed (DDP)
+        self._device = torch.device("cpu")
         self._rules: list[Rule] = []
         self._nonfinite: dict[str, NonFinite] = {}
         self._pending_state: dict[str, Any] | None = None
@@ -131,6 +136,7 @@ class MechMonitor(Callback):
 
     def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._adapter = resolve_adapter(pl_module, self.adapter_spec)
+        self._device, self._failed = pl_module.device, {}
         for probe in self.probes:
             probe.namespace = self.namespace
             self._names[probe.name] = resolve_names(self._adapter, probe.requires)
@@ -213,7 +219,7 @@ class MechMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self._stream is not None:
-            for probe in self._streaming_due(self._stream_step):
+            for probe in self._live(self._streaming_due(self._stream_step)):
                 self._guarded(probe, probe.before_optimizer_step, optimizer)
 
     def _after_batch(self, trainer: pl.Trainer, batch: Any) -> None:
@@ -228,7 +234,7 @@ class MechMonitor(Callback):
 
     def _feed_streaming(self, batch: Any, due: list[Probe]) -> None:
         caps = self._stream_caps or {}
-        for probe in due:
+        for probe in self._live(due):
             if all(n in caps for n in self._names[probe.name]):
                 self._guarded(probe, probe.update, caps, batch)
         caps.clear()  # captures are dropped right after update
@@ -237,31 +243,71 @@ class MechMonitor(Callback):
     def _run(self, trainer: pl.Trainer, step: int) -> None:
         due = self._due(step)
         self._detach_streaming()
-        for probe in due:
+        for probe in self._live(due):
             if probe.kind == "snapshot":
                 self._guarded(probe, _snapshot_forward, probe, self._adapter, self._names[probe.name])
             else:
                 self._guarded(probe, probe.evaluate)
-        reduce_states(due)  # collective: every rank, same probes, decided by the step only
-        tensors: dict[str, Tensor] = {}
-        finishing: dict[str, Probe] = {}
-        for probe in due:
-            if probe.name not in self._disabled:  # a probe that failed this step logs nothing
-                tensors.update(self._guarded(probe, probe.compute) or {})
-                for name, tensor in (self._guarded(probe, probe.host_inputs) or {}).items():
-                    tensors[f"{probe.name}:{name}"], finishing[probe.name] = tensor, probe
-        with_images = self.image_schedule(step)
-        wanted = {k: v for k, v in tensors.items() if ":" in k or v.ndim == 0 or (with_images and v.ndim == 2)}
-        host = _to_host(wanted)
+        flags_WP, _ = reduce_states(due, self._failure_flags())  # collective: every rank, same probes, by step only
+        tensors, owner, finishing = self._collect(self._live(due), step)
+        host = _to_host({**tensors, _FLAGS: flags_WP})
+        gone = self._agree(host.pop(_FLAGS))  # probes that failed on any rank log nothing this step
+        host = {k: v for k, v in host.items() if owner[k] not in gone}
         for name, probe in finishing.items():
             inputs = {k.split(":", 1)[1]: host.pop(k) for k in list(host) if k.startswith(f"{name}:")}
-            host.update(self._guarded(probe, probe.finish, inputs, step) or {})
+            if name not in gone:
+                host.update(self._guarded(probe, probe.finish, inputs, step) or {})
         scalars = {k: v for k, v in host.items() if isinstance(v, float)}
         alerts = self._check_rules(step, scalars)
         self._publish(trainer, step, scalars, {k: v for k, v in host.items() if not isinstance(v, float)}, alerts)
         for probe in due:
             probe.reset()
         self._publish_late(trainer)
+
+    def _live(self, probes: list[Probe]) -> list[Probe]:
+        """The probes that have not failed on this rank (under DDP a local failure is agreed at the next reduction)."""
+        return [p for p in probes if p.name not in self._failed and p.name not in self._disabled]
+
+    def _collect(self, due: list[Probe], step: int) -> tuple[dict[str, Tensor], dict[str, str], dict[str, Probe]]:
+        """The step's tensors for the transfer, the probe owning each key, and the probes with host work."""
+        tensors: dict[str, Tensor] = {}
+        owner: dict[str, str] = {}
+        finishing: dict[str, Probe] = {}
+        with_images = self.image_schedule(step)
+        for probe in due:
+            for key, value in (self._guarded(probe, probe.compute) or {}).items():
+                if value.ndim == 0 or (with_images and value.ndim == 2):
+                    tensors[key], owner[key] = value, probe.name
+            for name, tensor in (self._guarded(probe, probe.host_inputs) or {}).items():
+                key = f"{probe.name}:{name}"
+                tensors[key], owner[key], finishing[probe.name] = tensor, probe.name, probe
+        return tensors, owner, finishing
+
+    def _failure_flags(self) -> Tensor:
+        """This rank's failure flag per probe, ``[P]`` on the states' device (fill kernels: no host copy)."""
+        flags = torch.zeros(len(self.probes), device=self._device)
+        for i, probe in enumerate(self.probes):
+            if probe.name in self._failed:
+                flags[i] = 1.0
+        return flags
+
+    def _agree(self, flags_WP: np.ndarray) -> set[str]:
+        """Disable, on every rank alike, each probe some rank flagged; returns the names disabled now."""
+        gone = set()
+        for i, probe in enumerate(self.probes):
+            ranks = np.flatnonzero(np.asarray(flags_WP)[:, i]).tolist()
+            if ranks and probe.name not in self._disabled:
+                gone.add(probe.name)
+                self._disable(probe, f"probe {probe.name!r} raised on rank(s) {ranks} (see the warning there)")
+        return gone
+
+    def _disable(self, probe: Probe, reason: str) -> None:
+        """Disable a probe for the rest of the fit with a ``probe_failed`` alert."""
+        self._disabled.add(probe.name)
+        self._failed.pop(probe.name, None)
+        key = metric_key("alerts", "probe_failed", namespace=self.namespace)
+        reason = f"{reason}; it is disabled for the rest of the fit"
+        self._deliver([Alert("probe_failed", key, self._last_step, math.nan, "warning", reason)])
 
     def _publish_late(self, trainer: pl.Trainer, wait: bool = False) -> None:
         """Publish off-thread results at the step of the probe forward they came from, after running the rules."""
@@ -270,22 +316,22 @@ class MechMonitor(Callback):
                 self._publish(trainer, step, scalars, {}, self._check_rules(step, scalars))
 
     def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
-        """Run ``fn``; a probe that raises is disabled with an alert and training goes on."""
+        """Run ``fn``; a probe that raises is disabled with an alert and training goes on.
+
+        In one process the probe is disabled at once. Under DDP the failing rank warns and stops running the probe,
+        and the flag it sends with the next reduction disables the probe on every rank at the same step.
+        """
         try:
             return fn(*args)
         except Exception as err:  # caveat: a failing probe must never stop the run it watches
-            self._disabled.add(probe.name)
-            key = metric_key("alerts", "probe_failed", namespace=self.namespace)
-            alert = Alert(
-                "probe_failed",
-                key,
-                self._last_step,
-                math.nan,
-                "warning",
-                f"probe {probe.name!r} raised {type(err).__name__}: {err}; it is disabled for the rest of the fit",
-            )
-            rank_zero_warn(alert.reason)
-            self._deliver([alert])
+            text = f"probe {probe.name!r} raised {type(err).__name__}: {err}"
+            if world_size() == 1:
+                rank_zero_warn(f"{text}; it is disabled for the rest of the fit")
+                self._disable(probe, text)
+            elif probe.name not in self._failed:
+                where = f"on rank {rank()}; it is disabled on every rank at the next scheduled step"
+                warnings.warn(f"{text} {where}", stacklevel=2)
+                self._failed[probe.name] = text
             return None
 
     def _check_rules(self, step: int, scalars: Mapping[str, float]) -> list[Alert]:

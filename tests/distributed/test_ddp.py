@@ -1,0 +1,53 @@
+"""Real 2-process DDP on CPU (gloo): one collective per scheduled step, same decisions on both ranks, rank 0 writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("ddp_fit.py")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[2]
+    )  # a deadlock would end here, in the timeout
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return out, results, done.stderr
+
+
+def test_one_collective_per_scheduled_step_on_every_rank(ranks):
+    _, results, _ = ranks
+    for r in results:
+        assert r["world"] == 2 and r["global_step"] == 8
+        # schedule every(2): steps 1, 2, 4, 6, 8; one all_gather each for all five probes, none on other steps
+        assert r["collectives"] == {"1": 1, "2": 1, "4": 1, "6": 1, "8": 1}
+        assert r["kinds"] == ["all_gather"]
+
+
+def test_both_ranks_reach_the_same_decisions_and_values(ranks):
+    _, (r0, r1), _ = ranks
+    assert r0["alerts"] == r1["alerts"]
+    assert [(rule, step) for rule, step, _ in r0["alerts"]] == [("marker", 1), ("probe_failed", 4)]
+    assert r0["callback_metrics"] == r1["callback_metrics"]
+    # the summed state counts both ranks' tokens: 2 ranks x 4 rows x 48 tokens (last logged at step 2)
+    assert r0["callback_metrics"]["mechmon/flaky/tokens"] == 2 * 4 * 48
+
+
+def test_probe_failing_on_one_rank_is_disabled_on_both_without_deadlock(ranks):
+    _, (r0, r1), stderr = ranks
+    assert r0["disabled"] == r1["disabled"] == ["flaky"]
+    assert "probe 'flaky' raised RuntimeError: only rank 1 sees this on rank 1" in stderr
+    assert "raised on rank(s) [1]" in r0["alerts"][1][2]
+    assert r0["hooks"] == r1["hooks"] == 0
+
+
+def test_only_rank_zero_writes_tensorboard_files(ranks):
+    out, (r0, r1), _ = ranks
+    files = sorted(out.rglob("events.out.tfevents.*"))
+    assert len(files) == 1 and files[0].name.split(".")[-2] == str(r0["pid"]) != str(r1["pid"])

@@ -1,15 +1,40 @@
-"""Parameter selection shared by the weight-side probes: trainable tensors, the output layer, glob subsets."""
+"""Parameter selection shared by the weight-side probes: trainable tensors, the output layer, glob subsets.
+
+Sharded parameters (FSDP2 ``fully_shard`` DTensors, FSDP1 ``use_orig_params`` views) are read through their local
+shard: a per-tensor sum of squares or dot product over the local shards, summed across ranks, is the full one, so
+the weight probes declare such states as summed instead of replicated.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter
 
-__all__ = ["trainable", "output_weight_names", "select", "check_globs", "tracked_params"]
+__all__ = ["trainable", "output_weight_names", "select", "check_globs", "tracked_params", "is_sharded", "local"]
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def is_sharded(tensor: Tensor) -> bool:
+    """Whether ``tensor`` holds only this rank's shard (FSDP2 DTensor, or an FSDP1 flattened original parameter)."""
+    dtensor = _dtensor_type()
+    return (dtensor is not None and isinstance(tensor, dtensor)) or bool(getattr(tensor, "_fsdp_flattened", False))
+
+
+def local(tensor: Tensor) -> Tensor:
+    """This rank's part of ``tensor``: the local shard of a DTensor, the tensor itself otherwise."""
+    dtensor = _dtensor_type()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor) else tensor
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

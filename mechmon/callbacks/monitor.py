@@ -322,7 +322,8 @@ class MechMonitor(Callback):
         and the flag it sends with the next reduction disables the probe on every rank at the same step.
         """
         try:
-            return fn(*args)
+            with torch.no_grad():  # a probe never builds graph: a state tied to autograd would grow every step
+                return fn(*args)
         except Exception as err:  # caveat: a failing probe must never stop the run it watches
             text = f"probe {probe.name!r} raised {type(err).__name__}: {err}"
             if world_size() == 1:
@@ -459,9 +460,11 @@ def _to_host(tensors: Mapping[str, Tensor]) -> dict[str, float | np.ndarray]:
 
 
 def _snapshot_forward(probe: Probe, adapter: Adapter, names: list[str]) -> None:
-    """One eval-mode ``no_grad`` forward of the probe batch; restores the previous mode.
+    """One eval-mode ``no_grad`` forward of the probe batch; restores the previous mode and sharding.
 
-    Attention runs eager (probabilities materialised) only when the probe reads attention patterns.
+    Attention runs eager (probabilities materialised) only when the probe reads attention patterns. Under FSDP2 a
+    ``no_grad`` forward leaves the root's parameters gathered (no backward follows to reshard them); they are
+    resharded here so that memory and the weight probes see the model as training left it.
     """
     model = adapter.model
     was_training = model.training
@@ -476,3 +479,6 @@ def _snapshot_forward(probe: Probe, adapter: Adapter, names: list[str]) -> None:
                 probe.update(caps, None)
     finally:
         model.train(was_training)
+        for module in model.modules():
+            if hasattr(module, "reshard") and type(module).__name__.startswith("FSDP"):  # FSDP2's FSDPModule
+                module.reshard()

@@ -28,10 +28,8 @@ def dots_and_square_norms(directions: Sequence[Tensor], params: Sequence[Tensor]
         directions: per-tensor directions (``-grad`` for the gradient form, the update for the update form).
         params: the matching parameters (same shapes).
     """
-    rows = [
-        torch.stack([(d.float() * p.float()).sum(), d.float().pow(2).sum(), p.float().pow(2).sum()])
-        for d, p in zip(directions, params, strict=True)
-    ]
+    pairs = [(d.detach().float(), p.detach().float()) for d, p in zip(directions, params, strict=True)]
+    rows = [torch.stack([(d * p).sum(), d.pow(2).sum(), p.pow(2).sum()]) for d, p in pairs]
     return torch.stack(rows, dim=1).double()
 
 

@@ -39,7 +39,7 @@ from mechmon.adapters.base import Adapter
 from mechmon.alerts import Compound, Rule, Threshold
 from mechmon.functional.weights import cosines, dots_and_square_norms, global_cosine
 from mechmon.naming import metric_key
-from mechmon.params import check_globs, tracked_params
+from mechmon.params import check_globs, is_sharded, local, tracked_params
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
 
@@ -93,8 +93,9 @@ class NLMProbe(StreamingProbe):
         """Resolve tensors; states are replicated (gradients are identical across data-parallel ranks)."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
         self._specs.clear()
-        self.add_state("grad_3P", torch.zeros(3, len(self.named), dtype=torch.float64), "sum", replicated=True)
-        self.add_state("update_3K", torch.zeros(3, len(self.tracked), dtype=torch.float64), "sum", replicated=True)
+        rep = not any(is_sharded(p) for _, p in self.named)  # sharded: each rank sums its shard, then across ranks
+        self.add_state("grad_3P", torch.zeros(3, len(self.named), dtype=torch.float64), "sum", replicated=rep)
+        self.add_state("update_3K", torch.zeros(3, len(self.tracked), dtype=torch.float64), "sum", replicated=rep)
         self.to(device)
 
     def update(self, captures: Any, batch: Any) -> None:
@@ -102,12 +103,15 @@ class NLMProbe(StreamingProbe):
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradient statistics, and the pre-step copy of the tracked tensors for the update form."""
-        params = [p for _, p in self.named]
-        stats = dots_and_square_norms([-p.grad if p.grad is not None else torch.zeros_like(p) for p in params], params)
+        params = [local(p) for _, p in self.named]
+        grads = [local(p.grad) if p.grad is not None else None for _, p in self.named]
+        stats = dots_and_square_norms(
+            [-g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)], params
+        )
         finite = torch.isfinite(stats).all()  # caveat: a non-finite step is skipped on the device, no sync
         self.grad_3P.copy_(torch.where(finite, stats, torch.zeros_like(stats)))
         if self.update_form:
-            tracked = [self.named[i][1] for i in self.tracked]
+            tracked = [local(self.named[i][1]) for i in self.tracked]
             self._before = [p.detach().clone() for p in tracked]
             self._decay = [_decoupled_decay(optimizer, p) for p in tracked]
 
@@ -115,7 +119,7 @@ class NLMProbe(StreamingProbe):
         """Update-form statistics from the copy taken before the step; frees the copy."""
         if not self._before:
             return
-        after = [self.named[i][1].detach() for i in self.tracked]
+        after = [local(self.named[i][1]).detach() for i in self.tracked]
         steps = [a - b + decay * b for a, b, decay in zip(after, self._before, self._decay, strict=True)]
         self.update_3K.copy_(dots_and_square_norms(steps, self._before))
         self._before, self._decay = [], []

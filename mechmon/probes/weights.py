@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter
 from mechmon.functional.weights import square_norms
-from mechmon.params import check_globs, tracked_params
+from mechmon.params import check_globs, is_sharded, local, tracked_params
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
 
@@ -58,10 +58,11 @@ class WeightsProbe(StreamingProbe):
         self.param_globs = check_globs(params)
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
-        """Resolve the tensors and declare replicated states (identical on every data-parallel rank)."""
+        """Resolve the tensors; states are replicated (identical across data-parallel ranks) or, sharded, summed."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
         self._specs.clear()
-        self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=True)
+        sharded = any(is_sharded(p) for _, p in self.named)
+        self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=not sharded)
         self.to(device)
         self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
 
@@ -70,7 +71,7 @@ class WeightsProbe(StreamingProbe):
 
     def evaluate(self) -> None:
         """Squared norms of every trainable tensor after this step's update."""
-        self.sq_P.copy_(square_norms([p for _, p in self.named]))
+        self.sq_P.copy_(square_norms([local(p) for _, p in self.named]))
 
     def compute(self) -> dict[str, Tensor]:
         """Global norm, tracked norms, growth since the previous evaluation (0 at the first)."""

@@ -1,0 +1,55 @@
+"""One rank of the FSDP2 test: probes on a ``fully_shard`` GPT-2 against the same probes on an unsharded copy."""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mechmon import CollapseProbe, NLMProbe, WeightsProbe
+from mechmon.adapters import HFAdapter
+from mechmon.callbacks.monitor import _snapshot_forward
+from mechmon.capture import resolve_names
+from mechmon.distributed import reduce_states
+from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2
+
+
+def scalars(probe, model, batch):
+    """The monitor's path for one probe: setup, forward or weight reads, the packed reduction, compute."""
+    adapter = HFAdapter(model)
+    probe.setup(model, adapter, torch.device("cpu"))
+    if probe.kind == "snapshot":
+        _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    else:
+        model.zero_grad()
+        model(input_ids=batch, labels=batch).loss.backward()
+        probe.before_optimizer_step(torch.optim.AdamW(model.parameters(), lr=1e-3))
+        probe.evaluate()
+    replicated = {n: spec.replicated for n, (_, spec) in probe.states().items()}
+    _, collectives = reduce_states([probe], torch.zeros(1))
+    out = {k: float(v) for k, v in probe.compute().items() if v.ndim == 0}
+    return {"values": out, "replicated": replicated, "collectives": collectives}
+
+
+def run(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    from torch.distributed.fsdp import fully_shard
+
+    batch = torch.randint(1, VOCAB, (4, CTX), generator=torch.Generator().manual_seed(1))  # same on both ranks
+    reference, sharded = tiny_gpt2().eval(), tiny_gpt2().eval()  # same seed: same weights; eval: no dropout
+    for block in sharded.transformer.h:
+        fully_shard(block)
+    fully_shard(sharded)
+    result = {"hooks_before": hook_count(sharded)}  # FSDP2's own hooks
+    for name, make in [("weights", WeightsProbe), ("nlm", lambda: NLMProbe(update_form=False))]:
+        result[name] = {"ref": scalars(make(), reference, batch), "fsdp": scalars(make(), sharded, batch)}
+    collapse = lambda: CollapseProbe(batch)  # noqa: E731
+    result["collapse"] = {"ref": scalars(collapse(), reference, batch), "fsdp": scalars(collapse(), sharded, batch)}
+    result["hooks_after"] = hook_count(sharded)
+    result["local_rows"] = next(sharded.parameters()).to_local().shape[0]
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
+    dist.destroy_process_group()

@@ -1,11 +1,13 @@
 import csv
 import math
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, Threshold, every
+from mechmon.alerts import Collapse, Emergence, Trend
 from mechmon.naming import KEY_RE
 from tests.callbacks.helpers import read_events, scalar_steps
 from tests.conftest import TinyLM, hook_count, make_trainer, token_loader
@@ -121,22 +123,40 @@ def test_hooks_removed_after_an_exception_inside_fit(tmp_path):
 
 def test_state_dict_round_trip_and_resume_does_not_refire(tmp_path):
     def make(**kw):
-        rule = Threshold("mechmon/logits/norm_mean", level=0.0, name="test_marker")
-        return monitor(rules=[rule], **kw)
+        key = "mechmon/logits/norm_mean"
+        rules = [
+            Threshold(key, level=0.0, name="test_marker"),
+            Trend(key, window=5, name="test_trend"),  # window: values of earlier evaluations
+            Emergence(key, level=100.0, name="test_emergence", warmup=1),  # baseline
+            Collapse(key, name="test_collapse"),  # running extreme
+        ]
+        return monitor(rules=rules, **kw)
+
+    class AtResume(pl.Callback):  # the rule states the resumed run starts training with
+        def on_train_start(self, trainer, pl_module):
+            self.states = {r.name: r.state_dict() for r in second._rules if r.name.startswith("test_")}
 
     first = make()
     trainer = make_trainer(tmp_path, [first], max_steps=4)
-    trainer.fit(TinyLM(), token_loader())
+    trainer.fit(TinyLM(), token_loader())  # stopped mid-run: evaluations at 1, 2, 4
     ckpt_path = tmp_path / "mid.ckpt"
     trainer.save_checkpoint(ckpt_path)
     saved = torch.load(ckpt_path, weights_only=False)["callbacks"][first.state_key]
     assert saved["last_step"] == 4 and saved["rules"]["test_marker|mechmon/logits/norm_mean"]["active"] is True
     assert [a["rule"] for a in saved["alerts"]] == ["test_marker"]
+    before = {r.name: r.state_dict() for r in first._rules if r.name.startswith("test_")}
+    assert len(before["test_trend"]["values"]) == 3 and before["test_collapse"]["extreme"] is not None
 
-    second = make()
-    resumed = make_trainer(tmp_path, [second], max_steps=8, logger=TensorBoardLogger(tmp_path, name="tb2", version=0))
+    second, probe = make(), AtResume()
+    resumed = make_trainer(
+        tmp_path, [second, probe], max_steps=8, logger=TensorBoardLogger(tmp_path, name="tb2", version=0)
+    )
     resumed.fit(TinyLM(), token_loader(), ckpt_path=ckpt_path)
-    assert [(a.rule, a.step) for a in second.alerts] == [("test_marker", 1)]
+    assert probe.states == before  # windows, baselines and extremes restored before training goes on
+    fired = [(a.rule, a.step) for a in second.alerts]
+    assert fired[0] == ("test_marker", 1) and all(s > 4 and r != "test_marker" for r, s in fired[1:])  # no refire
+    [trend] = [r for r in second._rules if r.name == "test_trend"]
+    assert trend.values[:3] == before["test_trend"]["values"]  # the window kept growing from there
     acc = read_events(tmp_path / "tb2")
     assert scalar_steps(acc, "mechmon/logits/norm_mean") == [6, 8]  # schedule continues on the restored step
     assert "mechmon/alerts/test_marker" not in acc.Tags()["scalars"]

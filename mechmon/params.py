@@ -70,8 +70,9 @@ def check_globs(params: Sequence[str] | None) -> list[str] | None:
     Raises:
         TypeError: for a bare string or non-string items.
     """
-    if params is not None and (isinstance(params, str) or not all(isinstance(p, str) for p in params)):
-        raise TypeError(f"params must be a list of glob strings, got {params!r}")
+    ok = params is None or (isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params))
+    if not ok:
+        raise TypeError(f"params=... must be a list of glob strings such as ['*head*'], got {params!r}")
     return None if params is None else list(params)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS
+from mechmon.checks import fail
 from mechmon.naming import metric_key
 from mechmon.schedule import Schedule, as_schedule
 
@@ -64,8 +65,13 @@ class Probe:
     late_stats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
+        from mechmon.alerts import Rule  # alerts import probes' keys: imported late
+
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")
-        self._rules = rules
+        ok = rules is None or (isinstance(rules, (list, tuple)) and all(isinstance(r, Rule) for r in rules))
+        if not ok:
+            fail(type(self).__name__, "rules", rules, "a list of mechmon.alerts.Rule ([] silences it)", TypeError)
+        self._rules = None if rules is None else list(rules)
         self._specs: dict[str, StateSpec] = {}
         self.namespace = "mechmon"
 

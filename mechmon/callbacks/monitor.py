@@ -30,6 +30,7 @@ from typing_extensions import override
 from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
 from mechmon.alerts import Alert, NonFinite, Rule
 from mechmon.capture import capture, resolve_names
+from mechmon.checks import flag
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, reduce_states, world_size
 from mechmon.naming import metric_key
@@ -104,7 +105,7 @@ class MechMonitor(Callback):
         if log_dir is not None and not isinstance(log_dir, (str, Path)):
             raise TypeError(f"log_dir must be a path or None, got {type(log_dir).__name__}")
         self.adapter_spec, self.extra_rules, self.on_alert = adapter, list(rules), list(on_alert)
-        self.namespace, self.log_dir, self.console = namespace, log_dir, bool(console)
+        self.namespace, self.log_dir, self.console = namespace, log_dir, flag("MechMonitor", "console", console)
         self.alerts: list[Alert] = []
         self._last_step = -1
         self._step_at_start = -1

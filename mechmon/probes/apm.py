@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Compound, Plateau, Rule, Trend
+from mechmon.checks import number
 from mechmon.functional.plateau import attention_progress
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe
@@ -88,11 +89,14 @@ class AttentionProgressProbe(FixedBatchProbe):
             raise ValueError("AttentionProgressProbe: the target map marks no query row; give it at least one 1")
         self.rows_T = rows_T
         if layers is not None:
-            if not all(isinstance(i, int) and i >= 0 for i in layers) or not layers:
+            if (
+                not isinstance(layers, (list, tuple, range))
+                or not all(isinstance(i, int) and i >= 0 for i in layers)
+                or not layers
+            ):
                 raise ValueError(f"AttentionProgressProbe(layers=...) must be non-empty ints >= 0, got {layers!r}")
             self.requires = tuple(pattern_name(i) for i in layers)
-        if min_slope < 0:
-            raise ValueError(f"AttentionProgressProbe(min_slope=...) must be >= 0, got {min_slope!r}")
+        number("AttentionProgressProbe", "min_slope", min_slope, 0, closed=(True, False))
         self.layers, self.min_slope = None if layers is None else list(layers), float(min_slope)
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
@@ -152,7 +156,7 @@ def _check_target(target: Any) -> Tensor:
 
 
 def _rows(rows: Sequence[int], T: int) -> Tensor:
-    if not all(isinstance(r, int) and 0 <= r < T for r in rows):
+    if not isinstance(rows, (list, tuple, range)) or not all(isinstance(r, int) and 0 <= r < T for r in rows):
         raise ValueError(f"AttentionProgressProbe(rows=...) must be ints in [0, {T}), got {rows!r}")
     mask = torch.zeros(T, dtype=torch.bool)
     mask[list(rows)] = True

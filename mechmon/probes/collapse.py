@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import FINAL_NORM, LOGITS, Adapter, resid_name
 from mechmon.alerts import Collapse, Phase, Plateau, Rule, Threshold
+from mechmon.checks import flag, integer, number
 from mechmon.functional.collapse import mean_pairwise_cosine
 from mechmon.functional.plateau import select_positions
 from mechmon.naming import layer_scope
@@ -86,13 +87,12 @@ class CollapseProbe(FixedBatchProbe):
     ) -> None:
         super().__init__(batch, max_rows, **kwargs)
         self.positions = check_positions(positions, type(self).__name__)
-        if not -1 < cos_level < 1 or not 0 < exit_margin < 2 or not 0 < exit_loss_drop < 1 or flat_rel_delta < 0:
-            raise ValueError(
-                "CollapseProbe needs cos_level in (-1, 1), exit_margin in (0, 2), exit_loss_drop in (0, 1) and "
-                f"flat_rel_delta >= 0; got {cos_level!r}, {exit_margin!r}, {exit_loss_drop!r}, {flat_rel_delta!r}"
-            )
-        if not isinstance(flat_evals, int) or flat_evals < 1:
-            raise ValueError(f"CollapseProbe(flat_evals=...) must be an int >= 1, got {flat_evals!r}")
+        flag("CollapseProbe", "per_layer", per_layer)
+        number("CollapseProbe", "cos_level", cos_level, -1, 1)
+        number("CollapseProbe", "exit_margin", exit_margin, 0, 2)
+        number("CollapseProbe", "exit_loss_drop", exit_loss_drop, 0, 1)
+        number("CollapseProbe", "flat_rel_delta", flat_rel_delta, 0, closed=(True, False))
+        integer("CollapseProbe", "flat_evals", flat_evals, 1)
         self.per_layer, self.cos_level, self.flat_rel_delta, self.flat_evals = (
             per_layer,
             cos_level,

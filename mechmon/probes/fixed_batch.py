@@ -53,7 +53,7 @@ def check_positions(positions: Sequence[int] | None, owner: str) -> list[int] | 
     """
     if positions is None:
         return None
-    values = list(positions)
+    values = list(positions) if isinstance(positions, (list, tuple, range)) else []
     if len(values) < 2 or not all(isinstance(p, int) and p >= 0 for p in values) or len(set(values)) != len(values):
         raise ValueError(f"{owner}(positions=...) needs two or more distinct ints >= 0, got {positions!r}")
     return values

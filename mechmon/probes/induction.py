@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
+from mechmon.checks import integer, number
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses, repeated_tokens
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
@@ -89,10 +90,12 @@ class InductionProbe(SnapshotProbe):
     ) -> None:
         super().__init__(**kwargs)
         for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"InductionProbe({arg}=...) must be an int >= {low}, got {value!r}")
-        if not 0 < level < 1 or not 0 < head_threshold < 1:
-            raise ValueError(f"level and head_threshold must lie in (0, 1), got {level!r}, {head_threshold!r}")
+            integer("InductionProbe", arg, value, low)
+        integer("InductionProbe", "seed", seed)
+        if bos_token_id is not None:
+            integer("InductionProbe", "bos_token_id", bos_token_id, 0)
+        number("InductionProbe", "level", level, 0, 1)
+        number("InductionProbe", "head_threshold", head_threshold, 0, 1)
         self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
         self.level, self.head_threshold, self.top_k = level, head_threshold, top_k
         self.offset = int(bos_token_id is not None)

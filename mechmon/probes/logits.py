@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter
 from mechmon.alerts import Compound, Rule, Threshold, Trend
+from mechmon.checks import fail, integer, number
 from mechmon.functional.logits import (
     absorption_gap,
     flatten_rows,
@@ -123,11 +124,13 @@ class LogitsProbe(StreamingProbe):
         super().__init__(**kwargs)
         if loss_dtype is not None and (not isinstance(loss_dtype, torch.dtype) or not loss_dtype.is_floating_point):
             raise TypeError(f"loss_dtype must be a floating torch.dtype such as torch.float32, got {loss_dtype!r}")
-        if not 0 < warning_level < collapse_level < 1:
-            raise ValueError(f"need 0 < warning_level < collapse_level < 1, got {warning_level!r}, {collapse_level!r}")
+        if targets is not None and not callable(targets):
+            fail("LogitsProbe", "targets", targets, "a callable batch -> target ids, or None", TypeError)
+        integer("LogitsProbe", "ignore_index", ignore_index)
+        number("LogitsProbe", "collapse_level", collapse_level, 0, 1)
+        number("LogitsProbe", "warning_level", warning_level, 0, collapse_level)
+        number("LogitsProbe", "margin", margin, 0)
         self.loss_dtype, self.targets, self.ignore_index = loss_dtype, targets or default_targets, ignore_index
-        if not margin > 0:
-            raise ValueError(f"margin must be > 0 nats, got {margin!r}")
         self.collapse_level, self.warning_level, self.margin = collapse_level, warning_level, float(margin)
         self._absorb: tuple[tuple[int, torch.dtype], Tensor] | None = None
         counts = ("rows", "collapsed", "collapsed_fp64", "zero_loss", "absorbable", "near_absorb", "correct")

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter
 from mechmon.alerts import Compound, Rule, Threshold
+from mechmon.checks import fail, flag, integer, number
 from mechmon.functional.weights import cosines, dots_and_square_norms, global_cosine
 from mechmon.naming import metric_key
 from mechmon.params import check_globs, is_sharded, local, tracked_params
@@ -82,8 +83,11 @@ class NLMProbe(StreamingProbe):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not -1 < level < 1 or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"need -1 < level < 1 and an int patience >= 1, got {level!r}, {patience!r}")
+        number("NLMProbe", "level", level, -1, 1)
+        integer("NLMProbe", "patience", patience, 1)
+        if accuracy_key is not None and not isinstance(accuracy_key, str):
+            fail("NLMProbe", "accuracy_key", accuracy_key, "a metric key string or None", TypeError)
+        flag("NLMProbe", "update_form", update_form)
         self.param_globs = check_globs(params)
         self.level, self.patience, self.accuracy_key, self.update_form = level, patience, accuracy_key, update_form
         self._before: list[Tensor] = []

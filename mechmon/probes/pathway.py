@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, router_name
 from mechmon.alerts import Compound, Plateau, Rule, Trend
+from mechmon.checks import fail, integer, number
 from mechmon.functional.memorization import loss_quantile, memorization_step
 from mechmon.functional.pathway import (
     mean_edit_distance,
@@ -173,11 +174,14 @@ class PathwayProbe(FixedBatchProbe):
             raise TypeError("PathwayProbe needs batch=: the fixed probe set of training samples (ids [N, T])")
         super().__init__(batch, max_rows=2**31 - 1, **kwargs)
         n = self._given[0].shape[0]
+        if groups is not None and not isinstance(groups, (list, tuple)):
+            fail("PathwayProbe", "groups", groups, "a list with one group label per row, or None", TypeError)
         labels = ["all"] * n if groups is None else [str(g) for g in groups]
         if len(labels) != n:
             raise ValueError(f"PathwayProbe: {len(labels)} group labels for {n} rows; give one label per row")
-        if not 0 < tau <= 1 or not isinstance(max_pairs, int) or max_pairs < 1:
-            raise ValueError(f"PathwayProbe needs 0 < tau <= 1 and max_pairs >= 1, got {tau!r}, {max_pairs!r}")
+        number("PathwayProbe", "tau", tau, 0, 1, closed=(False, True))
+        integer("PathwayProbe", "max_pairs", max_pairs, 1)
+        integer("PathwayProbe", "seed", seed)
         if smoothness_mode not in ("min", "max"):
             raise ValueError(f"PathwayProbe(smoothness_mode=...) must be 'min' or 'max', got {smoothness_mode!r}")
         self.groups = list(dict.fromkeys(labels))
@@ -383,8 +387,7 @@ def _check_memorization(
         )
     if epsilon_at is not None and (not isinstance(epsilon_at, int) or epsilon_at < 0):
         raise ValueError(f"PathwayProbe(epsilon_at=...) must be a global step >= 0, got {epsilon_at!r}")
-    if not 0 < quantile < 1:
-        raise ValueError(f"PathwayProbe(epsilon_quantile=...) must be in (0, 1), got {quantile!r}")
-    if not delta >= 0 or not isinstance(window, int) or window < 1:
-        raise ValueError(f"PathwayProbe needs delta >= 0 and an int window >= 1, got {delta!r}, {window!r}")
+    number("PathwayProbe", "epsilon_quantile", quantile, 0, 1)
+    number("PathwayProbe", "delta", delta, 0, closed=(True, False))
+    integer("PathwayProbe", "window", window, 1)
     return epsilon_at, float(quantile)

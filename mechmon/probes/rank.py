@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import FINAL_NORM, Adapter, resid_name
 from mechmon.alerts import Collapse, Rule
+from mechmon.checks import flag, integer, number
 from mechmon.functional.collapse import effective_rank, gram_with_ones, participation_ratio
 from mechmon.functional.plateau import select_positions
 from mechmon.naming import layer_scope
@@ -89,11 +90,11 @@ class RankProbe(FixedBatchProbe):
     ) -> None:
         super().__init__(batch, max_rows, **kwargs)
         self.positions = check_positions(positions, type(self).__name__)
-        if not isinstance(max_dim, int) or max_dim < 2:
-            raise ValueError(f"RankProbe(max_dim=...) must be an int >= 2, got {max_dim!r}")
-        if not 0 < ratio < 1:
-            raise ValueError(f"RankProbe(ratio=...) must lie in (0, 1), got {ratio!r}")
-        self.centered, self.max_dim, self.ratio, self.seed = bool(centered), max_dim, ratio, seed
+        flag("RankProbe", "centered", centered)
+        integer("RankProbe", "max_dim", max_dim, 2)
+        number("RankProbe", "ratio", ratio, 0, 1)
+        integer("RankProbe", "seed", seed)
+        self.centered, self.max_dim, self.ratio, self.seed = centered, max_dim, ratio, seed
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Read the width, build the projection if needed, declare the ``[L+1, K+1, K+1]`` Gram state."""

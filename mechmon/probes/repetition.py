@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter
 from mechmon.alerts import Rule, Threshold
+from mechmon.checks import flag, integer, number
 from mechmon.functional.plateau import repetition_frac
 from mechmon.probes.fixed_batch import FixedBatchProbe
 from mechmon.registry import register_probe
@@ -76,11 +77,10 @@ class RepetitionProbe(FixedBatchProbe):
         **kwargs: Any,
     ) -> None:
         super().__init__(batch, max_rows, **kwargs)
-        if not isinstance(gen_len, int) or gen_len < 2:
-            raise ValueError(f"RepetitionProbe(gen_len=...) must be an int >= 2, got {gen_len!r}")
-        if not 0 < level < 1:
-            raise ValueError(f"RepetitionProbe(level=...) must lie in (0, 1), got {level!r}")
-        self.gen_len, self.teacher_forced, self.level = gen_len, bool(teacher_forced), level
+        integer("RepetitionProbe", "gen_len", gen_len, 2)
+        flag("RepetitionProbe", "teacher_forced", teacher_forced)
+        number("RepetitionProbe", "level", level, 0, 1)
+        self.gen_len, self.teacher_forced, self.level = gen_len, teacher_forced, level
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Declare the two ρ sums and the evaluation count."""

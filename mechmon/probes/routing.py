@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter, expert_indices_name, router_name
 from mechmon.alerts import Rule, Threshold
+from mechmon.checks import number
 from mechmon.functional.routing import expert_counts, load_stats, routing_entropy
 from mechmon.naming import layer_scope
 from mechmon.probe import StreamingProbe
@@ -70,8 +71,8 @@ class RoutingProbe(StreamingProbe):
 
     def __init__(self, dead_level: float = 0.25, entropy_level: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0 < dead_level < 1 or not 0 < entropy_level < 1:
-            raise ValueError(f"dead_level and entropy_level must lie in (0, 1), got {dead_level!r}, {entropy_level!r}")
+        number("RoutingProbe", "dead_level", dead_level, 0, 1)
+        number("RoutingProbe", "entropy_level", entropy_level, 0, 1)
         self.dead_level, self.entropy_level = dead_level, entropy_level
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:

@@ -168,7 +168,7 @@ def test_unsupported_module_fails_in_setup_with_guidance(tmp_path):
             super().__init__()
             self.model = torch.nn.Linear(3, 3)
 
-    with pytest.raises(RuntimeError, match="no adapter.*ModuleAdapter"):
+    with pytest.raises(RuntimeError, match=r"no adapter for NotATransformer. Looked at .*model: Linear.*ModuleAdapter"):
         make_trainer(tmp_path, [monitor()], max_steps=1).fit(NotATransformer(), token_loader())
 
 

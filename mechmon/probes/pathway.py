@@ -188,10 +188,8 @@ class PathwayProbe(FixedBatchProbe):
         self.members = {g: np.array([i for i, lab in enumerate(labels) if lab == g]) for g in self.groups}
         self.slugs = {g: re.sub(r"[^A-Za-z0-9_.\-]+", "_", g) for g in self.groups}
         self.tau, self.max_pairs, self.seed, self.smoothness_mode = tau, max_pairs, seed, smoothness_mode
-        self.epsilon_at, self.epsilon_quantile = _check_memorization(
-            self.groups, epsilon, epsilon_at, epsilon_quantile, delta, window
-        )
-        fixed = {} if epsilon is None else _epsilon_map(self.groups, epsilon)
+        fixed = _memorization_args(self.groups, epsilon, epsilon_at, epsilon_quantile, delta, window)
+        self.epsilon_at, self.epsilon_quantile = epsilon_at, float(epsilon_quantile)
         self.memo = (
             None if epsilon is None and epsilon_at is None else _Memorization(self.members, fixed, window, delta)
         )
@@ -360,34 +358,25 @@ def _router_weights(routers: list[nn.Module], n_experts: int) -> list[Tensor]:
     return []
 
 
-def _epsilon_map(groups: list[str], epsilon: float | Mapping[str, float]) -> dict[str, float]:
-    """ε per group from one float or a mapping (checked by :func:`_check_memorization`)."""
-    if isinstance(epsilon, Mapping):
-        return {g: float(epsilon[g]) for g in groups}
-    return {g: float(epsilon) for g in groups}
-
-
-def _check_memorization(
+def _memorization_args(
     groups: list[str],
     epsilon: float | Mapping[str, float] | None,
     epsilon_at: int | None,
     quantile: float,
     delta: float,
     window: int,
-) -> tuple[int | None, float]:
-    """Validate the B1 arguments with messages that name the fix."""
+) -> dict[str, float]:
+    """Validate the B1 arguments (messages name the fix); returns the fixed ε per group (empty without one)."""
     if epsilon is not None and epsilon_at is not None:
         raise ValueError("PathwayProbe: give epsilon= (fixed ε) or epsilon_at= (ε frozen as a quantile), not both")
-    values = list(epsilon.values()) if isinstance(epsilon, Mapping) else [] if epsilon is None else [epsilon]
     if isinstance(epsilon, Mapping) and set(groups) - set(epsilon):
         raise ValueError(f"PathwayProbe(epsilon=...) misses groups {sorted(set(groups) - set(epsilon))}")
-    if not all(isinstance(v, (int, float)) and v > 0 for v in values):
-        raise ValueError(
-            f"PathwayProbe(epsilon=...) must be a positive loss in nats (or one per group), got {epsilon!r}"
-        )
-    if epsilon_at is not None and (not isinstance(epsilon_at, int) or epsilon_at < 0):
-        raise ValueError(f"PathwayProbe(epsilon_at=...) must be a global step >= 0, got {epsilon_at!r}")
+    if epsilon_at is not None:
+        integer("PathwayProbe", "epsilon_at", epsilon_at, 0)
     number("PathwayProbe", "epsilon_quantile", quantile, 0, 1)
     number("PathwayProbe", "delta", delta, 0, closed=(True, False))
     integer("PathwayProbe", "window", window, 1)
-    return epsilon_at, float(quantile)
+    if epsilon is None:
+        return {}
+    per_group = epsilon if isinstance(epsilon, Mapping) else dict.fromkeys(groups, epsilon)
+    return {g: number("PathwayProbe", "epsilon", per_group[g], 0) for g in groups}

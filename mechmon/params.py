@@ -14,7 +14,16 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter
 
-__all__ = ["trainable", "output_weight_names", "select", "check_globs", "tracked_params", "is_sharded", "local"]
+__all__ = [
+    "trainable",
+    "output_weight_names",
+    "select",
+    "check_globs",
+    "tracked_params",
+    "is_sharded",
+    "local",
+    "reshard",
+]
 
 
 def _dtensor_type() -> type | None:
@@ -23,6 +32,17 @@ def _dtensor_type() -> type | None:
     except ImportError:  # torch built without distributed
         return None
     return DTensor
+
+
+def reshard(model: nn.Module) -> None:
+    """Reshard every FSDP2 module of ``model`` (a ``no_grad`` forward leaves the root's parameters gathered)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def is_sharded(tensor: Tensor) -> bool:

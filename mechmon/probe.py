@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS
+from mechmon.alerts import Rule
 from mechmon.checks import fail
 from mechmon.naming import metric_key
 from mechmon.schedule import Schedule, as_schedule
 
 if TYPE_CHECKING:
     from mechmon.adapters import Adapter
-    from mechmon.alerts import Rule
 
 __all__ = ["Probe", "SnapshotProbe", "StreamingProbe", "StateSpec", "REDUCE_OPS"]
 
@@ -65,8 +65,6 @@ class Probe:
     late_stats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
-        from mechmon.alerts import Rule  # alerts import probes' keys: imported late
-
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")
         ok = rules is None or (isinstance(rules, (list, tuple)) and all(isinstance(r, Rule) for r in rules))
         if not ok:

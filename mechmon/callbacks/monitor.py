@@ -34,6 +34,7 @@ from mechmon.checks import flag
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, reduce_states, world_size
 from mechmon.naming import metric_key
+from mechmon.params import reshard
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule, _Every, as_schedule, every
 from mechmon.writers import NullWriter, TensorBoardWriter
@@ -480,6 +481,4 @@ def _snapshot_forward(probe: Probe, adapter: Adapter, names: list[str]) -> None:
                 probe.update(caps, None)
     finally:
         model.train(was_training)
-        for module in model.modules():
-            if hasattr(module, "reshard") and type(module).__name__.startswith("FSDP"):  # FSDP2's FSDPModule
-                module.reshard()
+        reshard(model)

@@ -303,13 +303,14 @@ class MechMonitor(Callback):
                 self._disable(probe, f"probe {probe.name!r} raised on rank(s) {ranks} (see the warning there)")
         return gone
 
-    def _disable(self, probe: Probe, reason: str) -> None:
-        """Disable a probe for the rest of the fit with a ``probe_failed`` alert."""
+    def _disable(self, probe: Probe, reason: str) -> str:
+        """Disable a probe for the rest of the fit with a ``probe_failed`` alert; returns the alert's reason."""
         self._disabled.add(probe.name)
         self._failed.pop(probe.name, None)
         key = metric_key("alerts", "probe_failed", namespace=self.namespace)
         reason = f"{reason}; it is disabled for the rest of the fit"
         self._deliver([Alert("probe_failed", key, self._last_step, math.nan, "warning", reason)])
+        return reason
 
     def _publish_late(self, trainer: pl.Trainer, wait: bool = False) -> None:
         """Publish off-thread results at the step of the probe forward they came from, after running the rules."""
@@ -329,8 +330,7 @@ class MechMonitor(Callback):
         except Exception as err:  # caveat: a failing probe must never stop the run it watches
             text = f"probe {probe.name!r} raised {type(err).__name__}: {err}"
             if world_size() == 1:
-                rank_zero_warn(f"{text}; it is disabled for the rest of the fit")
-                self._disable(probe, text)
+                rank_zero_warn(self._disable(probe, text))
             elif probe.name not in self._failed:
                 where = f"on rank {rank()}; it is disabled on every rank at the next scheduled step"
                 warnings.warn(f"{text} {where}", stacklevel=2)

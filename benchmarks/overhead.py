@@ -49,7 +49,7 @@ class TimedMonitor(MechMonitor):
     def on_train_batch_end(self, trainer, *args):
         t0 = time.perf_counter()
         super().on_train_batch_end(trainer, *args)
-        scheduled = self._last_step == trainer.global_step
+        scheduled = self.engine.last_step == trainer.global_step
         self.seconds[scheduled] += time.perf_counter() - t0 + self._t_start
         self.count[scheduled] += 1
 

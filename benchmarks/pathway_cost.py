@@ -22,8 +22,8 @@ from probe_cost import ROOT, load, one_evaluation
 
 from mechmon import PathwayProbe
 from mechmon.adapters import resolve_adapter
-from mechmon.callbacks.monitor import _snapshot_forward
 from mechmon.capture import resolve_names
+from mechmon.engine import snapshot_forward
 
 PACKAGES = ["asyncio", "email", "unittest", "xml"]
 
@@ -64,7 +64,7 @@ def main() -> None:  # noqa: D103
             one_evaluation(probe, adapter, names)
 
         thread = timed(on_thread, args.repeats + 1, drain=probe)
-        _snapshot_forward(probe, adapter, names)  # one_evaluation resets the states: take a live copy
+        snapshot_forward(probe, adapter, names)  # one_evaluation resets the states: take a live copy
         weights = probe.host_inputs()["weights"].numpy().copy()
         memorized = np.random.default_rng(0).random(n) < 0.225  # the paper's memorized share
         worker = timed(lambda probe=probe, w=weights, m=memorized: probe._distances(w, m), args.repeats)

@@ -18,8 +18,8 @@ import torch
 
 from mechmon import AttentionProgressProbe, CollapseProbe, InductionProbe, RankProbe, RepetitionProbe
 from mechmon.adapters import resolve_adapter
-from mechmon.callbacks.monitor import _snapshot_forward, _to_host
 from mechmon.capture import resolve_names
+from mechmon.engine import snapshot_forward, to_host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +32,11 @@ def load(name: str):
 
 
 def one_evaluation(probe, adapter, names) -> None:
-    _snapshot_forward(probe, adapter, names)
-    tensors = {k: v for k, v in probe.compute().items() if v.ndim == 0}
+    snapshot_forward(probe, adapter, names)
+    tensors = [v for v in probe.compute().values() if v.ndim == 0]
     inputs = probe.host_inputs()
-    host = _to_host({**tensors, **{f"in:{k}": v for k, v in inputs.items()}})
-    probe.finish({k[3:]: v for k, v in host.items() if k.startswith("in:")}, 0)
+    host = to_host(tensors + list(inputs.values()))  # the monitor's one transfer
+    probe.finish(dict(zip(inputs, host[len(tensors) :], strict=True)), 0)
     probe.reset()
 
 

@@ -1,9 +1,18 @@
-"""mechmon: live mechanistic monitoring of transformer training (PyTorch Lightning callbacks)."""
+"""mechmon: live mechanistic monitoring of transformer training (any loop: Lightning, Fabric, HF Trainer, plain)."""
 
-from mechmon.adapters import Adapter, HFAdapter, HookPoint, ModuleAdapter, TransformerLensAdapter, resolve_adapter
+from mechmon.adapters import (
+    Adapter,
+    HFAdapter,
+    HookPoint,
+    ModuleAdapter,
+    StructuralAdapter,
+    TransformerLensAdapter,
+    resolve_adapter,
+)
 from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Phase, Plateau, Rule, Threshold, Trend
 from mechmon.callbacks import MechMonitor
 from mechmon.capture import capture
+from mechmon.engine import Monitor, evaluate, snapshot_forward
 from mechmon.naming import KEY_RE, metric_key
 from mechmon.probe import Probe, SnapshotProbe, StreamingProbe
 from mechmon.probes import (
@@ -24,7 +33,10 @@ from mechmon.schedule import at, every, log_spaced, union
 __version__ = "0.1.0"
 
 __all__ = [
+    "Monitor",
     "MechMonitor",
+    "evaluate",
+    "snapshot_forward",
     "Probe",
     "SnapshotProbe",
     "StreamingProbe",
@@ -42,6 +54,7 @@ __all__ = [
     "HookPoint",
     "HFAdapter",
     "ModuleAdapter",
+    "StructuralAdapter",
     "TransformerLensAdapter",
     "resolve_adapter",
     "capture",

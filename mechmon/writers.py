@@ -8,12 +8,13 @@ custom-scalars layout go to the TensorBoard experiment.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NullWriter", "TensorBoardWriter", "heatmap_rgb", "scalar_layout"]
+__all__ = ["NullWriter", "TensorBoardWriter", "open_writer", "heatmap_rgb", "scalar_layout"]
 
 
 class NullWriter:
@@ -83,6 +84,30 @@ class TensorBoardWriter(NullWriter):
         self.experiment.flush()
         if self.owned:
             self.experiment.close()
+
+
+def open_writer(experiment: Any | None = None, loggers: Sequence[Any] = (), log_dir: str | None = None) -> NullWriter:
+    """The writing rank's writer.
+
+    Args:
+        experiment: a ``SummaryWriter`` a logger already owns (Lightning's TensorBoardLogger): heatmaps, text and
+            the layout go there and scalars reach it through that logger's ``log_metrics``.
+        loggers: objects with ``log_metrics(metrics, step)`` that receive every scalar.
+        log_dir: folder of mechmon's own ``SummaryWriter`` when there is no ``experiment``.
+
+    A folder that cannot be written gives one warning and a writer that feeds the loggers only.
+    """
+    if experiment is not None:
+        return TensorBoardWriter(experiment, loggers, own_scalars=False)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return TensorBoardWriter(SummaryWriter(str(log_dir)), loggers, own_scalars=True, owned=True)
+    except Exception as err:  # caveat: an unwritable folder must not stop training
+        warnings.warn(
+            f"mechmon cannot write TensorBoard files to {log_dir}: {err}; metrics go to loggers only", stacklevel=2
+        )
+        return TensorBoardWriter(None, loggers, own_scalars=False) if loggers else NullWriter()
 
 
 def scalar_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:

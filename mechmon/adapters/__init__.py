@@ -1,18 +1,22 @@
-"""Model adapters and auto-detection.
+"""Model adapters and discovery.
 
-Write your own by subclassing :class:`Adapter` (or configure :class:`ModuleAdapter`) and pass it as
-``MechMonitor(adapter=...)``; see README "Custom models".
+Any HF decoder, TransformerLens model or decoder module with a block list is found with no adapter. For anything
+else subclass :class:`Adapter` (or configure :class:`ModuleAdapter`) and pass it as ``adapter=...``; see README
+"Custom models".
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 from torch import nn
 
 from mechmon.adapters.base import FINAL_NORM, LOGITS, Adapter, HookPoint, first_output, pattern_name, resid_name
 from mechmon.adapters.custom import ModuleAdapter
-from mechmon.adapters.hf import HF_LAYOUTS, HFAdapter
+from mechmon.adapters.discover import Layout, common_parent, find_layout
+from mechmon.adapters.hf import HFAdapter
+from mechmon.adapters.structural import StructuralAdapter
 from mechmon.adapters.transformer_lens import TransformerLensAdapter
 
 __all__ = [
@@ -20,7 +24,10 @@ __all__ = [
     "HookPoint",
     "ModuleAdapter",
     "HFAdapter",
+    "StructuralAdapter",
     "TransformerLensAdapter",
+    "Layout",
+    "find_layout",
     "ADAPTERS",
     "resolve_adapter",
     "first_output",
@@ -30,30 +37,91 @@ __all__ = [
     "LOGITS",
 ]
 
-ADAPTERS: list[type[Adapter]] = [HFAdapter, TransformerLensAdapter]
+ADAPTERS: list[type[Adapter]] = [TransformerLensAdapter, HFAdapter]
 
 AdapterSpec = Adapter | Callable[[nn.Module], Adapter] | None
 
 _HOWTO = (
-    "Pass MechMonitor(adapter=...) with an Adapter for your model, e.g. "
-    "adapter=lambda pl_module: ModuleAdapter(pl_module.net, {'blocks.0.attn.hook_pattern': ('layers.0.attn', "
-    "lambda out: out[1]), 'logits': 'head'}, n_layers=..., n_heads=..., vocab_size=...). See README 'Custom models'."
+    "Pass adapter=... with an Adapter for your model, e.g. adapter=lambda root: ModuleAdapter(root.net, "
+    "{'blocks.0.attn.hook_pattern': ('layers.0.attn', lambda out: out[1]), 'logits': 'head'}, n_layers=..., "
+    "n_heads=..., vocab_size=...). See README 'Custom models'."
 )
 
 
-def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None) -> Adapter:
-    """Find the adapter for ``root`` (a LightningModule or a bare model).
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _candidates(root: nn.Module) -> list[tuple[str, Adapter]]:
+    """Every HF / TransformerLens model in ``root`` (none nested in another), else a structural decoder."""
+    found: list[tuple[str, Adapter]] = []
+    for name, module in root.named_modules():
+        if any(name.startswith(f"{p}.") or (p == "" and name) for p, _ in found):
+            continue
+        cls = next((c for c in ADAPTERS if c.matches(module)), None)
+        if cls is not None:
+            found.append((name, cls(module)))
+    if found:
+        return found
+    layout = find_layout(root)
+    if layout is None or layout.head is None:
+        return []
+    path = common_parent(layout.blocks, layout.head)
+    model = root.get_submodule(path)
+    inner = find_layout(model)
+    return [(path, StructuralAdapter(model, inner))] if inner is not None and inner.head is not None else []
+
+
+def _choose(root: nn.Module, found: list[tuple[str, Adapter]]) -> Adapter:
+    if len(found) == 1:
+        path, adapter = found[0]
+        if not _trainable(adapter.model):
+            warnings.warn(
+                f"mechmon monitors {path or '<root>'} ({type(adapter.model).__name__}), which has no "
+                "trainable parameters",
+                stacklevel=3,
+            )
+        return adapter
+    trainable = [(p, a) for p, a in found if _trainable(a.model)]
+    if len(trainable) == 1:
+        return trainable[0][1]
+    listed = [
+        f"{p or '<root>'} ({type(a.model).__name__}, {'trainable' if _trainable(a.model) else 'frozen'})"
+        for p, a in found
+    ]
+    raise RuntimeError(
+        f"mechmon found {len(found)} models in {type(root).__name__} and cannot tell which one trains: {listed}; "
+        f"choose one with model='<path>' (e.g. model={found[-1][0]!r})"
+    )
+
+
+def _submodule(root: nn.Module, path: str) -> nn.Module:
+    try:
+        return root.get_submodule(path)
+    except AttributeError as err:
+        children = [n for n, _ in root.named_children()]
+        raise ValueError(
+            f"model={path!r} is not a submodule of {type(root).__name__}; its children: {children}"
+        ) from err
+
+
+def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None, model: str | None = None) -> Adapter:
+    """Find the adapter for ``root`` (a LightningModule, a wrapper or a bare model).
 
     Args:
-        root: the module to search; every submodule is tried in order, root first.
-        adapter: an :class:`Adapter`, a factory ``fn(root) -> Adapter``, or ``None`` to auto-detect.
+        root: the module to search.
+        adapter: an :class:`Adapter`, a factory ``fn(root) -> Adapter``, or ``None`` to discover one.
+        model: the dotted path of the submodule to monitor (e.g. ``"student"``), when ``root`` holds several models.
 
     Returns:
-        An adapter bound to the matching (sub)module.
+        An adapter bound to the model found: an HF decoder, a TransformerLens model, or a decoder module found by
+        structure. Of several models, the one with trainable parameters.
 
     Raises:
-        RuntimeError: if nothing matches; the message lists the modules looked at and how to write an adapter.
-        TypeError: if ``adapter`` is neither an Adapter nor a callable.
+        RuntimeError: if nothing is found (the message lists the modules looked at and how to write an adapter),
+            or several trainable models are found (the message lists them and names ``model=``).
+        ValueError: if ``model`` is not a submodule path of ``root``.
+        TypeError: if ``adapter`` is neither an Adapter nor a callable returning one.
     """
     if isinstance(adapter, Adapter):
         return adapter
@@ -64,14 +132,13 @@ def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None) -> Adapter:
         if not isinstance(built, Adapter):
             raise TypeError(f"the adapter factory returned {type(built).__name__}, not an Adapter")
         return built
-    seen = []
-    for name, module in root.named_modules():
-        for cls in ADAPTERS:
-            if cls.matches(module):
-                return cls(module)
-        if name.count(".") < 2:
-            seen.append(f"{name or '<root>'}: {type(module).__name__}")
+    search = root if model is None else _submodule(root, model)
+    found = _candidates(search)
+    if found:
+        return _choose(search, found)
+    seen = [f"{n or '<root>'}: {type(m).__name__}" for n, m in search.named_modules() if n.count(".") < 2]
     raise RuntimeError(
-        f"mechmon found no adapter for {type(root).__name__}. Looked at {seen[:30]}; known: HF model types "
-        f"{sorted(HF_LAYOUTS)} and TransformerLens HookedTransformer. {_HOWTO}"
+        f"mechmon found no adapter for {type(search).__name__}. Looked at {seen[:30]} for an HF decoder, a "
+        f"TransformerLens model, or a block list (nn.ModuleList) whose blocks hold an attention module and an output "
+        f"head. {_HOWTO}"
     )

@@ -65,10 +65,15 @@ def first_output(output: Any) -> Tensor:
 
 @dataclass(frozen=True)
 class HookPoint:
-    """Where a canonical name lives: a module and how to read the tensor from its forward output."""
+    """Where a canonical name lives: a module and how to read the tensor from its forward output.
+
+    ``attention=True`` marks an attention module whose pattern is read by :func:`mechmon.capture.attention_weights`
+    (its returned probabilities, or those recomputed from its SDPA call); ``extract`` is then unused.
+    """
 
     module: nn.Module
     extract: Callable[[Any], Tensor] = first_output
+    attention: bool = False
 
 
 class Adapter:

@@ -1,9 +1,11 @@
-"""Hugging Face causal LMs (GPT-2, GPT-NeoX/Pythia, Llama-style), built from configs or loaded by the user.
+"""Hugging Face decoder-only causal LMs, of any architecture, found by their structure (no table of layouts).
 
+The decoder-layer list, each layer's attention, the final norm and MoE gates come from
+:func:`~mechmon.adapters.discover.find_layout`; the head is ``get_output_embeddings()``; sizes come from the config.
 transformers >= 5 defaults to SDPA, which never returns attention probabilities (``output_attentions`` gives an
-empty tuple). :meth:`HFAdapter.eager_attention` switches the model to eager attention for the probe forward
-only and restores the previous implementation, so probes see true probabilities without slowing training.
-In eager mode every supported attention module returns ``(output, weights)``; the hook reads ``weights``.
+empty tuple). :meth:`HFAdapter.eager_attention` switches the model to eager attention for the probe forward only
+and restores the previous implementation, so probes see the probabilities ``output_attentions=True`` would give;
+an attention that still returns none gives them through the SDPA tap of :mod:`mechmon.capture`.
 """
 
 from __future__ import annotations
@@ -25,20 +27,11 @@ from mechmon.adapters.base import (
     resid_name,
     router_name,
 )
+from mechmon.adapters.discover import Layout, find_layout
 
-__all__ = ["HFAdapter", "HF_LAYOUTS"]
+__all__ = ["HFAdapter", "hf_layout"]
 
-# model_type -> (path of the decoder-layer list, attention attribute in a layer, path of the final norm)
-HF_LAYOUTS: dict[str, tuple[str, str, str]] = {
-    "gpt2": ("transformer.h", "attn", "transformer.ln_f"),
-    "gpt_neox": ("gpt_neox.layers", "attention", "gpt_neox.final_layer_norm"),
-    "llama": ("model.layers", "self_attn", "model.norm"),
-    "mistral": ("model.layers", "self_attn", "model.norm"),
-    "qwen2": ("model.layers", "self_attn", "model.norm"),
-    "olmoe": ("model.layers", "self_attn", "model.norm"),
-    "mixtral": ("model.layers", "self_attn", "model.norm"),
-    "qwen2_moe": ("model.layers", "self_attn", "model.norm"),
-}
+_EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
 def _expert_indices(output: Any) -> Tensor:
@@ -47,59 +40,66 @@ def _expert_indices(output: Any) -> Tensor:
     return output[2]
 
 
-def _attention_weights(output: Any) -> Tensor:
-    weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-    if weights is None:
-        raise RuntimeError(
-            "the attention module returned no probabilities: the model is not running eager attention "
-            "(run the forward inside adapter.eager_attention())"
-        )
-    return weights
+def _n_experts(cfg: Any) -> int:
+    return int(next((getattr(cfg, a) for a in _EXPERTS if isinstance(getattr(cfg, a, None), int)), 0) or 0)
+
+
+def hf_layout(model: nn.Module) -> Layout | None:
+    """The layout of an HF decoder-only causal LM (``config``, an output head, a block list), else ``None``."""
+    cfg = getattr(model, "config", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if cfg is None or not hasattr(cfg, "model_type") or getattr(cfg, "is_encoder_decoder", False):
+        return None
+    head = get_head() if callable(get_head) else None
+    if head is None:
+        return None
+    n_layers = getattr(cfg, "num_hidden_layers", None)
+    layout = find_layout(
+        model, head=head, n_layers=n_layers if isinstance(n_layers, int) else None, n_experts=_n_experts(cfg)
+    )
+    return layout if layout is not None and layout.head is not None else None
 
 
 class HFAdapter(Adapter):
-    """Adapter for HF ``*ForCausalLM`` models whose ``config.model_type`` is in :data:`HF_LAYOUTS`.
+    """Adapter for HF decoder-only ``*ForCausalLM`` models, found by structure (see the module docstring).
 
     Raises:
-        RuntimeError: if the model lacks a path its layout names.
+        RuntimeError: if the model has no recognisable decoder layout.
     """
 
     family: ClassVar[str] = "hf"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
+        layout = hf_layout(model)
+        if layout is None:
+            raise RuntimeError(f"{type(model).__name__} has no decoder-layer list with attention and an output head")
         cfg = model.config
-        self.layout = HF_LAYOUTS[cfg.model_type]
-        self.n_layers = int(cfg.num_hidden_layers)
+        self.layout = layout
+        self.n_layers = layout.n_layers
         self.n_heads = int(cfg.num_attention_heads)
         self.vocab_size = int(cfg.vocab_size)
         self.bos_token_id = getattr(cfg, "bos_token_id", None)
-        experts = next((getattr(cfg, a) for a in ("num_experts", "num_local_experts") if getattr(cfg, a, None)), 0)
-        self.n_experts, self.top_k = int(experts), int(getattr(cfg, "num_experts_per_tok", 0) or 0)
+        self.n_experts, self.top_k = _n_experts(cfg), int(getattr(cfg, "num_experts_per_tok", 0) or 0)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
-        """HF models with a known ``model_type`` and an output head."""
-        cfg = getattr(module, "config", None)
-        get_head = getattr(module, "get_output_embeddings", None)
-        has_head = callable(get_head) and get_head() is not None
-        return getattr(cfg, "model_type", None) in HF_LAYOUTS and has_head
+        """HF decoder-only models with an output head and a block list with attention."""
+        return hf_layout(module) is not None
 
     def hook_points(self) -> dict[str, HookPoint]:
         """Canonical name -> hook point: patterns, residual stream, MoE router outputs (at the gate), norm, logits."""
-        layers_path, attn_attr, norm_path = self.layout
-        try:
-            layers = self.model.get_submodule(layers_path)
-            points = {FINAL_NORM: HookPoint(self.model.get_submodule(norm_path))}
-        except AttributeError as err:
-            raise RuntimeError(f"{type(self.model).__name__} does not have the layout {self.layout}: {err}") from err
-        for i, layer in enumerate(layers):
-            points[pattern_name(i)] = HookPoint(getattr(layer, attn_attr), _attention_weights)
-            points[resid_name(i)] = HookPoint(layer)
-            gate = getattr(getattr(layer, "mlp", None), "gate", None)
-            if isinstance(gate, nn.Module) and getattr(gate, "weight", None) is not None:  # MoE layers only
-                points[router_name(i)] = HookPoint(gate, first_output)
-                points[expert_indices_name(i)] = HookPoint(gate, _expert_indices)
+        get = self.model.get_submodule
+        layout = self.layout
+        points: dict[str, HookPoint] = {}
+        if layout.final_norm is not None:
+            points[FINAL_NORM] = HookPoint(get(layout.final_norm))
+        for i, attention in enumerate(layout.attention):
+            points[pattern_name(i)] = HookPoint(get(attention), attention=True)
+            points[resid_name(i)] = HookPoint(get(f"{layout.blocks}.{i}"))
+        for i, gate in layout.routers:
+            points[router_name(i)] = HookPoint(get(gate), first_output)
+            points[expert_indices_name(i)] = HookPoint(get(gate), _expert_indices)
         points[LOGITS] = HookPoint(self.model.get_output_embeddings())
         return points
 
@@ -107,12 +107,16 @@ class HFAdapter(Adapter):
     def eager_attention(self) -> Iterator[None]:
         """Switch to eager attention for the duration; restores the previous implementation."""
         previous = getattr(self.model.config, "_attn_implementation", "eager")
-        if previous != "eager":
-            self.model.set_attn_implementation("eager")
+        switch = previous != "eager" and callable(getattr(self.model, "set_attn_implementation", None))
+        if switch:
+            try:
+                self.model.set_attn_implementation("eager")
+            except (ValueError, ImportError):  # caveat: an attention without eager support is read through the tap
+                switch = False
         try:
             yield
         finally:
-            if previous != "eager":
+            if switch:
                 self.model.set_attn_implementation(previous)
 
     def forward(self, input_ids: Tensor) -> Tensor:

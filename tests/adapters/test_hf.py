@@ -1,10 +1,12 @@
+import contextlib
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
-from mechmon.adapters import HFAdapter, resolve_adapter
-from mechmon.callbacks.monitor import _snapshot_forward
+from mechmon.adapters import HFAdapter, HookPoint, ModuleAdapter, resolve_adapter
 from mechmon.capture import resolve_names
+from mechmon.engine import snapshot_forward
 from mechmon.probes import InductionProbe
 from tests.conftest import TinyLM, tiny_gpt2
 
@@ -41,7 +43,7 @@ def scores(model):
     adapter = HFAdapter(model)
     probe = InductionProbe(period=20, batch_size=3)
     probe.setup(model, adapter, torch.device("cpu"))
-    _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
     return probe.compute(), adapter
 
 
@@ -70,14 +72,35 @@ def test_hook_points_and_training_mode_restored(family):
     assert model.training
 
 
-def test_missing_eager_weights_raise_clearly():
+def test_sdpa_tap_gives_the_eager_patterns_without_switching():
+    eager, _ = scores(tiny_gpt2("eager"))
     model = tiny_gpt2("sdpa")
     adapter = HFAdapter(model)
-    probe = InductionProbe(period=20, batch_size=2)
+    adapter.eager_attention = contextlib.nullcontext  # the model stays on SDPA: patterns come from the tap
+    probe = InductionProbe(period=20, batch_size=3)
     probe.setup(model, adapter, torch.device("cpu"))
-    adapter.eager_attention = lambda: torch.no_grad()  # simulate an adapter that forgot to switch
-    with pytest.raises(RuntimeError, match="not running eager attention"):
-        _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    snapshot_forward(probe, adapter)
+    for key, value in eager.items():
+        torch.testing.assert_close(probe.compute()[key], value, atol=1e-5, rtol=1e-5, msg=key)
+
+
+def test_attention_without_probabilities_or_sdpa_raises_clearly():
+    class Manual(torch.nn.Module):  # computes attention by hand and returns only its output
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(8, 24)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+    model = torch.nn.Sequential(torch.nn.Embedding(16, 8), Manual(), torch.nn.Linear(8, 16))
+    adapter = ModuleAdapter(model, {"blocks.0.attn.hook_pattern": "1", "logits": "2"}, 1, 1, 16)
+    adapter._points["blocks.0.attn.hook_pattern"] = HookPoint(model[1], attention=True)
+    probe = InductionProbe(period=4, batch_size=2)
+    probe.setup(model, adapter, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="returned no probabilities and called no scaled_dot_product_attention"):
+        snapshot_forward(probe, adapter)
 
 
 def test_unsupported_model_lists_modules_and_points_to_docs():

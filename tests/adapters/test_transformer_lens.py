@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mechmon.adapters import TransformerLensAdapter, resolve_adapter
-from mechmon.callbacks.monitor import _snapshot_forward
 from mechmon.capture import resolve_names
+from mechmon.engine import snapshot_forward
 from mechmon.functional.induction import induction_scores
 from mechmon.probes import InductionProbe
 
@@ -23,7 +23,7 @@ def test_hooked_transformer_scores_match_its_own_cache():
     assert isinstance(adapter, TransformerLensAdapter)
     probe = InductionProbe(period=20, batch_size=2)
     probe.setup(model, adapter, torch.device("cpu"))
-    _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
     _, cache = model.run_with_cache(probe.probe_batch)
     expected = torch.stack([induction_scores(cache["pattern", layer], 20) for layer in range(2)])
     torch.testing.assert_close(probe.compute()["mechmon/induction/head_scores"], expected)

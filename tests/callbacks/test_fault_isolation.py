@@ -82,7 +82,7 @@ def test_no_hook_stays_registered_on_any_path(tmp_path, path):
     assert hook_count(model) == (base if path == "nan" else 0)
     rules = {a.rule for a in mon.alerts}
     if path in ("update", "compute", "snapshot"):
-        assert "probe_failed" in rules and len(mon._disabled) == 1
+        assert "probe_failed" in rules and len(mon.engine.disabled) == 1
     if path == "nan":
         assert "non_finite" in rules
 
@@ -119,4 +119,4 @@ def test_memory_is_flat_over_thousands_of_steps(tmp_path):
     print(f"live tensors {marks['tensors']} -> {marks['tensors_end']}; python heap growth {growth / 1024:.1f} KiB")
     assert marks["tensors_end"] <= marks["tensors"]
     assert growth < 64 * 1024
-    assert not mon._disabled and hook_count(model) == 0
+    assert not mon.engine.disabled and hook_count(model) == 0

@@ -134,7 +134,7 @@ def test_state_dict_round_trip_and_resume_does_not_refire(tmp_path):
 
     class AtResume(pl.Callback):  # the rule states the resumed run starts training with
         def on_train_start(self, trainer, pl_module):
-            self.states = {r.name: r.state_dict() for r in second._rules if r.name.startswith("test_")}
+            self.states = {r.name: r.state_dict() for r in second.engine.publisher.rules if r.name.startswith("test_")}
 
     first = make()
     trainer = make_trainer(tmp_path, [first], max_steps=4)
@@ -144,7 +144,7 @@ def test_state_dict_round_trip_and_resume_does_not_refire(tmp_path):
     saved = torch.load(ckpt_path, weights_only=False)["callbacks"][first.state_key]
     assert saved["last_step"] == 4 and saved["rules"]["test_marker|mechmon/logits/norm_mean"]["active"] is True
     assert [a["rule"] for a in saved["alerts"]] == ["test_marker"]
-    before = {r.name: r.state_dict() for r in first._rules if r.name.startswith("test_")}
+    before = {r.name: r.state_dict() for r in first.engine.publisher.rules if r.name.startswith("test_")}
     assert len(before["test_trend"]["values"]) == 3 and before["test_collapse"]["extreme"] is not None
 
     second, probe = make(), AtResume()
@@ -155,7 +155,7 @@ def test_state_dict_round_trip_and_resume_does_not_refire(tmp_path):
     assert probe.states == before  # windows, baselines and extremes restored before training goes on
     fired = [(a.rule, a.step) for a in second.alerts]
     assert fired[0] == ("test_marker", 1) and all(s > 4 and r != "test_marker" for r, s in fired[1:])  # no refire
-    [trend] = [r for r in second._rules if r.name == "test_trend"]
+    [trend] = [r for r in second.engine.publisher.rules if r.name == "test_trend"]
     assert trend.values[:3] == before["test_trend"]["values"]  # the window kept growing from there
     acc = read_events(tmp_path / "tb2")
     assert scalar_steps(acc, "mechmon/logits/norm_mean") == [6, 8]  # schedule continues on the restored step

@@ -42,13 +42,13 @@ def test_fit_writes_per_layer_plateau_keys(tmp_path):
     for key in ["repr_collapse/mean_cos/L01", "repetition/model_frac", "apm/score"]:
         assert all(-1 <= e.value <= 1 for e in acc.Scalars(f"mechmon/{key}"))
     assert all(1 <= e.value <= 32 for e in acc.Scalars("mechmon/repr_rank/rankme/L00"))
-    assert not mon._disabled and hook_count(model) == 0
+    assert not mon.engine.disabled and hook_count(model) == 0
 
 
 def test_probe_batch_that_cannot_be_read_disables_only_that_probe(tmp_path):
     mon = MechMonitor(probes=[CollapseProbe(), RepetitionProbe(gen_len=CTX)], schedule=every(2))
     trainer = make_trainer(tmp_path, [mon], max_steps=4)
     trainer.fit(TinyLM(), token_loader())  # gen_len = CTX leaves no prompt: RepetitionProbe fails in take_batch
-    assert mon._disabled == {"repetition"}
+    assert mon.engine.disabled == {"repetition"}
     assert [a.rule for a in mon.alerts] == ["probe_failed"]
     assert "mechmon/repr_collapse/mean_cos" in trainer.callback_metrics

@@ -61,4 +61,4 @@ def test_one_transfer_per_scheduled_step_and_none_otherwise(tmp_path, monkeypatc
     scheduled = {s for s in range(1, 10) if every(3)(s)}
     assert scheduled == {1, 3, 6, 9}
     assert {s: n for s, n in recorder.per_step.items() if n} == {s: 1 for s in scheduled}
-    assert not monitor._disabled
+    assert not monitor.engine.disabled

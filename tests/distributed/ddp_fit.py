@@ -94,7 +94,7 @@ def main() -> None:
         "collectives": {str(k): v for k, v in sorted(calls.items())},
         "kinds": sorted({name for _, name in CALLS}),
         "alerts": [[a.rule, a.step, a.reason] for a in monitor.alerts],
-        "disabled": sorted(monitor._disabled),
+        "disabled": sorted(monitor.engine.disabled),
         "hooks": hook_count(model),
         "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("mechmon/")},
     }

@@ -9,9 +9,9 @@ import torch.distributed as dist
 
 from mechmon import CollapseProbe, NLMProbe, WeightsProbe
 from mechmon.adapters import HFAdapter
-from mechmon.callbacks.monitor import _snapshot_forward
 from mechmon.capture import resolve_names
 from mechmon.distributed import reduce_states
+from mechmon.engine import snapshot_forward
 from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2
 
 
@@ -20,7 +20,7 @@ def scalars(probe, model, batch):
     adapter = HFAdapter(model)
     probe.setup(model, adapter, torch.device("cpu"))
     if probe.kind == "snapshot":
-        _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+        snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
     else:
         model.zero_grad()
         model(input_ids=batch, labels=batch).loss.backward()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mechmon.callbacks.monitor import _snapshot_forward
 from mechmon.capture import resolve_names
+from mechmon.engine import snapshot_forward
 from mechmon.probes import InductionProbe
 from tests.forced import ForcedModel, forced_adapter
 
@@ -11,7 +11,7 @@ def run_probe(probe, adapter, times=1):
     probe.setup(adapter.model, adapter, torch.device("cpu"))
     names = resolve_names(adapter, probe.requires)
     for _ in range(times):
-        _snapshot_forward(probe, adapter, names)
+        snapshot_forward(probe, adapter, names)
     return probe.compute()
 
 

@@ -32,12 +32,12 @@ def probe_set():
 def test_worker_result_matches_the_formulas_on_the_model_routing():
     model = tiny_moe("olmoe").eval()
     probe = PathwayProbe(probe_set(), groups=GROUPS)
-    from mechmon.callbacks.monitor import _snapshot_forward
     from mechmon.capture import resolve_names
+    from mechmon.engine import snapshot_forward
 
     adapter = HFAdapter(model)
     probe.setup(model, adapter, torch.device("cpu"))
-    _snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
     losses = probe.compute()
     probe.finish({"weights": probe.host_inputs()["weights"].numpy()}, step=7)
     [(step, out)] = probe.late_results(wait=True)
@@ -141,7 +141,7 @@ def test_training_goes_on_while_distances_compute(tmp_path):
     keys = ["edit_dist/email.L00", "edit_dist/email.L01", "loss_nats/json", "smoothness/json", "memorized_frac/json"]
     for key in ["edit_dist/json", *keys, "consistency_paper/email", "epsilon/email", "revoked/json"]:
         assert KEY_RE.match(f"mechmon/moe_pathway/{key}") and f"mechmon/moe_pathway/{key}" in acc.Tags()["scalars"]
-    assert not mon._disabled and hook_count(model) == 0 and probe._pool is None
+    assert not mon.engine.disabled and hook_count(model) == 0 and probe._pool is None
     # one panel group for the probe, with charts for the stats that arrive late (the layout is written once)
     [layout] = acc.Tensors("custom_scalars__config__")
     text = layout.tensor_proto.string_val[0].decode("latin-1")

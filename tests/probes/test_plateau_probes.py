@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from mechmon.adapters import HFAdapter
-from mechmon.callbacks.monitor import _snapshot_forward
 from mechmon.capture import resolve_names
+from mechmon.engine import snapshot_forward
 from mechmon.functional.plateau import repetition_frac
 from mechmon.probes import AttentionProgressProbe, CollapseProbe, RankProbe, RepetitionProbe
 from tests.conftest import VOCAB, tiny_gpt2
@@ -29,7 +29,7 @@ def evaluate(probe, model, times=1, training_batch=None):
         probe.take_batch(training_batch)
     names = resolve_names(adapter, probe.requires)
     for _ in range(times):
-        _snapshot_forward(probe, adapter, names)
+        snapshot_forward(probe, adapter, names)
     out = {k: v.item() for k, v in probe.compute().items() if v.ndim == 0}
     out.update(probe.finish({k: v.numpy() for k, v in probe.host_inputs().items()}, 0))
     return out

@@ -78,7 +78,7 @@ def test_fit_writes_routing_keys(tmp_path):
         assert scalar_steps(acc, f"mechmon/moe_routing/{key}") == [1, 2, 4]
     assert all(0 <= e.value <= 1 for e in acc.Scalars("mechmon/moe_routing/entropy"))
     assert [e.step for e in acc.Images("mechmon/moe_routing/expert_load")] == [1, 4]
-    assert not mon._disabled and hook_count(model) == 0
+    assert not mon.engine.disabled and hook_count(model) == 0
 
 
 def test_dense_model_gets_a_clear_error(tmp_path):

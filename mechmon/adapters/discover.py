@@ -1,0 +1,138 @@
+"""Structural discovery of a decoder's parts: the block list, each block's attention, the final norm, the head.
+
+No table of known layouts: a decoder is recognised by its shape. The block list is the first ``nn.ModuleList`` whose
+items share one class and each hold an attention module (a submodule whose class name says Attention or Attn); the
+attention of a block is its shallowest such submodule; the final norm is the last norm module (class name with
+"Norm") registered after the blocks outside them; the head is the module the caller names (HF's
+``get_output_embeddings()``) or else the last ``nn.Linear`` outside the blocks, preferring one as wide as a token
+embedding. MoE routers are a block's submodule named ``gate`` or ``router`` whose ``weight`` is ``[n_experts, d]``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["Layout", "find_layout", "common_parent"]
+
+_ATTENTION = re.compile(r"attention|attn", re.IGNORECASE)
+_NORM = re.compile(r"norm", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths (relative to the model) of the parts a monitor hooks."""
+
+    blocks: str
+    attention: tuple[str, ...]
+    final_norm: str | None
+    head: str | None
+    routers: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks."""
+        return len(self.attention)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return bool(_ATTENTION.search(name)) and not _NORM.search(name)
+
+
+def _attention_in(block: nn.Module) -> str | None:
+    """Path of the shallowest attention submodule of ``block`` (registration order breaks ties)."""
+    found = [
+        (name.count("."), i, name) for i, (name, m) in enumerate(block.named_modules()) if name and _is_attention(m)
+    ]
+    return min(found)[2] if found else None
+
+
+def _blocks(model: nn.Module, n_layers: int | None) -> tuple[str, list[str]] | None:
+    """The first homogeneous ModuleList whose items all hold attention (of length ``n_layers`` where given)."""
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or (n_layers and len(module) != n_layers):
+            continue
+        if len({type(b) for b in module}) != 1:
+            continue
+        inner = [_attention_in(b) for b in module]
+        if all(a is not None for a in inner):
+            return path, [f"{path}.{i}.{a}".lstrip(".") for i, a in enumerate(inner)]
+    return None
+
+
+def _outside(path: str, blocks: str) -> bool:
+    return not (path == blocks or path.startswith(f"{blocks}."))
+
+
+def _final_norm(model: nn.Module, blocks: str, head: str | None) -> str | None:
+    names = [n for n, _ in model.named_modules()]
+    after = names.index(blocks)
+    norms = [
+        n
+        for n, m in list(model.named_modules())[after:]
+        if n and _outside(n, blocks) and _NORM.search(type(m).__name__) and (head is None or _outside(n, head))
+    ]
+    return norms[-1] if norms else None
+
+
+def _head(model: nn.Module, blocks: str, head: nn.Module | None) -> str | None:
+    modules = [(n, m) for n, m in model.named_modules() if n and _outside(n, blocks)]
+    if head is not None:
+        return next((n for n, m in modules if m is head), None)
+    widths = {m.num_embeddings for _, m in modules if isinstance(m, nn.Embedding)}
+    linears = [(n, m) for n, m in modules if isinstance(m, nn.Linear)]
+    matching = [n for n, m in linears if m.out_features in widths]
+    return (matching or [n for n, _ in linears] or [None])[-1]
+
+
+def _routers(model: nn.Module, blocks: str, n_layers: int, n_experts: int) -> tuple[tuple[int, str], ...]:
+    if n_experts < 2:
+        return ()
+    found = []
+    for i in range(n_layers):
+        for name, m in model.get_submodule(f"{blocks}.{i}").named_modules():
+            weight = getattr(m, "weight", None)
+            if name.split(".")[-1] in ("gate", "router") and getattr(weight, "ndim", 0) == 2:
+                if weight.shape[0] == n_experts:
+                    found.append((i, f"{blocks}.{i}.{name}"))
+                    break
+    return tuple(found)
+
+
+def find_layout(
+    model: nn.Module, head: nn.Module | None = None, n_layers: int | None = None, n_experts: int = 0
+) -> Layout | None:
+    """The decoder layout of ``model``, or ``None`` when it has no block list with attention.
+
+    Args:
+        model: the module to search.
+        head: the output head, when the caller knows it (HF ``get_output_embeddings()``).
+        n_layers: the expected number of blocks, when known (HF ``config.num_hidden_layers``).
+        n_experts: experts per MoE layer (0: no routers are looked for).
+    """
+    found = _blocks(model, n_layers) or (_blocks(model, None) if n_layers else None)
+    if found is None:
+        return None
+    blocks, attention = found
+    head_path = _head(model, blocks, head)
+    return Layout(
+        blocks=blocks,
+        attention=tuple(attention),
+        final_norm=_final_norm(model, blocks, head_path),
+        head=head_path,
+        routers=_routers(model, blocks, len(attention), n_experts),
+    )
+
+
+def common_parent(*paths: str) -> str:
+    """The longest common dotted prefix of ``paths`` (``""`` for the root)."""
+    parts = [p.split(".") for p in paths]
+    common = []
+    for segment in zip(*parts, strict=False):
+        if len(set(segment)) != 1:
+            break
+        common.append(segment[0])
+    return ".".join(common)

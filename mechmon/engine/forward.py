@@ -1,0 +1,107 @@
+"""Probe forwards: one ``no_grad`` eval-mode forward of a snapshot probe's batch, and the public "evaluate once".
+
+A snapshot forward runs the model on the probe's own batch with hooks only inside :func:`~mechmon.capture.capture`.
+Attention runs eager (probabilities materialised) and SDPA calls are tapped only when the probe reads attention
+patterns. Under FSDP2 a ``no_grad`` forward leaves the root's parameters gathered (no backward follows to reshard
+them); they are resharded here so that memory and the weight probes see the model as training left it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters import Adapter, resolve_adapter
+from mechmon.capture import attention_tap, capture, resolve_names
+from mechmon.params import reshard
+from mechmon.probe import Probe
+
+__all__ = ["snapshot_forward", "evaluate", "reads_patterns"]
+
+
+def reads_patterns(names: Sequence[str]) -> bool:
+    """Whether any capture name is an attention pattern."""
+    return any(n.endswith("attn.hook_pattern") for n in names)
+
+
+def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None = None) -> None:
+    """Run ``probe``'s forward(s) under its hooks and feed it the captures; restores mode and sharding.
+
+    Args:
+        probe: a set-up snapshot probe (``probe.setup(...)`` called, its batch known).
+        adapter: the model's adapter.
+        names: the probe's resolved capture names; resolved from ``probe.requires`` when ``None``.
+
+    Raises:
+        RuntimeError: if a capture is missing or the attention gives no probabilities.
+    """
+    names = list(resolve_names(adapter, probe.requires) if names is None else names)
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    patterns = reads_patterns(names)
+    eager = adapter.eager_attention() if patterns else contextlib.nullcontext()
+    tap = attention_tap() if patterns else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), eager, tap:
+            with capture(adapter, names, probe.reduce_capture) as caps:
+                caps.update(probe.snapshot(adapter))
+                probe.update(caps, None)
+    finally:
+        model.train(was_training)
+        reshard(model)
+
+
+def evaluate(
+    probes: Probe | Sequence[Probe],
+    model: nn.Module | Adapter,
+    *,
+    batch: Any = None,
+    forwards: int = 1,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """Set up snapshot probes on ``model``, run their forwards, and return what they would log.
+
+    The monitor's own path for one scheduled step, without schedule, reduction or writer: ``setup``, the probe
+    batch (``batch`` stands for the first training batch of probes that take one), ``forwards`` snapshot forwards,
+    ``compute``, and ``finish`` on the host copies of ``host_inputs``. States are not reset afterwards.
+
+    Args:
+        probes: one snapshot probe or several.
+        model: a model (its adapter is found as the monitor finds it) or an :class:`Adapter`.
+        batch: a training batch for probes that take their probe batch from training (``needs_batch``).
+        forwards: number of snapshot forwards (>= 1).
+        device: device of the probe states; the model's parameters' device by default.
+
+    Returns:
+        Metric key -> tensor: ``compute()``'s results (0-d scalars, 1-d/2-d matrices) plus ``finish()``'s floats as
+        0-d float64 tensors.
+
+    Raises:
+        TypeError: if a probe is not a snapshot probe.
+        RuntimeError: as :func:`resolve_adapter` and :func:`snapshot_forward`.
+    """
+    probes = [probes] if isinstance(probes, Probe) else list(probes)
+    if any(p.kind != "snapshot" for p in probes):
+        raise TypeError("evaluate() runs snapshot probes; streaming probes read the training forward")
+    adapter = model if isinstance(model, Adapter) else resolve_adapter(model)
+    params = list(adapter.model.parameters())
+    device = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
+    out: dict[str, Tensor] = {}
+    for probe in probes:
+        probe.setup(adapter.model, adapter, device)
+        if getattr(probe, "needs_batch", False) and batch is not None:
+            probe.take_batch(batch)
+        names = resolve_names(adapter, probe.requires)
+        for _ in range(forwards):
+            snapshot_forward(probe, adapter, names)
+        with torch.no_grad():
+            out.update(probe.compute())
+            host = {k: v.detach().cpu().numpy() for k, v in probe.host_inputs().items()}
+            finished = probe.finish(host, 0)
+        out.update({k: torch.tensor(v, dtype=torch.float64) for k, v in finished.items()})
+    return out

@@ -1,0 +1,492 @@
+"""``Monitor``: the framework-free engine that every integration (Lightning, Fabric, HF Trainer, plain loop) drives.
+
+It touches the model only through torch's own hooks: module forward hooks and pre-hooks (captures, and the training
+inputs on the steps that need them) and the optimizers' step hooks (gradients). Its step, its batches and its log
+sinks come from whoever drives it. On a scheduled optimizer step every rank: runs the due snapshot probes (one
+eval-mode ``no_grad`` forward each), has fed the streaming probes the captures of that step's micro-batches,
+reduces all states and failure flags with one packed collective, makes **one** device-to-host transfer, and runs
+the alert rules on identical floats; rank 0 writes. Other steps evaluate a Python predicate and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
+from mechmon.alerts import Alert, Rule
+from mechmon.capture import capture, resolve_names
+from mechmon.console import ConsoleView
+from mechmon.distributed import rank, reduce_states, world_size
+from mechmon.engine.config import MonitorConfig
+from mechmon.engine.forward import snapshot_forward
+from mechmon.engine.publish import Listener, Publisher
+from mechmon.engine.record import StepRecord, to_host
+from mechmon.naming import metric_key
+from mechmon.probe import Probe
+from mechmon.schedule import Schedule
+from mechmon.writers import open_writer
+
+__all__ = ["Monitor"]
+
+
+class Monitor:
+    r"""Live mechanistic monitoring of any PyTorch training loop.
+
+    Args:
+        model: the module to watch (a bare model, a wrapper, a LightningModule); when given, the monitor attaches at
+            once (plain loops). Integrations pass ``None`` and call :meth:`attach` when the run starts.
+        optimizer: the optimizer whose step the monitor hooks for gradients and to know when a step happened;
+            ``None`` hooks every optimizer that holds the model's parameters (torch's global step hooks).
+        probes: probe instances; default ``[InductionProbe(), LogitsProbe()]``.
+        schedule: an int ``n`` (``every(n)``, plus step 1) or a :mod:`mechmon.schedule` predicate on the optimizer
+            step. Probes may override it.
+        image_schedule: when to write ``[L, H]`` heatmaps; default every 5th evaluation of an ``every(n)`` schedule.
+        adapter: an :class:`~mechmon.adapters.Adapter`, a factory ``fn(root) -> Adapter``, or ``None`` to discover
+            the model (any HF decoder, TransformerLens, a decoder module with a block list).
+        submodule: dotted path of the model to monitor when ``model`` holds several (e.g. ``"student"``).
+        rules: extra alert rules on any ``mechmon/...`` key (the probes' own rules are always on).
+        on_alert: callables receiving each :class:`~mechmon.alerts.Alert` on rank 0.
+        namespace: first key segment (default ``"mechmon"``).
+        log_dir: folder of mechmon's own TensorBoard writer (plain loops: default ``runs/mechmon``).
+        console: show a live rich table of the latest values (alerts are always printed).
+
+    Raises:
+        TypeError, ValueError: on invalid arguments (the message names the argument).
+        RuntimeError: in :meth:`attach`, when no model is found or a probe needs a capture the model lacks.
+
+    Example:
+        >>> import torch
+        >>> from mechmon import Monitor, LogitsProbe
+        >>> from tests.conftest import tiny_gpt2
+        >>> model = tiny_gpt2()
+        >>> optimizer = torch.optim.AdamW(model.parameters())
+        >>> monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=2, log_dir=None)
+        >>> batch = torch.randint(1, 64, (2, 16))
+        >>> for step in (1, 2):
+        ...     with monitor.step(step, batch):
+        ...         model(input_ids=batch, labels=batch).loss.backward()
+        ...         optimizer.step(); optimizer.zero_grad()
+        >>> monitor.close()
+        >>> sorted(monitor.latest)[0]
+        'mechmon/logits/absorb_gap_nats'
+
+    Logged metrics:
+        Every probe's keys (see each probe's table) at each scheduled step, ``<ns>/alerts/<rule>`` = 1 at the step a
+        rule fires, a text entry ``<ns>/alerts`` with the reason, and ``[L, H]`` heatmap images at
+        ``image_schedule``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        probes: Sequence[Probe] | None = None,
+        schedule: Schedule | int = 50,
+        image_schedule: Schedule | int | None = None,
+        adapter: AdapterSpec = None,
+        submodule: str | None = None,
+        rules: Sequence[Rule] = (),
+        on_alert: Sequence[Callable[[Alert], Any]] = (),
+        namespace: str = "mechmon",
+        log_dir: str | Path | None = "runs/mechmon",
+        console: bool = False,
+    ) -> None:
+        self.config = MonitorConfig.build(
+            "Monitor",
+            probes,
+            schedule,
+            image_schedule,
+            adapter,
+            submodule,
+            rules,
+            on_alert,
+            namespace,
+            log_dir,
+            console,
+        )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"Monitor(optimizer=...) must be a torch.optim.Optimizer or None, got {optimizer!r}")
+        self.probes = self.config.probes
+        self.publisher = Publisher(self.config.namespace, self.config.on_alert)
+        self.latest: dict[str, float] = {}
+        self.adapter: Adapter | None = None
+        self.disabled: set[str] = set()  # agreed by every rank
+        self._failed: dict[str, str] = {}  # failed on this rank, not yet agreed (DDP)
+        self._device = torch.device("cpu")
+        self._names: dict[str, list[str]] = {}
+        self._waiting: list[Probe] = []
+        self._last_step = -1
+        self._step = 0
+        self._stream: _Stream | None = None
+        self._handles: list[Any] = []  # persistent hooks (optimizer steps, first-batch tap): removed in close()
+        self._stepped = False
+        self._tapping = False
+        self._pending: dict[str, Any] | None = None
+        if model is not None:
+            self.attach(model, optimizer=optimizer, log_dir=self.config.log_dir)
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far (the last 1,000), oldest first."""
+        return self.publisher.alerts
+
+    # -- attach --------------------------------------------------------------------------------------------
+    def attach(
+        self,
+        root: nn.Module,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        hook_optimizers: bool = True,
+        experiment: Any | None = None,
+        loggers: Sequence[Any] = (),
+        log_dir: str | Path | None = None,
+        listeners: Sequence[Listener] = (),
+        writes: bool | None = None,
+    ) -> None:
+        """Resolve the model, set the probes up and open the writer. Called once per run, on every rank.
+
+        Args:
+            root: the module to search for the model.
+            optimizer: hook this optimizer's steps; ``None`` with ``hook_optimizers`` hooks any optimizer holding
+                the model's parameters.
+            hook_optimizers: hook optimizer steps at all (False when the driver calls :meth:`before_optimizer_step`
+                and :meth:`after_optimizer_step` itself, as Lightning's closures require).
+            experiment: a ``SummaryWriter`` a logger owns (heatmaps and text go there; scalars via ``loggers``).
+            loggers: objects with ``log_metrics(metrics, step)`` receiving every scalar.
+            log_dir: folder of mechmon's own event files when there is no ``experiment``; ``None``: no files.
+            listeners: ``fn(scalars, step)`` called with every published dict.
+            writes: whether this process writes (default: rank 0 of the default process group).
+
+        Raises:
+            RuntimeError: if no model is found or a probe needs a capture the model lacks.
+        """
+        self.adapter = resolve_adapter(root, self.config.adapter, self.config.submodule)
+        params = list(self.adapter.model.parameters())
+        self._device, self._failed = (params[0].device if params else torch.device("cpu")), {}
+        for probe in self.probes:
+            probe.namespace = self.config.namespace
+            self._names[probe.name] = resolve_names(self.adapter, probe.requires)
+            probe.setup(self.adapter.model, self.adapter, self._device)
+        rules = [rule for probe in self.probes for rule in probe.rules()] + self.config.rules
+        self._waiting = [p for p in self.probes if getattr(p, "needs_batch", False)]
+        writes = rank() == 0 if writes is None else writes
+        writer = None
+        if writes and (experiment is not None or log_dir is not None or loggers):
+            writer = open_writer(experiment, loggers, None if log_dir is None else str(log_dir))
+        view = ConsoleView(live=self.config.console) if writes else None
+        self.publisher.open(rules, _declared_keys(self.probes), writer, view, [self._remember, *listeners])
+        if hook_optimizers:
+            self._hook_optimizers(optimizer)
+        if self._pending is not None:
+            self.load_state_dict(self._pending)
+
+    def _remember(self, scalars: dict[str, float], step: int) -> None:
+        self.latest.update(scalars)
+
+    def _hook_optimizers(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Step pre-hook: gradients of a scheduled step; post-hook: a step happened (plain loops, Fabric)."""
+        ids = {id(p) for p in self.adapter.model.parameters()}
+        known: dict[int, bool] = {}
+
+        def ours(opt: torch.optim.Optimizer) -> bool:
+            if id(opt) not in known:
+                known[id(opt)] = any(id(p) in ids for g in opt.param_groups for p in g["params"])
+            return known[id(opt)]
+
+        def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if ours(opt):
+                self.before_optimizer_step(opt)
+
+        def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            self._stepped = self._stepped or ours(opt)
+
+        if optimizer is not None:
+            self._handles += [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
+        else:
+            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+            self._handles += [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+
+    # -- driving -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self, step: int, batch: Any = None) -> Iterator[Monitor]:
+        """Wrap one micro-batch of optimizer step ``step`` (forward, backward and, on the last, the optimizer step).
+
+        Hooks are attached only when ``step`` is scheduled. ``batch`` is what the streaming probes read their
+        targets from (a tensor ``[B, T]``, a dict with ``input_ids``/``labels``, ``(x, y)``); ``None`` reads the
+        model's own inputs. The evaluation runs when the block exits after an optimizer step happened in it.
+        """
+        self._stepped = False
+        self.begin_batch(step, batch)
+        try:
+            yield self
+        except BaseException:
+            self._detach_streaming()
+            raise
+        self.end_batch(batch)
+        if self._stepped:
+            self.after_optimizer_step(step)
+
+    def begin_batch(self, step: int, batch: Any = None) -> None:
+        """Before a micro-batch of optimizer step ``step``: take the first batch, attach hooks if ``step`` is due.
+
+        ``batch=None`` reads the batch from the model's inputs (a forward pre-hook, on those steps only).
+        """
+        self._step = step
+        if self._waiting:
+            if batch is not None:
+                self._take_batch(batch)
+            elif not self._tapping:
+                self._tap_first_batch()
+        if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
+            self._detach_streaming()
+        if self._stream is None and self.adapter is not None:
+            due = [p for p in self._due(step) if p.kind == "streaming"]
+            if due:
+                self._stream = _Stream.open(self, step, due, tap=batch is None)
+
+    def end_batch(self, batch: Any = None) -> None:
+        """After a micro-batch: feed the streaming probes its captures (``batch`` as in :meth:`begin_batch`)."""
+        if self._stream is not None and not self._stream.tap:
+            self._stream.feed(batch)
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before the optimizer step (after backward and accumulation): the gradient probes of a scheduled step."""
+        if self._stream is not None:
+            for probe in self._live(self._stream.due):
+                self._guarded(probe, probe.before_optimizer_step, optimizer)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """After optimizer step ``step``: run the scheduled evaluation (once per step, whatever the micro-batches)."""
+        if step == self._last_step:
+            return
+        due = self._due(step)
+        if not due:
+            self._detach_streaming()
+            return
+        self._last_step = self._step = step
+        self._run(StepRecord(step, due, self.config.image_schedule(step)))
+
+    def _due(self, step: int) -> list[Probe]:
+        return [p for p in self.probes if p.name not in self.disabled and (p.schedule or self.config.schedule)(step)]
+
+    def _take_batch(self, batch: Any) -> None:
+        """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
+        for probe in self._waiting:
+            self._guarded(probe, probe.take_batch, batch)
+        self._waiting = []
+
+    def _tap_first_batch(self) -> None:
+        """Read the first training batch from the model's inputs (one forward pre-hook, removed after it)."""
+        self._tapping = True
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if module.training and self._waiting:
+                self._take_batch(model_inputs(args, kwargs))
+            if not self._waiting:
+                handle.remove()
+                self._tapping = False
+
+        handle = self.adapter.model.register_forward_pre_hook(hook, with_kwargs=True)
+        self._handles.append(handle)
+
+    def _detach_streaming(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = None
+
+    # -- one scheduled step --------------------------------------------------------------------------------
+    def _run(self, record: StepRecord) -> None:
+        self._detach_streaming()
+        for probe in self._live(record.due):
+            if probe.kind == "snapshot":
+                self._guarded(probe, snapshot_forward, probe, self.adapter, self._names[probe.name])
+            else:
+                self._guarded(probe, probe.evaluate)
+        record.flags_WP, _ = reduce_states(record.due, self._failure_flags())  # collective: every rank, by step only
+        self._collect(record)
+        metrics, inputs, flags_WP = record.unpack(to_host(record.tensors()))
+        gone = self._agree(flags_WP)  # probes that failed on any rank log nothing this step
+        for name, values in metrics.items():
+            if name not in gone:
+                record.scalars.update({k: v for k, v in values.items() if isinstance(v, float)})
+                record.images.update({k: v for k, v in values.items() if not isinstance(v, float)})
+        for probe in record.due:
+            if probe.name in inputs and probe.name not in gone:
+                record.scalars.update(self._guarded(probe, probe.finish, inputs[probe.name], record.step) or {})
+        self.publisher.publish(
+            record.step, record.scalars, record.images, self.publisher.check(record.step, record.scalars)
+        )
+        for probe in record.due:
+            probe.reset()
+        self._publish_late()
+
+    def _collect(self, record: StepRecord) -> None:
+        """Each live probe's metric tensors (0-d; 2-d at image steps) and host inputs, into the record."""
+        for probe in self._live(record.due):
+            computed = self._guarded(probe, probe.compute) or {}
+            keep = {k: v for k, v in computed.items() if v.ndim == 0 or (record.with_images and v.ndim == 2)}
+            record.metrics[probe.name] = keep
+            inputs = self._guarded(probe, probe.host_inputs) or {}
+            if inputs:
+                record.host_inputs[probe.name] = inputs
+
+    def _live(self, probes: list[Probe]) -> list[Probe]:
+        """The probes that have not failed on this rank (under DDP a local failure is agreed at the next reduction)."""
+        return [p for p in probes if p.name not in self._failed and p.name not in self.disabled]
+
+    def _failure_flags(self) -> Tensor:
+        """This rank's failure flag per probe, ``[P]`` on the states' device (fill kernels: no host copy)."""
+        flags = torch.zeros(len(self.probes), device=self._device)
+        for i, probe in enumerate(self.probes):
+            if probe.name in self._failed:
+                flags[i] = 1.0
+        return flags
+
+    def _agree(self, flags_WP: Any) -> set[str]:
+        """Disable, on every rank alike, each probe some rank flagged; returns the names disabled now."""
+        gone = set()
+        for i, probe in enumerate(self.probes):
+            ranks = [int(r) for r in range(flags_WP.shape[0]) if flags_WP[r, i]] if flags_WP.size else []
+            if ranks and probe.name not in self.disabled:
+                gone.add(probe.name)
+                self._disable(probe, f"probe {probe.name!r} raised on rank(s) {ranks} (see the warning there)")
+        return gone
+
+    def _disable(self, probe: Probe, reason: str) -> str:
+        """Disable a probe for the rest of the run with a ``probe_failed`` alert; returns the alert's reason."""
+        self.disabled.add(probe.name)
+        self._failed.pop(probe.name, None)
+        key = metric_key("alerts", "probe_failed", namespace=self.config.namespace)
+        reason = f"{reason}; it is disabled for the rest of the fit"
+        self.publisher.deliver([Alert("probe_failed", key, self._step, math.nan, "warning", reason)])
+        return reason
+
+    def _publish_late(self, wait: bool = False) -> None:
+        """Publish off-thread results at the step of the probe forward they came from, after running the rules."""
+        for probe in self.probes:
+            for step, scalars in self._guarded(probe, probe.late_results, wait) or []:
+                self.publisher.publish(step, scalars, {}, self.publisher.check(step, scalars))
+
+    def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
+        """Run ``fn``; a probe that raises is disabled with an alert and training goes on.
+
+        In one process the probe is disabled at once. Under DDP the failing rank warns and stops running the probe,
+        and the flag it sends with the next reduction disables the probe on every rank at the same step.
+        """
+        try:
+            with torch.no_grad():  # a probe never builds graph: a state tied to autograd would grow every step
+                return fn(*args)
+        except Exception as err:  # caveat: a failing probe must never stop the run it watches
+            text = f"probe {probe.name!r} raised {type(err).__name__}: {err}"
+            if world_size() == 1:
+                warnings.warn(self._disable(probe, text), stacklevel=2)
+            elif probe.name not in self._failed:
+                where = f"on rank {rank()}; it is disabled on every rank at the next scheduled step"
+                warnings.warn(f"{text} {where}", stacklevel=2)
+                self._failed[probe.name] = text
+            return None
+
+    def close(self) -> None:
+        """End the run: remove every hook, drain off-thread results, stop workers, close the writer."""
+        self._detach_streaming()
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._tapping = [], False
+        self._publish_late(wait=True)
+        for probe in self.probes:
+            self._guarded(probe, probe.close)
+        self.publisher.close()
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The last evaluated step, rule states, probe states, disabled probes and recent alerts."""
+        return {
+            "last_step": self._last_step,
+            **self.publisher.state_dict(),
+            "probes": {p.name: p.state_dict() for p in self.probes},
+            "disabled": sorted(self.disabled),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; before :meth:`attach` it is kept and applied there."""
+        if self.adapter is None:
+            self._pending = state
+            return
+        self._last_step = int(state.get("last_step", self._last_step))
+        self.publisher.load_state_dict(state)
+        for probe in self.probes:
+            probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
+        self.disabled = set(state.get("disabled", ()))
+        self._pending = None
+
+    @property
+    def last_step(self) -> int:
+        """The last optimizer step evaluated (-1 before the first)."""
+        return self._last_step
+
+
+class _Stream:
+    """The hooks of one scheduled step's streaming probes, from its first micro-batch to its optimizer step."""
+
+    def __init__(self, monitor: Monitor, step: int, due: list[Probe], tap: bool) -> None:
+        self.monitor, self.step, self.due, self.tap = monitor, step, due, tap
+        self.stack = contextlib.ExitStack()
+        self.caps: dict[str, Tensor] = {}
+
+    @classmethod
+    def open(cls, monitor: Monitor, step: int, due: list[Probe], tap: bool) -> _Stream:
+        stream = cls(monitor, step, due, tap)
+        names = sorted({n for p in due for n in monitor._names[p.name]})
+        stream.caps = stream.stack.enter_context(capture(monitor.adapter, names))
+        if tap:  # the batch is the model's own input: read it before, feed the probes after each training forward
+            model = monitor.adapter.model
+            inputs: list[Any] = [None]
+            pre = model.register_forward_pre_hook(
+                lambda m, a, k: inputs.__setitem__(0, model_inputs(a, k)), with_kwargs=True
+            )
+            post = model.register_forward_hook(lambda m, a, o: stream.feed(inputs[0]) if m.training else None)
+            stream.stack.callback(pre.remove)
+            stream.stack.callback(post.remove)
+        return stream
+
+    def feed(self, batch: Any) -> None:
+        """Update every live probe whose captures are all there; the captures are dropped right after."""
+        for probe in self.monitor._live(self.due):
+            if all(n in self.caps for n in self.monitor._names[probe.name]):
+                self.monitor._guarded(probe, probe.update, self.caps, batch)
+        self.caps.clear()
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def model_inputs(args: tuple, kwargs: dict) -> Any:
+    """What a training forward was called with, as a batch: its kwargs (HF), its one argument, or a tuple."""
+    if kwargs and not args:
+        return dict(kwargs)
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    return tuple(args) if not kwargs else {"args": tuple(args), **kwargs}
+
+
+def _declared_keys(probes: Sequence[Probe]) -> list[str]:
+    """Every key the probes can log, read at setup from ``compute()`` on their fresh states plus late stats."""
+    keys: list[str] = []
+    for probe in probes:
+        try:
+            with torch.no_grad():
+                keys += [k for k, v in probe.compute().items() if v.ndim == 0]
+        except Exception:  # caveat: a probe whose states wait for its first batch declares its keys at first publish
+            pass
+        keys += [probe.key(stat) for stat in probe.late_stats]
+    return keys

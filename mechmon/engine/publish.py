@@ -1,0 +1,130 @@
+"""Rules, alert delivery and writing: every rank runs the rules on identical floats; rank 0 writes and delivers.
+
+The publisher is the only part of the engine that talks to the outside: the writer (TensorBoard files and the
+loggers an integration hands over), metric listeners (Lightning's ``callback_metrics``), the console and the user's
+``on_alert`` callables. The custom-scalars layout is written once, at the first publish, from every key the probes
+declared at setup plus that publish's keys, so a probe first due later still has its panel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from mechmon.alerts import Alert, NonFinite, Rule
+from mechmon.console import ConsoleView
+from mechmon.naming import metric_key
+from mechmon.writers import NullWriter
+
+__all__ = ["Publisher", "Listener"]
+
+Listener = Callable[[Mapping[str, float], int], None]
+_MAX_ALERTS_KEPT = 1000
+
+
+class Publisher:
+    """Runs the alert rules and publishes scalars, heatmaps and alerts.
+
+    Args:
+        namespace: first key segment.
+        on_alert: callables receiving each alert on the writing rank; one that raises is warned about, not raised.
+    """
+
+    def __init__(self, namespace: str, on_alert: Sequence[Callable[[Alert], Any]]) -> None:
+        self.namespace, self.on_alert = namespace, list(on_alert)
+        self.alerts: list[Alert] = []
+        self.rules: list[Rule] = []
+        self.writer: NullWriter = NullWriter()
+        self.view: ConsoleView | None = None
+        self.listeners: list[Listener] = []
+        self._nonfinite: dict[str, NonFinite] = {}
+        self._layout_keys: list[str] = []
+        self._layout_written = False
+
+    def open(
+        self,
+        rules: list[Rule],
+        layout_keys: Iterable[str],
+        writer: NullWriter | None,
+        view: ConsoleView | None,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        """Start a run: the rules in force, the keys known at setup, and (on the writing rank) writer and console."""
+        self.rules = rules
+        names = dict.fromkeys(n for r in rules for n in r.names)
+        self._layout_keys = list(layout_keys) + [metric_key("alerts", n, namespace=self.namespace) for n in names]
+        self.writer, self.view, self.listeners = writer or NullWriter(), view, list(listeners)
+        self._layout_written = False
+
+    def check(self, step: int, scalars: Mapping[str, float]) -> list[Alert]:
+        """Run the non-finite guard on every key, then every rule; returns the alerts that fired."""
+        fired = []
+        for key, value in scalars.items():
+            alert = self._nonfinite.setdefault(key, NonFinite(key)).update(step, value)
+            fired += [alert] if alert else []
+        for rule in self.rules:
+            alert = rule.observe(step, scalars)
+            fired += [alert] if alert else []
+        return fired
+
+    def publish(
+        self, step: int, scalars: dict[str, float], images: Mapping[str, np.ndarray], alerts: list[Alert]
+    ) -> None:
+        """Write scalars (plus a 1.0 marker per alert), heatmaps and alerts at ``step``."""
+        markers = {metric_key("alerts", a.rule, namespace=self.namespace): 1.0 for a in alerts}
+        values = {**scalars, **markers}
+        for listener in self.listeners:
+            listener(values, step)
+        if not self._layout_written:
+            self.writer.layout(dict.fromkeys(self._layout_keys + list(scalars)))
+            self._layout_written = True
+        self.writer.scalars(values, step)
+        for key, matrix in images.items():
+            self.writer.image(key, matrix, step)
+        if self.view is not None:
+            self.view.update(step, scalars)
+        self.deliver(alerts)
+
+    def deliver(self, alerts: Iterable[Alert]) -> None:
+        """Keep, write and print each alert, and call the ``on_alert`` callables on the writing rank."""
+        for alert in alerts:
+            self.alerts = (self.alerts + [alert])[-_MAX_ALERTS_KEPT:]
+            self.writer.text(
+                f"{self.namespace}/alerts", f"**{alert.severity}** `{alert.rule}`: {alert.reason}", alert.step
+            )
+            if self.view is None:  # not the writing rank
+                continue
+            self.view.alert(alert)
+            for fn in self.on_alert:
+                try:
+                    fn(alert)
+                except Exception as err:  # caveat: a user's pager timing out must not stop the run
+                    warnings.warn(f"mechmon: on_alert callable {fn!r} raised {type(err).__name__}: {err}", stacklevel=2)
+
+    def close(self) -> None:
+        """Stop the console and close the writer."""
+        if self.view is not None:
+            self.view.stop()
+        self.writer.close()
+        self.writer, self.view, self.listeners = NullWriter(), None, []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Rule states, non-finite guards and the last 100 alerts (primitives only)."""
+        return {
+            "rules": {f"{r.name}|{r.key}": r.state_dict() for r in self.rules},
+            "nonfinite": {k: r.state_dict() for k, r in self._nonfinite.items()},
+            "alerts": [asdict(a) for a in self.alerts[-100:]],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; missing entries keep their defaults."""
+        saved = state.get("rules", {})
+        for rule in self.rules:
+            rule.load_state_dict(saved.get(f"{rule.name}|{rule.key}", {}))
+        for key, rule_state in state.get("nonfinite", {}).items():
+            self._nonfinite.setdefault(key, NonFinite(key)).load_state_dict(rule_state)
+        self.alerts = [Alert(**a) for a in state.get("alerts", ())]

@@ -68,14 +68,17 @@ def _outside(path: str, blocks: str) -> bool:
 
 
 def _final_norm(model: nn.Module, blocks: str, head: str | None) -> str | None:
-    names = [n for n, _ in model.named_modules()]
-    after = names.index(blocks)
+    """The last norm after the blocks; else (OPT registers it first) the last one before them not on embeddings."""
+    modules = list(model.named_modules())
+    at = [n for n, _ in modules].index(blocks)
     norms = [
-        n
-        for n, m in list(model.named_modules())[after:]
+        (i > at, n)
+        for i, (n, m) in enumerate(modules)
         if n and _outside(n, blocks) and _NORM.search(type(m).__name__) and (head is None or _outside(n, head))
     ]
-    return norms[-1] if norms else None
+    after = [n for later, n in norms if later]
+    before = [n for later, n in norms if not later and "emb" not in n.lower()]
+    return (after or before or [None])[-1]
 
 
 def _head(model: nn.Module, blocks: str, head: nn.Module | None) -> str | None:

@@ -1,29 +1,55 @@
-"""Runs only where transformer-lens < 4 (HookedTransformer) is installed; it is not a dependency."""
+"""TransformerLens models; each test runs only where its major version of transformer-lens is installed (an extra)."""
+
+from importlib import metadata
 
 import pytest
 import torch
 
+from mechmon import InductionProbe, evaluate
 from mechmon.adapters import TransformerLensAdapter, resolve_adapter
-from mechmon.capture import resolve_names
-from mechmon.engine import snapshot_forward
 from mechmon.functional.induction import induction_scores
-from mechmon.probes import InductionProbe
-
-tl = pytest.importorskip("transformer_lens", reason="transformer-lens is an optional extra")
-if not hasattr(tl, "HookedTransformer"):
-    pytest.skip("transformer-lens >= 4 has no HookedTransformer", allow_module_level=True)
 
 
+def _major() -> int | None:
+    try:
+        return int(metadata.version("transformer-lens").split(".")[0])
+    except metadata.PackageNotFoundError:
+        return None
+
+
+MAJOR = _major()
+needs3 = pytest.mark.skipif(MAJOR != 3, reason=f"needs transformer-lens 3.x (HookedTransformer); installed: {MAJOR}")
+needs4 = pytest.mark.skipif(MAJOR != 4, reason=f"needs transformer-lens 4.x (TransformerBridge); installed: {MAJOR}")
+
+
+def scores_match_the_cache(model, run_with_cache):
+    adapter = resolve_adapter(model)
+    assert isinstance(adapter, TransformerLensAdapter)
+    probe = InductionProbe(period=20, batch_size=2)
+    out = evaluate(probe, adapter)
+    _, cache = run_with_cache(probe.probe_batch)
+    expected = torch.stack([induction_scores(cache[f"blocks.{layer}.attn.hook_pattern"], 20) for layer in range(2)])
+    torch.testing.assert_close(out["mechmon/induction/head_scores"], expected)
+
+
+@needs3
 def test_hooked_transformer_scores_match_its_own_cache():
+    import transformer_lens as tl
+
     cfg = tl.HookedTransformerConfig(
         n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, act_fn="relu", attn_only=True
     )
     model = tl.HookedTransformer(cfg)
-    adapter = resolve_adapter(model)
-    assert isinstance(adapter, TransformerLensAdapter)
-    probe = InductionProbe(period=20, batch_size=2)
-    probe.setup(model, adapter, torch.device("cpu"))
-    snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
-    _, cache = model.run_with_cache(probe.probe_batch)
-    expected = torch.stack([induction_scores(cache["pattern", layer], 20) for layer in range(2)])
-    torch.testing.assert_close(probe.compute()["mechmon/induction/head_scores"], expected)
+    scores_match_the_cache(model, model.run_with_cache)
+
+
+@needs4
+def test_transformer_bridge_scores_match_its_own_cache():
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.config import TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig(
+        n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, architecture="GPT2LMHeadModel"
+    )
+    model = TransformerBridge.boot_native(cfg)
+    scores_match_the_cache(model, model.run_with_cache)

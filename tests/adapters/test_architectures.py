@@ -1,0 +1,38 @@
+"""Every decoder architecture of the matrix is monitored with no adapter, with the scores of an eager model.
+
+Each model is built twice from the same tiny config and seed: as transformers builds it by default (SDPA where the
+architecture supports it) for mechmon, and with ``attn_implementation="eager"`` for the reference, whose
+``output_attentions=True`` probabilities give the expected induction and previous-token scores.
+"""
+
+import pytest
+import torch
+
+from mechmon import InductionProbe, evaluate, resolve_adapter
+from mechmon.adapters import FINAL_NORM, LOGITS, HFAdapter, pattern_name, resid_name
+from mechmon.functional.induction import induction_scores, prev_token_scores
+from tests.archs import ARCHITECTURES, tiny_model
+
+PERIOD = 8
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_architecture_is_monitored_with_the_eager_scores(model_type):
+    model = tiny_model(model_type)
+    implementation = model.config._attn_implementation
+    adapter = resolve_adapter(model)
+    assert isinstance(adapter, HFAdapter) and adapter.model is model
+    points = adapter.hook_points()
+    for name in [FINAL_NORM, LOGITS] + [f(i) for i in range(adapter.n_layers) for f in (pattern_name, resid_name)]:
+        assert name in points, name
+    probe = InductionProbe(period=PERIOD, batch_size=2)
+    out = evaluate(probe, adapter)
+    assert model.config._attn_implementation == implementation  # restored after the probe forward
+    with torch.no_grad():
+        reference = tiny_model(model_type, attn="eager")
+        patterns = reference(input_ids=probe.probe_batch, output_attentions=True, use_cache=False).attentions
+    assert len(patterns) == adapter.n_layers
+    induction = torch.stack([induction_scores(p, PERIOD) for p in patterns])
+    previous = torch.stack([prev_token_scores(p) for p in patterns])
+    torch.testing.assert_close(out["mechmon/induction/head_scores"], induction, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["mechmon/prev_token/head_scores"], previous, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,75 @@
+"""Models found with no adapter: a nanoGPT-shaped module, several models in one module, what cannot be found."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from mechmon import CollapseProbe, InductionProbe, MechMonitor, StructuralAdapter, evaluate, resolve_adapter
+from mechmon.adapters import LOGITS, HFAdapter
+from mechmon.functional.induction import induction_scores
+from tests.archs import tiny_model
+from tests.conftest import VOCAB, TinyLM, make_trainer, tiny_gpt2, token_loader
+from tests.nanogpt import gpt
+
+
+def test_nanogpt_is_found_and_its_patterns_equal_the_explicit_softmax():
+    model = gpt().eval()
+    adapter = resolve_adapter(model)
+    assert isinstance(adapter, StructuralAdapter)
+    assert adapter.layout.blocks == "transformer.h" and adapter.layout.final_norm == "transformer.ln_f"
+    assert (adapter.n_layers, adapter.n_heads, adapter.vocab_size) == (2, 4, VOCAB)
+    probe = InductionProbe(period=10, batch_size=2)
+    out = evaluate(probe, adapter)
+    ids = probe.probe_batch
+    patterns, x = [], model.transformer.wte(ids) + model.transformer.wpe(torch.arange(ids.shape[1]))
+    with torch.no_grad():
+        for block in model.transformer.h:
+            patterns.append(block.attn.explicit_pattern(block.ln_1(x)))
+            x = block(x)
+        logits, _ = model(ids, targets=ids)
+    want = torch.stack([induction_scores(p, 10) for p in patterns])
+    torch.testing.assert_close(out["mechmon/induction/head_scores"], want, atol=1e-6, rtol=1e-5)
+    # the forward without targets gives the last position only; the adapter recomputes every position
+    torch.testing.assert_close(adapter.forward(ids), logits)
+    assert model.training is False and LOGITS in adapter.hook_points()
+
+
+class Distill(pl.LightningModule):
+    """A frozen teacher registered first, the trained student second."""
+
+    def __init__(self, freeze_teacher=True):
+        super().__init__()
+        self.teacher, self.student = tiny_gpt2(), tiny_gpt2()
+        self.teacher.requires_grad_(not freeze_teacher)
+
+    def training_step(self, batch, batch_idx):
+        return self.student(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.student.parameters(), lr=1e-3)
+
+
+def test_the_trainable_model_is_chosen_and_two_trainable_ones_fail_listing_them(tmp_path):
+    module = Distill()
+    assert resolve_adapter(module).model is module.student
+    with pytest.raises(RuntimeError, match=r"teacher \(GPT2LMHeadModel, trainable\).*student.*model='student'"):
+        resolve_adapter(Distill(freeze_teacher=False))
+    assert resolve_adapter(Distill(freeze_teacher=False), model="teacher").model.transformer is not None
+    with pytest.raises(ValueError, match="model='techer' is not a submodule"):
+        resolve_adapter(module, model="techer")
+    both = Distill(freeze_teacher=False)
+    mon = MechMonitor(probes=[CollapseProbe()], schedule=2, model="student")
+    make_trainer(tmp_path, [mon], max_steps=2).fit(both, token_loader())
+    assert mon.engine.adapter.model is both.student and not mon.engine.disabled
+
+
+def test_a_single_frozen_model_is_monitored_with_a_warning():
+    model = tiny_gpt2().requires_grad_(False)
+    with pytest.warns(UserWarning, match="no trainable parameters"):
+        assert isinstance(resolve_adapter(TinyLM(model)), HFAdapter)
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "xlstm"])
+def test_models_without_attention_fail_at_setup_with_guidance(model_type):
+    with pytest.raises(RuntimeError, match=r"found no adapter.*block list.*ModuleAdapter"):
+        resolve_adapter(tiny_model(model_type))

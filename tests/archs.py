@@ -1,0 +1,68 @@
+"""Tiny configs of Hugging Face decoder architectures, built offline from ``AutoConfig.for_model``.
+
+Only keys the architecture's default config has are set (through its ``attribute_map``), so one table of sizes
+serves every type; lists of per-layer types are cut to the layer count.
+"""
+
+import torch
+
+SIZES = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=256,
+    head_dim=16,
+    max_position_embeddings=128,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+    # MoE and multi-latent attention, kept tiny
+    num_local_experts=4,
+    num_experts=4,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    n_shared_experts=1,
+    shared_expert_intermediate_size=32,
+    first_k_dense_replace=1,
+    n_group=1,
+    topk_group=1,
+    rotary_dim=8,
+    num_layers=2,
+    attention_types=[[["global", "local"], 1]],
+    window_size=16,
+    sliding_window=16,
+)
+
+# decoder-only types of transformers' causal-LM mapping covered by the matrix (dense, MoE, GQA, sliding window,
+# parallel blocks, ALiBi, learned and rotary positions, soft-capping, attention sinks)
+ARCHITECTURES = [
+    "apertus", "arcee", "bloom", "codegen", "cohere", "cohere2", "dots1", "ernie4_5", "ernie4_5_moe", "exaone4",
+    "falcon", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2", "gpt_bigcode", "gpt_neo",
+    "gpt_neox", "gpt_oss", "gptj", "granite", "granitemoe", "helium", "hunyuan_v1_dense", "internlm3", "jetmoe",
+    "llama", "minimax_m2", "ministral", "mistral", "mixtral", "mpt", "nanochat", "nemotron", "olmo", "olmo2",
+    "olmo3", "olmoe", "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+    "seed_oss", "smollm3", "stablelm", "starcoder2", "vaultgemma", "xglm",
+]  # fmt: skip
+
+
+def tiny_config(model_type: str):
+    from transformers import AutoConfig
+
+    base = AutoConfig.for_model(model_type)
+    defaults, aliases = base.to_dict(), getattr(base, "attribute_map", {})
+    kwargs = {aliases.get(k, k): v for k, v in SIZES.items() if aliases.get(k, k) in defaults}
+    for key, value in defaults.items():
+        if key.endswith("layer_types") and isinstance(value, list):
+            kwargs[key] = value[:2]
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def tiny_model(model_type: str, attn: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    kwargs = {"attn_implementation": attn} if attn else {}
+    return AutoModelForCausalLM.from_config(tiny_config(model_type), **kwargs).eval()

@@ -145,7 +145,7 @@ class MechMonitor(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.engine.close()
 
-    # -- Lightning Fabric (it calls these two by itself) ---------------------------------------------------
+    # -- Lightning Fabric (it calls these two by itself; call close() when the loop ends) ------------------
     def on_after_setup(self, fabric: Any, module: torch.nn.Module) -> None:
         """Fabric: attach to the module ``fabric.setup`` returned; prepare step 1."""
         self.engine.attach(module, **self._sinks(fabric.loggers, fabric.is_global_zero, "runs/mechmon"))
@@ -156,6 +156,10 @@ class MechMonitor(Callback):
         self._fabric_steps += 1
         self.engine.after_optimizer_step(self._fabric_steps)
         self.engine.begin_batch(self._fabric_steps + 1)
+
+    def close(self) -> None:
+        """Fabric: end the run (remove every hook, drain off-thread results, close the event files)."""
+        self.engine.close()
 
     # -- checkpointing -------------------------------------------------------------------------------------
     @override

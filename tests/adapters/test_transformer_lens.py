@@ -45,8 +45,8 @@ def test_hooked_transformer_scores_match_its_own_cache():
 
 @needs4
 def test_transformer_bridge_scores_match_its_own_cache():
-    from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
 
     cfg = TransformerBridgeConfig(
         n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, architecture="GPT2LMHeadModel"

@@ -1,0 +1,74 @@
+"""A real Hugging Face ``Trainer`` fit of a tiny GPT-2 with MechMonitorCallback: event files read back, resume."""
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from mechmon import CollapseProbe, InductionProbe, LogitsProbe, NLMProbe, Threshold, every
+from mechmon.hf import STATE_FILE, MechMonitorCallback
+from tests.callbacks.helpers import read_events, scalar_steps
+from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2
+
+transformers = pytest.importorskip("transformers")
+
+
+class Tokens(Dataset):
+    def __init__(self, n=64, seed=0):
+        self.ids = torch.randint(1, VOCAB, (n, CTX), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def train(tmp_path, callback, max_steps, resume=None, accumulation=1):
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=1e-3,
+        save_steps=4,
+        logging_steps=100,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    model = tiny_gpt2()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=resume)
+    return model
+
+
+def make(log_dir, **kwargs):
+    marker = Threshold("mechmon/logits/norm_mean", level=0.0, name="marker")
+    probes = [InductionProbe(period=10, batch_size=2), LogitsProbe(), NLMProbe(), CollapseProbe()]
+    return MechMonitorCallback(probes=probes, schedule=every(2), rules=[marker], log_dir=log_dir, **kwargs)
+
+
+def test_trainer_fit_writes_event_files_and_resumes_without_refiring(tmp_path):
+    first = make(None)
+    model = train(tmp_path, first, max_steps=4, accumulation=2)
+    acc = read_events(tmp_path / "out" / "mechmon")  # the default folder under the output dir
+    for key in [
+        "induction/score_max",
+        "logits/norm_mean",
+        "logits/accuracy_frac",
+        "nlm/cos_grad",
+        "repr_collapse/mean_cos",
+    ]:
+        assert scalar_steps(acc, f"mechmon/{key}") == [1, 2, 4], key  # once per optimizer step, accumulation 2
+    assert all(e.value != 0 for e in acc.Scalars("mechmon/nlm/cos_grad"))  # gradients seen before the step
+    assert scalar_steps(acc, "mechmon/alerts/marker") == [1]
+    assert (tmp_path / "out" / "checkpoint-4" / STATE_FILE).is_file()
+    assert hook_count(model) == 0 and not first.engine.disabled and [a.rule for a in first.alerts] == ["marker"]
+
+    second = make(tmp_path / "resumed")
+    train(tmp_path, second, max_steps=8, resume=str(tmp_path / "out" / "checkpoint-4"), accumulation=2)
+    acc = read_events(tmp_path / "resumed")
+    assert scalar_steps(acc, "mechmon/logits/norm_mean") == [6, 8]
+    assert "mechmon/alerts/marker" not in acc.Tags()["scalars"]  # restored: the marker does not fire again
+    assert [(a.rule, a.step) for a in second.alerts] == [("marker", 1)]

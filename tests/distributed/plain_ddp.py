@@ -1,0 +1,86 @@
+"""Two gloo processes, a plain loop over a DDP-wrapped nanoGPT-shaped model with ``mechmon.Monitor``.
+
+Run by tests/distributed/test_plain_ddp.py as ``python tests/distributed/plain_ddp.py OUT``; each rank writes what
+it saw to ``OUT/rank<r>.json``. The ranks train on different data.
+"""
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, Threshold, every  # noqa: E402
+from tests.conftest import CTX, VOCAB, hook_count  # noqa: E402
+from tests.nanogpt import gpt  # noqa: E402
+
+STEPS = 6
+STEP = {"now": 0}
+CALLS: list[int] = []
+
+
+def counting(fn):
+    def wrapper(*args, **kwargs):
+        if f"{os.sep}mechmon{os.sep}" in sys._getframe(1).f_code.co_filename:
+            CALLS.append(STEP["now"])
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def worker(rank: int, port: int, out: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    for name in ["all_gather", "all_reduce", "broadcast", "reduce", "barrier", "all_gather_into_tensor"]:
+        setattr(dist, name, counting(getattr(dist, name)))
+    torch.set_num_threads(1)
+    model = DistributedDataParallel(gpt())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    marker = Threshold("mechmon/logits/norm_mean", level=0.0, name="marker")
+    probes = [InductionProbe(period=10, batch_size=2), LogitsProbe(), CollapseProbe()]
+    monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=every(2), rules=[marker], log_dir=out / "tb")
+    data = torch.randint(1, VOCAB, (STEPS, 4, CTX + 1), generator=torch.Generator().manual_seed(rank))
+    hooks = {}
+    for step, row in enumerate(data, start=1):
+        STEP["now"] = step
+        x, y = row[:, :-1], row[:, 1:]
+        with monitor.step(step):  # no batch given: the engine reads the model's own inputs
+            hooks[step] = hook_count(model)
+            _, loss = model(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    monitor.close()
+    calls: dict[str, int] = {}
+    for step in CALLS:
+        calls[str(step)] = calls.get(str(step), 0) + 1
+    result = {
+        "rank": rank,
+        "pid": os.getpid(),
+        "collectives": calls,
+        "latest": monitor.latest,
+        "alerts": [[a.rule, a.step] for a in monitor.alerts],
+        "hooks_during": hooks,
+        "hooks_after": hook_count(model),
+        "adapter": type(monitor.adapter).__name__,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, out), nprocs=2, join=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Real 2-process gloo DDP for the plain loop: one collective per scheduled step, identical values, rank 0 writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("plain_ddp.py")
+
+
+def test_plain_loop_under_ddp(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[2]
+    )  # a deadlock would end here, in the timeout
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for r in (r0, r1):
+        assert r["adapter"] == "StructuralAdapter"  # the nanoGPT-shaped model found inside the DDP wrapper
+        assert r["collectives"] == {"1": 1, "2": 1, "4": 1, "6": 1}  # every(2) over 6 steps, none otherwise
+        assert r["hooks_after"] == 0 and r["hooks_during"]["3"] == r["hooks_during"]["5"] == 0
+        assert r["hooks_during"]["2"] > 0
+    assert r0["latest"] == r1["latest"] and r0["alerts"] == r1["alerts"] == [["marker", 1]]
+    assert "mechmon/repr_collapse/mean_cos" in r0["latest"] and "mechmon/induction/score_max" in r0["latest"]
+    files = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert len(files) == 1 and files[0].name.split(".")[-2] == str(r0["pid"])

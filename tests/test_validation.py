@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import mechmon
-from mechmon import MechMonitor
+from mechmon import MechMonitor, Monitor
+from mechmon.hf import MechMonitorCallback
 
 REQUIRED = {
     "AttentionProgressProbe": {"target": torch.eye(8)},
@@ -16,12 +17,13 @@ BAD = object()
 
 
 def cases():
-    classes = [mechmon.get_probe(name) for name in mechmon.list_probes()] + [MechMonitor]
+    monitors = [MechMonitor, Monitor, MechMonitorCallback]
+    classes = [mechmon.get_probe(name) for name in mechmon.list_probes()] + monitors
     for cls in classes:
         for name, param in inspect.signature(cls.__init__).parameters.items():
             if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
                 yield pytest.param(cls, name, id=f"{cls.__name__}.{name}")
-        if cls is not MechMonitor:
+        if cls not in monitors:
             for name in ("schedule", "rules"):
                 yield pytest.param(cls, name, id=f"{cls.__name__}.{name}")
 

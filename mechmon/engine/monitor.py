@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
 from mechmon.alerts import Alert, Rule
 from mechmon.capture import capture, resolve_names
+from mechmon.checks import fail
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, reduce_states, world_size
 from mechmon.engine.config import MonitorConfig
@@ -34,7 +35,9 @@ from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 from mechmon.writers import open_writer
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "model_inputs"]
+
+_HF_KEYS = {"labels", "input_ids", "attention_mask"}
 
 
 class Monitor:
@@ -113,8 +116,12 @@ class Monitor:
             log_dir,
             console,
         )
+        if model is not None and not isinstance(model, nn.Module):
+            fail("Monitor", "model", model, "an nn.Module (or None, to attach later)", TypeError)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"Monitor(optimizer=...) must be a torch.optim.Optimizer or None, got {optimizer!r}")
+            fail("Monitor", "optimizer", optimizer, "a torch.optim.Optimizer or None", TypeError)
+        if optimizer is not None and model is None:
+            fail("Monitor", "optimizer", optimizer, "given together with model=", ValueError)
         self.probes = self.config.probes
         self.publisher = Publisher(self.config.namespace, self.config.on_alert)
         self.latest: dict[str, float] = {}
@@ -471,12 +478,19 @@ class _Stream:
 
 
 def model_inputs(args: tuple, kwargs: dict) -> Any:
-    """What a training forward was called with, as a batch: its kwargs (HF), its one argument, or a tuple."""
-    if kwargs and not args:
+    """What a training forward was called with, as a batch the probes read (see :func:`default_targets`).
+
+    Keyword arguments alone (HF ``model(**inputs)``) stay a dict; one positional argument is itself; several are a
+    tuple (nanoGPT ``model(x, y)``); ids with HF keywords become ``{"input_ids": ids, **kwargs}``; other keywords
+    follow the positional arguments (``model(x, targets=y)`` -> ``(x, y)``).
+    """
+    if not args:
         return dict(kwargs)
-    if len(args) == 1 and not kwargs:
-        return args[0]
-    return tuple(args) if not kwargs else {"args": tuple(args), **kwargs}
+    if not kwargs:
+        return args[0] if len(args) == 1 else tuple(args)
+    if _HF_KEYS & set(kwargs):
+        return {"input_ids": args[0], **kwargs}
+    return (*args, *kwargs.values())
 
 
 def _declared_keys(probes: Sequence[Probe]) -> list[str]:

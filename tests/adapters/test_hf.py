@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
+from mechmon import evaluate, snapshot_forward
 from mechmon.adapters import HFAdapter, HookPoint, ModuleAdapter, resolve_adapter
-from mechmon.capture import resolve_names
-from mechmon.engine import snapshot_forward
 from mechmon.probes import InductionProbe
 from tests.conftest import TinyLM, tiny_gpt2
 
@@ -41,10 +40,7 @@ FAMILIES = {"gpt2": tiny_gpt2, "gpt_neox": neox, "llama": llama}
 
 def scores(model):
     adapter = HFAdapter(model)
-    probe = InductionProbe(period=20, batch_size=3)
-    probe.setup(model, adapter, torch.device("cpu"))
-    snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
-    return probe.compute(), adapter
+    return evaluate(InductionProbe(period=20, batch_size=3), adapter), adapter
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -77,11 +73,9 @@ def test_sdpa_tap_gives_the_eager_patterns_without_switching():
     model = tiny_gpt2("sdpa")
     adapter = HFAdapter(model)
     adapter.eager_attention = contextlib.nullcontext  # the model stays on SDPA: patterns come from the tap
-    probe = InductionProbe(period=20, batch_size=3)
-    probe.setup(model, adapter, torch.device("cpu"))
-    snapshot_forward(probe, adapter)
+    tapped = evaluate(InductionProbe(period=20, batch_size=3), adapter)
     for key, value in eager.items():
-        torch.testing.assert_close(probe.compute()[key], value, atol=1e-5, rtol=1e-5, msg=key)
+        torch.testing.assert_close(tapped[key], value, atol=1e-5, rtol=1e-5, msg=key)
 
 
 def test_attention_without_probabilities_or_sdpa_raises_clearly():

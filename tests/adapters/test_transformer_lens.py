@@ -48,8 +48,6 @@ def test_transformer_bridge_scores_match_its_own_cache():
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = TransformerBridgeConfig(
-        n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, seed=0
-    )
+    cfg = TransformerBridgeConfig(n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, seed=0)
     model = TransformerBridge.boot_native(cfg)
     scores_match_the_cache(model, model.run_with_cache)

@@ -1,18 +1,13 @@
 import pytest
 import torch
 
-from mechmon.capture import resolve_names
-from mechmon.engine import snapshot_forward
+from mechmon import evaluate
 from mechmon.probes import InductionProbe
 from tests.forced import ForcedModel, forced_adapter
 
 
 def run_probe(probe, adapter, times=1):
-    probe.setup(adapter.model, adapter, torch.device("cpu"))
-    names = resolve_names(adapter, probe.requires)
-    for _ in range(times):
-        snapshot_forward(probe, adapter, names)
-    return probe.compute()
+    return evaluate(probe, adapter, forwards=times)
 
 
 @pytest.mark.parametrize("bos", [None, 0])

@@ -32,12 +32,11 @@ def probe_set():
 def test_worker_result_matches_the_formulas_on_the_model_routing():
     model = tiny_moe("olmoe").eval()
     probe = PathwayProbe(probe_set(), groups=GROUPS)
-    from mechmon.capture import resolve_names
     from mechmon.engine import snapshot_forward
 
     adapter = HFAdapter(model)
     probe.setup(model, adapter, torch.device("cpu"))
-    snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
+    snapshot_forward(probe, adapter)
     losses = probe.compute()
     probe.finish({"weights": probe.host_inputs()["weights"].numpy()}, step=7)
     [(step, out)] = probe.late_results(wait=True)

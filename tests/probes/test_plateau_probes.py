@@ -5,9 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mechmon.adapters import HFAdapter
-from mechmon.capture import resolve_names
-from mechmon.engine import snapshot_forward
+import mechmon
 from mechmon.functional.plateau import repetition_frac
 from mechmon.probes import AttentionProgressProbe, CollapseProbe, RankProbe, RepetitionProbe
 from tests.conftest import VOCAB, tiny_gpt2
@@ -22,17 +20,9 @@ def batch(rows=3, seed=0):
 
 
 def evaluate(probe, model, times=1, training_batch=None):
-    """setup, forward(s) and compute, as the monitor does (device compute plus host finish)."""
-    adapter = HFAdapter(model)
-    probe.setup(model, adapter, torch.device("cpu"))
-    if training_batch is not None:
-        probe.take_batch(training_batch)
-    names = resolve_names(adapter, probe.requires)
-    for _ in range(times):
-        snapshot_forward(probe, adapter, names)
-    out = {k: v.item() for k, v in probe.compute().items() if v.ndim == 0}
-    out.update(probe.finish({k: v.numpy() for k, v in probe.host_inputs().items()}, 0))
-    return out
+    """The scalars the monitor would log for one evaluation (device compute plus host finish)."""
+    out = mechmon.evaluate(probe, model, batch=training_batch, forwards=times)
+    return {k: v.item() for k, v in out.items() if v.ndim == 0}
 
 
 def hidden_states(model, ids):

@@ -1,0 +1,84 @@
+"""The engine itself: panel layout known at setup, alert steps, the step record, inputs read from the model."""
+
+import numpy as np
+import pytest
+import torch
+
+from mechmon import InductionProbe, LogitsProbe, Monitor, Threshold, at, every
+from mechmon.engine import StepRecord, model_inputs, to_host
+from tests.callbacks.helpers import read_events
+from tests.conftest import CTX, VOCAB, tiny_gpt2
+
+
+def run(monitor, model, optimizer, steps):
+    data = torch.randint(1, VOCAB, (steps, 2, CTX), generator=torch.Generator().manual_seed(0))
+    for step, batch in enumerate(data, start=1):
+        with monitor.step(step, batch):
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    monitor.close()
+
+
+def test_a_probe_first_due_later_has_its_panel(tmp_path):
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probes = [InductionProbe(period=10, batch_size=2, schedule=at([2])), LogitsProbe()]
+    run(Monitor(model, optimizer=optimizer, probes=probes, schedule=every(1), log_dir=tmp_path), model, optimizer, 3)
+    acc = read_events(tmp_path)
+    [layout] = acc.Tensors("custom_scalars__config__")  # written once, at the first publish (step 1)
+    text = layout.tensor_proto.string_val[0].decode("latin-1")
+    assert "induction: score_max" in text and "prev_token: score_max" in text and "logits: norm_mean" in text
+    assert [e.step for e in acc.Scalars("mechmon/induction/score_max")] == [2]
+
+
+def test_a_probe_failing_at_its_first_evaluation_is_stamped_with_that_step():
+    def broken(batch):
+        raise KeyError("no labels here")
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe(targets=broken)], schedule=every(3), log_dir=None)
+    with pytest.warns(UserWarning, match="probe 'logits' raised KeyError"):
+        run(monitor, model, optimizer, 2)
+    assert [(a.rule, a.step) for a in monitor.alerts] == [("probe_failed", 1)]
+
+
+def test_an_on_alert_callable_that_raises_is_warned_about_and_training_goes_on():
+    def pager(alert):
+        raise TimeoutError("webhook timed out")
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    marker = Threshold("mechmon/logits/norm_mean", level=0.0, name="marker")
+    probes, rules = [LogitsProbe()], [marker]
+    monitor = Monitor(model, optimizer=optimizer, probes=probes, rules=rules, on_alert=[pager], log_dir=None)
+    with pytest.warns(UserWarning, match="on_alert callable .* raised TimeoutError"):
+        run(monitor, model, optimizer, 2)
+    assert [a.rule for a in monitor.alerts] == ["marker"]
+
+
+def test_the_record_packs_one_transfer_and_unpacks_by_probe():
+    record = StepRecord(step=3, due=[], with_images=True)
+    record.metrics = {"a": {"k1": torch.tensor(1.5), "k2": torch.arange(6.0).view(2, 3)}, "b": {"k3": torch.tensor(2)}}
+    record.host_inputs = {"b": {"gram": torch.eye(2)}}
+    record.flags_WP = torch.tensor([[0.0, 1.0]])
+    metrics, inputs, flags = record.unpack(to_host(record.tensors()))
+    assert metrics["a"]["k1"] == 1.5 and metrics["b"]["k3"] == 2.0
+    np.testing.assert_array_equal(metrics["a"]["k2"], np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(inputs["b"]["gram"], np.eye(2))
+    np.testing.assert_array_equal(flags, [[0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,want",
+    [
+        ((1,), {}, 1),
+        ((), {"input_ids": 1, "labels": 2}, {"input_ids": 1, "labels": 2}),
+        ((1, 2), {}, (1, 2)),
+        ((1,), {"targets": 2}, (1, 2)),
+        ((1,), {"labels": 2}, {"input_ids": 1, "labels": 2}),
+    ],
+)
+def test_model_inputs_as_a_batch(args, kwargs, want):
+    assert model_inputs(args, kwargs) == want

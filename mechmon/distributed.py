@@ -11,6 +11,7 @@ Memory: ``world × n`` float64 on the states' device, n being a few thousand num
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from mechmon.probe import Probe
 
-__all__ = ["reduce_states", "world_size", "rank"]
+__all__ = ["reduce_states", "world_size", "rank", "rank_zero_warn"]
 
 _REDUCE = {"sum": lambda m: m.sum(dim=0), "max": lambda m: m.amax(dim=0), "min": lambda m: m.amin(dim=0)}
 
@@ -32,6 +33,12 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank in the default group (0 when torch.distributed is not initialised)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rank_zero_warn(message: str, stacklevel: int = 3) -> None:
+    """A ``UserWarning`` on rank 0 only (every rank would otherwise print the same line)."""
+    if rank() == 0:
+        warnings.warn(message, stacklevel=stacklevel)
 
 
 def reduce_states(probes: Iterable[Probe], flags: Tensor) -> tuple[Tensor, int]:

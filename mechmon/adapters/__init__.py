@@ -61,8 +61,8 @@ def _candidates(root: nn.Module) -> list[tuple[str, Adapter]]:
         cls = next((c for c in ADAPTERS if c.matches(module)), None)
         if cls is not None:
             found.append((name, cls(module)))
-    if found:
-        return found
+    if found or any(hasattr(getattr(m, "config", None), "model_type") for m in root.modules()):
+        return found  # an HF model that is no decoder (RWKV, Mamba) is not guessed at by structure
     layout = find_layout(root)
     if layout is None or layout.head is None:
         return []

@@ -33,9 +33,10 @@ class ModuleAdapter(Adapter):
 
     Args:
         model: the module to watch.
-        points: canonical name -> submodule path, or (path, extract) where ``extract(output)`` returns the tensor
-            (e.g. ``lambda out: out[1]`` for an attention module returning ``(out, probs)``). Patterns must be
-            probabilities ``[B, H, Q, K]``.
+        points: canonical name -> submodule path, or (path, extract) where ``extract(output)`` returns the tensor.
+            A pattern name mapped to a bare path reads the attention module's probabilities ``[B, H, Q, K]``: its
+            second output when it returns them, else recomputed from its ``scaled_dot_product_attention`` call in
+            the probe forward. An ``extract`` must return probabilities ``[B, H, Q, K]``.
         n_layers: number of transformer blocks.
         n_heads: attention heads per block.
         vocab_size: output vocabulary size.
@@ -67,12 +68,13 @@ class ModuleAdapter(Adapter):
         self.n_layers, self.n_heads, self.vocab_size, self.bos_token_id = n_layers, n_heads, vocab_size, bos_token_id
         self.n_experts, self.top_k = n_experts, top_k
         self._forward = forward
-        self._points = {name: self._resolve(spec) for name, spec in points.items()}
+        self._points = {name: self._resolve(name, spec) for name, spec in points.items()}
 
-    def _resolve(self, spec: PointSpec) -> HookPoint:
+    def _resolve(self, name: str, spec: PointSpec) -> HookPoint:
         path, extract = (spec, first_output) if isinstance(spec, str) else spec
+        attention = isinstance(spec, str) and name.endswith("attn.hook_pattern")
         try:
-            return HookPoint(self.model.get_submodule(path), extract)
+            return HookPoint(self.model.get_submodule(path), extract, attention=attention)
         except AttributeError as err:
             names = [n for n, _ in self.model.named_modules() if n][:40]
             raise RuntimeError(f"ModuleAdapter: no submodule {path!r}; the model has: {names}") from err

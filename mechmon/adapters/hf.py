@@ -51,7 +51,7 @@ def hf_layout(model: nn.Module) -> Layout | None:
     if cfg is None or not hasattr(cfg, "model_type") or getattr(cfg, "is_encoder_decoder", False):
         return None
     head = get_head() if callable(get_head) else None
-    if head is None:
+    if head is None or not isinstance(getattr(cfg, "num_attention_heads", None), int):  # RWKV: no softmax heads
         return None
     n_layers = getattr(cfg, "num_hidden_layers", None)
     layout = find_layout(

@@ -44,12 +44,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, router_name
 from mechmon.alerts import Compound, Plateau, Rule, Trend
 from mechmon.checks import fail, integer, number
+from mechmon.distributed import rank_zero_warn
 from mechmon.functional.memorization import loss_quantile, memorization_step
 from mechmon.functional.pathway import (
     mean_edit_distance,

@@ -69,7 +69,7 @@ def test_a_single_frozen_model_is_monitored_with_a_warning():
         assert isinstance(resolve_adapter(TinyLM(model)), HFAdapter)
 
 
-@pytest.mark.parametrize("model_type", ["mamba", "xlstm"])
+@pytest.mark.parametrize("model_type", ["mamba", "xlstm", "rwkv"])
 def test_models_without_attention_fail_at_setup_with_guidance(model_type):
     with pytest.raises(RuntimeError, match=r"found no adapter.*block list.*ModuleAdapter"):
         resolve_adapter(tiny_model(model_type))

@@ -18,71 +18,31 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from mechmon.adapters import AdapterSpec
-from mechmon.alerts import Alert, Rule
-from mechmon.checks import fail
-from mechmon.engine import Monitor
-from mechmon.probe import Probe
-from mechmon.schedule import Schedule
+from mechmon.engine.front import Integration
 
 __all__ = ["MechMonitorCallback", "STATE_FILE"]
 
 STATE_FILE = "mechmon_state.pt"
 
 
-class MechMonitorCallback(TrainerCallback):
+class MechMonitorCallback(TrainerCallback, Integration):
     """Live mechanistic monitoring of a Hugging Face ``Trainer`` run.
 
-    Args:
-        probes: probe instances; default ``[InductionProbe(), LogitsProbe()]``.
-        schedule: an int ``n`` (``every(n)``, plus step 1) or a :mod:`mechmon.schedule` predicate on
-            ``state.global_step``.
-        image_schedule: when to write ``[L, H]`` heatmaps; default every 5th evaluation of an ``every(n)`` schedule.
-        adapter: an :class:`~mechmon.adapters.Adapter`, a factory ``fn(model) -> Adapter``, or ``None`` to discover it.
-        model: dotted path of the submodule to monitor when the Trainer's model holds several.
-        rules: extra alert rules on any ``mechmon/...`` key.
-        on_alert: callables receiving each :class:`~mechmon.alerts.Alert` on the main process.
-        namespace: first key segment (default ``"mechmon"``).
-        log_dir: folder of the event files; default ``<output_dir>/mechmon`` (or under ``logging_dir`` if set).
-        console: show a live rich table of the latest values.
+    Takes the options :class:`~mechmon.engine.front.Integration` documents (``probes``, ``schedule``,
+    ``image_schedule``, ``adapter``, ``model``, ``rules``, ``on_alert``, ``namespace``, ``log_dir``, ``console``);
+    the schedule reads ``state.global_step``. ``log_dir`` defaults to ``<output_dir>/mechmon`` (under
+    ``logging_dir`` where the Trainer has one).
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
         RuntimeError: in ``on_train_begin``, when no model is found or a probe needs a capture the model lacks.
     """
-
-    def __init__(
-        self,
-        probes: Sequence[Probe] | None = None,
-        schedule: Schedule | int = 50,
-        image_schedule: Schedule | int | None = None,
-        adapter: AdapterSpec = None,
-        model: str | None = None,
-        rules: Sequence[Rule] = (),
-        on_alert: Sequence[Callable[[Alert], Any]] = (),
-        namespace: str = "mechmon",
-        log_dir: str | Path | None = None,
-        console: bool = False,
-    ) -> None:
-        if model is not None and not isinstance(model, str):
-            fail("MechMonitorCallback", "model", model, "a dotted submodule path such as 'student', or None", TypeError)
-        self.engine = Monitor(
-            probes=probes, schedule=schedule, image_schedule=image_schedule, adapter=adapter, submodule=model,
-            rules=rules, on_alert=on_alert, namespace=namespace, log_dir=log_dir, console=console,
-        )  # fmt: skip
-        self.log_dir = log_dir
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """Every alert raised so far (the last 1,000), oldest first."""
-        return self.engine.alerts
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any

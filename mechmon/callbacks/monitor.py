@@ -8,7 +8,7 @@ Fabric's loggers, ``callback_metrics``) and where state is saved (the checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +18,18 @@ from lightning.fabric.loggers import TensorBoardLogger
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from mechmon.adapters import AdapterSpec
-from mechmon.alerts import Alert, Rule
-from mechmon.checks import fail
-from mechmon.engine import Monitor
-from mechmon.probe import Probe
-from mechmon.schedule import Schedule
+from mechmon.engine.front import Integration
 
 __all__ = ["MechMonitor"]
 
 
-class MechMonitor(Callback):
+class MechMonitor(Callback, Integration):
     r"""Live mechanistic monitoring of a Lightning ``Trainer`` fit or a Fabric loop.
 
-    Args:
-        probes: probe instances; default ``[InductionProbe(), LogitsProbe()]``.
-        schedule: default schedule for all probes: an int ``n`` (``every(n)``, plus step 1) or a
-            :mod:`mechmon.schedule` predicate on the optimizer step. Probes may override it.
-        image_schedule: when to write ``[L, H]`` heatmaps; default every 5th evaluation of an ``every(n)`` schedule.
-        adapter: an :class:`~mechmon.adapters.Adapter`, a factory ``fn(module) -> Adapter``, or ``None`` to discover
-            the model (any HF decoder, TransformerLens, a decoder module with a block list).
-        model: dotted path of the submodule to monitor when the module holds several models (e.g. ``"student"``).
-        rules: extra alert rules on any ``mechmon/...`` key (the probes' own rules are always on).
-        on_alert: callables receiving each :class:`~mechmon.alerts.Alert` on rank 0.
-        namespace: first key segment (default ``"mechmon"``).
-        log_dir: folder for mechmon's own TensorBoard writer when there is no TensorBoardLogger
-            (default ``<default_root_dir>/mechmon``, or ``runs/mechmon`` under Fabric).
-        console: show a live rich table of the latest values (alerts are always printed).
+    Takes the options :class:`~mechmon.engine.front.Integration` documents (``probes``, ``schedule``,
+    ``image_schedule``, ``adapter``, ``model``, ``rules``, ``on_alert``, ``namespace``, ``log_dir``, ``console``).
+    ``log_dir`` is used only when there is no TensorBoardLogger; default ``<default_root_dir>/mechmon``
+    (``runs/mechmon`` under Fabric).
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -63,34 +48,8 @@ class MechMonitor(Callback):
         ``image_schedule``. Under the Trainer all are mirrored into ``trainer.callback_metrics``.
     """
 
-    def __init__(
-        self,
-        probes: Sequence[Probe] | None = None,
-        schedule: Schedule | int = 50,
-        image_schedule: Schedule | int | None = None,
-        adapter: AdapterSpec = None,
-        model: str | None = None,
-        rules: Sequence[Rule] = (),
-        on_alert: Sequence[Callable[[Alert], Any]] = (),
-        namespace: str = "mechmon",
-        log_dir: str | Path | None = None,
-        console: bool = False,
-    ) -> None:
-        super().__init__()
-        if model is not None and not isinstance(model, str):
-            fail("MechMonitor", "model", model, "a dotted submodule path such as 'student', or None", TypeError)
-        self.engine = Monitor(
-            probes=probes, schedule=schedule, image_schedule=image_schedule, adapter=adapter, submodule=model,
-            rules=rules, on_alert=on_alert, namespace=namespace, log_dir=log_dir, console=console,
-        )  # fmt: skip
-        self.probes, self.namespace, self.log_dir = self.engine.probes, namespace, log_dir
-        self._step_at_start = -1
-        self._fabric_steps = 0
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """Every alert raised so far (the last 1,000), oldest first."""
-        return self.engine.alerts
+    _step_at_start = -1  # Trainer: global_step when the batch began
+    _fabric_steps = 0  # Fabric: optimizer steps counted (restored by load_state_dict)
 
     @property
     @override
@@ -156,10 +115,6 @@ class MechMonitor(Callback):
         self._fabric_steps += 1
         self.engine.after_optimizer_step(self._fabric_steps)
         self.engine.begin_batch(self._fabric_steps + 1)
-
-    def close(self) -> None:
-        """Fabric: end the run (remove every hook, drain off-thread results, close the event files)."""
-        self.engine.close()
 
     # -- checkpointing -------------------------------------------------------------------------------------
     @override

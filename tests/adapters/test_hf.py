@@ -2,40 +2,18 @@ import contextlib
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
 from mechmon import evaluate, snapshot_forward
 from mechmon.adapters import HFAdapter, HookPoint, ModuleAdapter, resolve_adapter
 from mechmon.probes import InductionProbe
+from tests.archs import tiny_model
 from tests.conftest import TinyLM, tiny_gpt2
 
-SMALL = dict(
-    num_hidden_layers=2,
-    hidden_size=32,
-    num_attention_heads=4,
-    intermediate_size=64,
-    vocab_size=64,
-    max_position_embeddings=64,
-    bos_token_id=0,
-    eos_token_id=0,
-    pad_token_id=0,
-)
-
-
-def from_config(config_cls, attn, **extra):
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config_cls(**SMALL, **extra), attn_implementation=attn)
-
-
-def neox(attn):
-    return from_config(GPTNeoXConfig, attn)
-
-
-def llama(attn):
-    return from_config(LlamaConfig, attn, num_key_value_heads=2)  # grouped-query attention
-
-
-FAMILIES = {"gpt2": tiny_gpt2, "gpt_neox": neox, "llama": llama}
+FAMILIES = {
+    "gpt2": tiny_gpt2,
+    "gpt_neox": lambda attn: tiny_model("gpt_neox", attn),
+    "llama": lambda attn: tiny_model("llama", attn),  # grouped-query attention
+}
 
 
 def scores(model):

@@ -10,77 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter, HookPoint
-from mechmon.functional.attention import sdpa_probabilities
+from mechmon.adapters.tap import AttentionTap, active_tap, attention_tap, enter_attention, read_attention
 
 __all__ = ["capture", "resolve_names", "attention_tap", "AttentionTap"]
 
 Reducer = Callable[[str, Tensor], Tensor]
-_SDPA = torch.nn.functional.scaled_dot_product_attention
-_LOCAL = threading.local()
-
-
-class AttentionTap:
-    """Records the probabilities ``[B, H, Q, K]`` of each SDPA call made inside an attention module being captured."""
-
-    def __init__(self) -> None:
-        self.stack: list[nn.Module] = []
-        self.probs: dict[int, Tensor] = {}
-
-
-def _active_tap() -> AttentionTap | None:
-    return getattr(_LOCAL, "tap", None)
-
-
-def _tapped_sdpa(*args: Any, **kwargs: Any) -> Tensor:
-    tap = _active_tap()
-    if tap is not None and tap.stack:
-        tap.probs[id(tap.stack[-1])] = sdpa_probabilities(*args, **kwargs)
-    return _SDPA(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def attention_tap() -> Iterator[AttentionTap]:
-    """Intercept ``torch.nn.functional.scaled_dot_product_attention`` for the duration (probe forwards only).
-
-    caveat: the function is swapped in ``torch.nn.functional`` (only this thread's calls are recorded), so code that
-    bound it by name at import (``from torch.nn.functional import scaled_dot_product_attention``) is not seen.
-    """
-    tap, previous = AttentionTap(), _active_tap()
-    _LOCAL.tap = tap
-    functional = torch.nn.functional
-    functional.scaled_dot_product_attention = _tapped_sdpa
-    try:
-        yield tap
-    finally:
-        _LOCAL.tap = previous
-        if previous is None:
-            functional.scaled_dot_product_attention = _SDPA
-
-
-def attention_weights(output: Any, recorded: Tensor | None = None) -> Tensor:
-    """The probabilities an attention module returned (``output[1]``), else those recorded from its SDPA call.
-
-    Raises:
-        RuntimeError: if the module returned none and made no SDPA call inside :func:`attention_tap`.
-    """
-    weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-    if isinstance(weights, Tensor) and weights.ndim == 4:
-        return weights
-    if recorded is not None:
-        return recorded
-    raise RuntimeError(
-        "the attention module returned no probabilities and called no scaled_dot_product_attention inside the probe "
-        "forward (the model is not running eager attention): switch it in Adapter.eager_attention(), or map "
-        "blocks.{l}.attn.hook_pattern to a module that returns [B, H, Q, K] probabilities with a ModuleAdapter"
-    )
 
 
 def resolve_names(adapter: Adapter, patterns: Iterable[str]) -> list[str]:
@@ -99,21 +38,8 @@ def resolve_names(adapter: Adapter, patterns: Iterable[str]) -> list[str]:
     return names
 
 
-def _enter(module: nn.Module, args: object) -> None:
-    tap = _active_tap()
-    if tap is not None:
-        tap.stack.append(module)
-
-
 def _read(point: HookPoint, module: nn.Module, output: object) -> Tensor:
-    if not point.attention:
-        return point.extract(output)
-    tap = _active_tap()
-    recorded = None
-    if tap is not None and tap.stack and tap.stack[-1] is module:
-        tap.stack.pop()
-        recorded = tap.probs.pop(id(module), None)
-    return attention_weights(output, recorded)
+    return read_attention(module, output) if point.attention else point.extract(output)
 
 
 @contextlib.contextmanager
@@ -148,8 +74,8 @@ def capture(adapter: Adapter, names: Iterable[str], reduce: Reducer | None = Non
             if name not in points:
                 raise RuntimeError(f"{adapter!r} offers no capture named {name!r}; it has: {list(points)}")
             point = points[name]
-            if point.attention and _active_tap() is not None:  # probe forwards only: SDPA calls are attributed
-                handles.append(point.module.register_forward_pre_hook(_enter))
+            if point.attention and active_tap() is not None:  # probe forwards only: SDPA calls are attributed
+                handles.append(point.module.register_forward_pre_hook(enter_attention))
             handles.append(point.module.register_forward_hook(make_hook(name, point)))
         yield caps
     finally:

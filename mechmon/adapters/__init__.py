@@ -43,8 +43,8 @@ AdapterSpec = Adapter | Callable[[nn.Module], Adapter] | None
 
 _HOWTO = (
     "Pass adapter=... with an Adapter for your model, e.g. adapter=lambda root: ModuleAdapter(root.net, "
-    "{'blocks.0.attn.hook_pattern': ('layers.0.attn', lambda out: out[1]), 'logits': 'head'}, n_layers=..., "
-    "n_heads=..., vocab_size=...). See README 'Custom models'."
+    "{'blocks.0.attn.hook_pattern': 'layers.0.attn', 'logits': 'head'}, n_layers=..., n_heads=..., vocab_size=...). "
+    "See README 'Custom models'."
 )
 
 

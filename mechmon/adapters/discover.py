@@ -43,11 +43,13 @@ def _is_attention(module: nn.Module) -> bool:
 
 
 def _attention_in(block: nn.Module) -> str | None:
-    """Path of the shallowest attention submodule of ``block`` (registration order breaks ties)."""
+    """Path of the shallowest attention submodule of ``block``, relative to it (registration order breaks ties)."""
     found = [
         (name.count("."), i, name) for i, (name, m) in enumerate(block.named_modules()) if name and _is_attention(m)
     ]
-    return min(found)[2] if found else None
+    if found:
+        return min(found)[2]
+    return "" if _is_attention(block) else None  # an attention-only model: the block is the attention
 
 
 def _blocks(model: nn.Module, n_layers: int | None) -> tuple[str, list[str]] | None:
@@ -59,7 +61,7 @@ def _blocks(model: nn.Module, n_layers: int | None) -> tuple[str, list[str]] | N
             continue
         inner = [_attention_in(b) for b in module]
         if all(a is not None for a in inner):
-            return path, [f"{path}.{i}.{a}".lstrip(".") for i, a in enumerate(inner)]
+            return path, [".".join(p for p in (path, str(i), a) if p) for i, a in enumerate(inner)]
     return None
 
 

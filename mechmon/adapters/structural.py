@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import FINAL_NORM, LOGITS, Adapter, HookPoint, first_output, pattern_name, resid_name
 from mechmon.adapters.discover import Layout, find_layout
+from mechmon.adapters.tap import attention_tap, enter_attention, read_attention
 
 __all__ = ["StructuralAdapter"]
 
@@ -81,12 +82,20 @@ class StructuralAdapter(Adapter):
         return self._heads
 
     def _heads_from_forward(self) -> int:
-        from mechmon.capture import attention_tap, capture
-
+        attention = self.model.get_submodule(self.layout.attention[0])
+        seen: list[Tensor] = []
         device = next(self.model.parameters()).device
-        with torch.no_grad(), attention_tap(), capture(self, [pattern_name(0)]) as caps:
-            self.model(torch.zeros((1, 2), dtype=torch.long, device=device))
-        return int(caps[pattern_name(0)].shape[1])
+        handles = [
+            attention.register_forward_pre_hook(enter_attention),
+            attention.register_forward_hook(lambda m, a, out: seen.append(read_attention(m, out))),
+        ]
+        try:
+            with torch.no_grad(), attention_tap():
+                self.model(torch.zeros((1, 2), dtype=torch.long, device=device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return int(seen[0].shape[1])
 
     def hook_points(self) -> dict[str, HookPoint]:
         """Patterns, residual stream after each block, final norm (when found) and logits."""

@@ -2,9 +2,10 @@
 
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import evaluate, snapshot_forward
-from mechmon.engine.monitor import Monitor, model_inputs
+from mechmon.engine.monitor import Monitor
 from mechmon.engine.publish import Publisher
 from mechmon.engine.record import StepRecord, to_host
+from mechmon.engine.stream import model_inputs
 
 __all__ = [
     "Monitor",

@@ -22,22 +22,21 @@ from torch import Tensor, nn
 
 from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
 from mechmon.alerts import Alert, Rule
-from mechmon.capture import capture, resolve_names
+from mechmon.capture import resolve_names
 from mechmon.checks import fail
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, reduce_states, world_size
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import snapshot_forward
-from mechmon.engine.publish import Listener, Publisher
+from mechmon.engine.publish import Listener, Publisher, declared_keys
 from mechmon.engine.record import StepRecord, to_host
+from mechmon.engine.stream import Stream, model_inputs
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 from mechmon.writers import open_writer
 
-__all__ = ["Monitor", "model_inputs"]
-
-_HF_KEYS = {"labels", "input_ids", "attention_mask"}
+__all__ = ["Monitor"]
 
 
 class Monitor:
@@ -133,7 +132,7 @@ class Monitor:
         self._waiting: list[Probe] = []
         self._last_step = -1
         self._step = 0
-        self._stream: _Stream | None = None
+        self._stream: Stream | None = None
         self._handles: list[Any] = []  # persistent hooks (optimizer steps, first-batch tap): removed in close()
         self._stepped = False
         self._tapping = False
@@ -190,7 +189,7 @@ class Monitor:
         if writes and (experiment is not None or log_dir is not None or loggers):
             writer = open_writer(experiment, loggers, None if log_dir is None else str(log_dir))
         view = ConsoleView(live=self.config.console) if writes else None
-        self.publisher.open(rules, _declared_keys(self.probes), writer, view, [self._remember, *listeners])
+        self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners])
         if hook_optimizers:
             self._hook_optimizers(optimizer)
         if self._pending is not None:
@@ -259,7 +258,7 @@ class Monitor:
         if self._stream is None and self.adapter is not None:
             due = [p for p in self._due(step) if p.kind == "streaming"]
             if due:
-                self._stream = _Stream.open(self, step, due, tap=batch is None)
+                self._stream = Stream.open(self, step, due, tap=batch is None)
 
     def end_batch(self, batch: Any = None) -> None:
         """After a micro-batch: feed the streaming probes its captures (``batch`` as in :meth:`begin_batch`)."""
@@ -440,67 +439,3 @@ class Monitor:
     def last_step(self) -> int:
         """The last optimizer step evaluated (-1 before the first)."""
         return self._last_step
-
-
-class _Stream:
-    """The hooks of one scheduled step's streaming probes, from its first micro-batch to its optimizer step."""
-
-    def __init__(self, monitor: Monitor, step: int, due: list[Probe], tap: bool) -> None:
-        self.monitor, self.step, self.due, self.tap = monitor, step, due, tap
-        self.stack = contextlib.ExitStack()
-        self.caps: dict[str, Tensor] = {}
-
-    @classmethod
-    def open(cls, monitor: Monitor, step: int, due: list[Probe], tap: bool) -> _Stream:
-        stream = cls(monitor, step, due, tap)
-        names = sorted({n for p in due for n in monitor._names[p.name]})
-        stream.caps = stream.stack.enter_context(capture(monitor.adapter, names))
-        if tap:  # the batch is the model's own input: read it before, feed the probes after each training forward
-            model = monitor.adapter.model
-            inputs: list[Any] = [None]
-            pre = model.register_forward_pre_hook(
-                lambda m, a, k: inputs.__setitem__(0, model_inputs(a, k)), with_kwargs=True
-            )
-            post = model.register_forward_hook(lambda m, a, o: stream.feed(inputs[0]) if m.training else None)
-            stream.stack.callback(pre.remove)
-            stream.stack.callback(post.remove)
-        return stream
-
-    def feed(self, batch: Any) -> None:
-        """Update every live probe whose captures are all there; the captures are dropped right after."""
-        for probe in self.monitor._live(self.due):
-            if all(n in self.caps for n in self.monitor._names[probe.name]):
-                self.monitor._guarded(probe, probe.update, self.caps, batch)
-        self.caps.clear()
-
-    def close(self) -> None:
-        self.stack.close()
-
-
-def model_inputs(args: tuple, kwargs: dict) -> Any:
-    """What a training forward was called with, as a batch the probes read (see :func:`default_targets`).
-
-    Keyword arguments alone (HF ``model(**inputs)``) stay a dict; one positional argument is itself; several are a
-    tuple (nanoGPT ``model(x, y)``); ids with HF keywords become ``{"input_ids": ids, **kwargs}``; other keywords
-    follow the positional arguments (``model(x, targets=y)`` -> ``(x, y)``).
-    """
-    if not args:
-        return dict(kwargs)
-    if not kwargs:
-        return args[0] if len(args) == 1 else tuple(args)
-    if _HF_KEYS & set(kwargs):
-        return {"input_ids": args[0], **kwargs}
-    return (*args, *kwargs.values())
-
-
-def _declared_keys(probes: Sequence[Probe]) -> list[str]:
-    """Every key the probes can log, read at setup from ``compute()`` on their fresh states plus late stats."""
-    keys: list[str] = []
-    for probe in probes:
-        try:
-            with torch.no_grad():
-                keys += [k for k, v in probe.compute().items() if v.ndim == 0]
-        except Exception:  # caveat: a probe whose states wait for its first batch declares its keys at first publish
-            pass
-        keys += [probe.key(stat) for stat in probe.late_stats]
-    return keys

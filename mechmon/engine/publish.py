@@ -14,13 +14,15 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
 
 from mechmon.alerts import Alert, NonFinite, Rule
 from mechmon.console import ConsoleView
 from mechmon.naming import metric_key
+from mechmon.probe import Probe
 from mechmon.writers import NullWriter
 
-__all__ = ["Publisher", "Listener"]
+__all__ = ["Publisher", "Listener", "declared_keys"]
 
 Listener = Callable[[Mapping[str, float], int], None]
 _MAX_ALERTS_KEPT = 1000
@@ -128,3 +130,16 @@ class Publisher:
         for key, rule_state in state.get("nonfinite", {}).items():
             self._nonfinite.setdefault(key, NonFinite(key)).load_state_dict(rule_state)
         self.alerts = [Alert(**a) for a in state.get("alerts", ())]
+
+
+def declared_keys(probes: Sequence[Probe]) -> list[str]:
+    """Every key the probes can log, read at setup from ``compute()`` on their fresh states plus late stats."""
+    keys: list[str] = []
+    for probe in probes:
+        try:
+            with torch.no_grad():
+                keys += [k for k, v in probe.compute().items() if v.ndim == 0]
+        except Exception:  # caveat: a probe whose states wait for its first batch declares its keys at first publish
+            pass
+        keys += [probe.key(stat) for stat in probe.late_stats]
+    return keys

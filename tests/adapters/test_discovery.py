@@ -73,3 +73,38 @@ def test_a_single_frozen_model_is_monitored_with_a_warning():
 def test_models_without_attention_fail_at_setup_with_guidance(model_type):
     with pytest.raises(RuntimeError, match=r"found no adapter.*block list.*ModuleAdapter"):
         resolve_adapter(tiny_model(model_type))
+
+
+class SplitAttention(torch.nn.Module):
+    """SDPA attention that keeps its head count under a name mechmon does not know."""
+
+    def __init__(self, width=16, split=2):
+        super().__init__()
+        self.qkv, self.split = torch.nn.Linear(width, 3 * width), split
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.split, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + y.transpose(1, 2).reshape(B, T, C)
+
+
+class Plain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, 16)
+        self.layers = torch.nn.ModuleList([SplitAttention(), SplitAttention()])
+        self.norm, self.out = torch.nn.LayerNorm(16), torch.nn.Linear(16, VOCAB)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.out(self.norm(x))
+
+
+def test_heads_are_read_from_one_tapped_forward_when_no_attribute_names_them():
+    adapter = resolve_adapter(Plain())
+    assert adapter.layout.attention == ("layers.0", "layers.1") and adapter.n_heads == 2
+    out = evaluate(InductionProbe(period=6, batch_size=2), adapter)
+    assert out["mechmon/induction/head_scores"].shape == (2, 2)

@@ -258,7 +258,11 @@ class Monitor:
         if self._stream is None and self.adapter is not None:
             due = [p for p in self._due(step) if p.kind == "streaming"]
             if due:
-                self._stream = Stream.open(self, step, due, tap=batch is None)
+                self._stream = Stream.open(self.adapter, self._names, step, due, batch is None, self._update)
+
+    def _update(self, probe: Probe, caps: dict[str, Tensor], batch: Any) -> None:
+        if probe.name not in self._failed and probe.name not in self.disabled:
+            self._guarded(probe, probe.update, caps, batch)
 
     def end_batch(self, batch: Any = None) -> None:
         """After a micro-batch: feed the streaming probes its captures (``batch`` as in :meth:`begin_batch`)."""

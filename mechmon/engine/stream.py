@@ -8,58 +8,64 @@ reads the model's inputs and a forward hook that feeds the probes after each tra
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
+from mechmon.adapters import Adapter
 from mechmon.capture import capture
 from mechmon.probe import Probe
-
-if TYPE_CHECKING:
-    from mechmon.engine.monitor import Monitor
 
 __all__ = ["Stream", "model_inputs"]
 
 _HF_KEYS = {"labels", "input_ids", "attention_mask"}
+Updater = Callable[[Probe, dict[str, Tensor], Any], None]
 
 
 class Stream:
     """The hooks of one scheduled step's streaming probes, from its first micro-batch to its optimizer step.
 
     Args:
-        monitor: the engine (its names, live probes and guarded calls).
         step: the optimizer step the hooks serve.
         due: the streaming probes due at that step.
-        tap: read the batch from the model's inputs instead of receiving it in :meth:`feed`.
+        tap: read the batch from the model's inputs (the driver hands over none) and feed the probes after each
+            training forward; otherwise the driver calls :meth:`feed` with its batch.
+        names: probe name -> its capture names.
+        update: ``fn(probe, captures, batch)``, the engine's guarded probe update.
     """
 
-    def __init__(self, monitor: Monitor, step: int, due: list[Probe], tap: bool) -> None:
-        self.monitor, self.step, self.due, self.tap = monitor, step, due, tap
+    def __init__(self, step: int, due: list[Probe], tap: bool, names: dict[str, list[str]], update: Updater) -> None:
+        self.step, self.due, self.tap, self.names, self._update = step, due, tap, names, update
         self.stack = contextlib.ExitStack()
         self.caps: dict[str, Tensor] = {}
 
     @classmethod
-    def open(cls, monitor: Monitor, step: int, due: list[Probe], tap: bool) -> Stream:
-        """Attach the hooks (see the class arguments)."""
-        stream = cls(monitor, step, due, tap)
-        names = sorted({n for p in due for n in monitor._names[p.name]})
-        stream.caps = stream.stack.enter_context(capture(monitor.adapter, names))
+    def open(
+        cls, adapter: Adapter, names: dict[str, list[str]], step: int, due: list[Probe], tap: bool, update: Updater
+    ) -> Stream:
+        """Attach the capture hooks of ``due`` and, with ``tap``, the input hooks.
+
+        ``names`` maps probe names to capture names; ``update(probe, captures, batch)`` is called for each probe
+        whose captures are all there.
+        """
+        stream = cls(step, due, tap, names, update)
+        stream.caps = stream.stack.enter_context(capture(adapter, sorted({n for p in due for n in names[p.name]})))
         if tap:  # the batch is the model's own input: read it before, feed the probes after each training forward
-            model = monitor.adapter.model
             inputs: list[Any] = [None]
-            pre = model.register_forward_pre_hook(
+            pre = adapter.model.register_forward_pre_hook(
                 lambda m, a, k: inputs.__setitem__(0, model_inputs(a, k)), with_kwargs=True
             )
-            post = model.register_forward_hook(lambda m, a, o: stream.feed(inputs[0]) if m.training else None)
+            post = adapter.model.register_forward_hook(lambda m, a, o: stream.feed(inputs[0]) if m.training else None)
             stream.stack.callback(pre.remove)
             stream.stack.callback(post.remove)
         return stream
 
     def feed(self, batch: Any) -> None:
-        """Update every live probe whose captures are all there; the captures are dropped right after."""
-        for probe in self.monitor._live(self.due):
-            if all(n in self.caps for n in self.monitor._names[probe.name]):
-                self.monitor._guarded(probe, probe.update, self.caps, batch)
+        """Update every probe whose captures are all there; the captures are dropped right after."""
+        for probe in self.due:
+            if all(n in self.caps for n in self.names[probe.name]):
+                self._update(probe, self.caps, batch)
         self.caps.clear()
 
     def close(self) -> None:

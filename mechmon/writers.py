@@ -93,11 +93,11 @@ def open_writer(experiment: Any | None = None, loggers: Sequence[Any] = (), log_
         experiment: a ``SummaryWriter`` a logger already owns (Lightning's TensorBoardLogger): heatmaps, text and
             the layout go there and scalars reach it through that logger's ``log_metrics``.
         loggers: objects with ``log_metrics(metrics, step)`` that receive every scalar.
-        log_dir: folder of mechmon's own ``SummaryWriter`` when there is no ``experiment``.
+        log_dir: folder of mechmon's own ``SummaryWriter`` when there is no ``experiment`` (``None``: loggers only).
 
     A folder that cannot be written gives one warning and a writer that feeds the loggers only.
     """
-    if experiment is not None:
+    if experiment is not None or log_dir is None:
         return TensorBoardWriter(experiment, loggers, own_scalars=False)
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -67,8 +67,9 @@ class Monitor:
     Example:
         >>> import torch
         >>> from mechmon import Monitor, LogitsProbe
-        >>> from tests.conftest import tiny_gpt2
-        >>> model = tiny_gpt2()
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, bos_token_id=0, eos_token_id=0)
+        >>> model = GPT2LMHeadModel(config)
         >>> optimizer = torch.optim.AdamW(model.parameters())
         >>> monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=2, log_dir=None)
         >>> batch = torch.randint(1, 64, (2, 16))

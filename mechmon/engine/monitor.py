@@ -249,6 +249,8 @@ class Monitor:
         ``batch=None`` reads the batch from the model's inputs (a forward pre-hook, on those steps only).
         """
         self._step = step
+        if self.adapter is None:  # not attached yet
+            return
         if self._waiting:
             if batch is not None:
                 self._take_batch(batch)
@@ -256,13 +258,13 @@ class Monitor:
                 self._tap_first_batch()
         if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
             self._detach_streaming()
-        if self._stream is None and self.adapter is not None:
+        if self._stream is None:
             due = [p for p in self._due(step) if p.kind == "streaming"]
             if due:
                 self._stream = Stream.open(self.adapter, self._names, step, due, batch is None, self._update)
 
     def _update(self, probe: Probe, caps: dict[str, Tensor], batch: Any) -> None:
-        if probe.name not in self._failed and probe.name not in self.disabled:
+        if self._live([probe]):
             self._guarded(probe, probe.update, caps, batch)
 
     def end_batch(self, batch: Any = None) -> None:

@@ -15,11 +15,13 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+import mechmon  # noqa: E402
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, RankProbe, Threshold, every  # noqa: E402
 from mechmon.probe import StreamingProbe  # noqa: E402
 from tests.conftest import TinyLM, hook_count, token_loader  # noqa: E402
 
 OUT = Path(sys.argv[1])
+PACKAGE = os.path.dirname(mechmon.__file__) + os.sep  # not any path with 'mechmon' in it (.venv)
 STEP = {"now": 0}
 CALLS: list[tuple[int, str]] = []
 
@@ -28,7 +30,7 @@ def counting(name, fn):
     """Count the collectives that mechmon's own code issues, by the step they happen in."""
 
     def wrapper(*args, **kwargs):
-        if f"{os.sep}mechmon{os.sep}" in sys._getframe(1).f_code.co_filename:
+        if sys._getframe(1).f_code.co_filename.startswith(PACKAGE):
             CALLS.append((STEP["now"], name))
         return fn(*args, **kwargs)
 

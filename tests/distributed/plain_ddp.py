@@ -17,18 +17,20 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+import mechmon  # noqa: E402
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, Threshold, every  # noqa: E402
 from tests.conftest import CTX, VOCAB, hook_count  # noqa: E402
 from tests.nanogpt import gpt  # noqa: E402
 
 STEPS = 6
+PACKAGE = os.path.dirname(mechmon.__file__) + os.sep  # not any path with 'mechmon' in it (.venv)
 STEP = {"now": 0}
 CALLS: list[int] = []
 
 
 def counting(fn):
     def wrapper(*args, **kwargs):
-        if f"{os.sep}mechmon{os.sep}" in sys._getframe(1).f_code.co_filename:
+        if sys._getframe(1).f_code.co_filename.startswith(PACKAGE):
             CALLS.append(STEP["now"])
         return fn(*args, **kwargs)
 

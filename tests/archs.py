@@ -39,12 +39,16 @@ SIZES = dict(
 # decoder-only types of transformers' causal-LM mapping covered by the matrix (dense, MoE, GQA, sliding window,
 # parallel blocks, ALiBi, learned and rotary positions, soft-capping, attention sinks)
 ARCHITECTURES = [
-    "apertus", "arcee", "bloom", "codegen", "cohere", "cohere2", "dots1", "ernie4_5", "ernie4_5_moe", "exaone4",
-    "falcon", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "glm4_moe", "gpt2", "gpt_bigcode", "gpt_neo",
-    "gpt_neox", "gpt_oss", "gptj", "granite", "granitemoe", "helium", "hunyuan_v1_dense", "internlm3", "jetmoe",
-    "llama", "minimax_m2", "ministral", "mistral", "mixtral", "mpt", "nanochat", "nemotron", "olmo", "olmo2",
-    "olmo3", "olmoe", "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-    "seed_oss", "smollm3", "stablelm", "starcoder2", "vaultgemma", "xglm",
+    "apertus", "apertus1p5_text", "arcee", "aria_text", "beam", "biogpt", "bitnet", "bloom", "codegen", "cohere",
+    "cohere2", "cohere2_moe", "ctrl", "cwm", "diffllama", "doge", "dots1", "ernie4_5", "ernie4_5_moe",
+    "exaone", "exaone4", "falcon", "falcon_h1", "flex_olmo", "flint", "gemma", "gemma2", "gemma3_text",
+    "gemma4_unified_text", "glm", "glm4", "glm4_moe", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox",
+    "gpt_neox_japanese", "gpt_oss", "gptj", "granite", "granite_swa", "granitemoe", "granitemoe_swa",
+    "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax", "internlm3", "iquestcoder",
+    "jais2", "jetmoe", "lfm2", "llama", "llama4_text", "minimax", "minimax_m2", "ministral", "ministral3",
+    "mistral", "mixtral", "modernbert-decoder", "mpt", "nanochat", "nemotron", "olmo", "olmo2", "olmo3", "olmoe",
+    "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3",
+    "stablelm", "starcoder2", "vaultgemma", "xglm",
 ]  # fmt: skip
 
 

@@ -43,7 +43,12 @@ def _read(point: HookPoint, module: nn.Module, output: object) -> Tensor:
 
 
 @contextlib.contextmanager
-def capture(adapter: Adapter, names: Iterable[str], reduce: Reducer | None = None) -> Iterator[dict[str, Tensor]]:
+def capture(
+    adapter: Adapter,
+    names: Iterable[str],
+    reduce: Reducer | None = None,
+    errors: dict[str, Exception] | None = None,
+) -> Iterator[dict[str, Tensor]]:
     """Hook exactly ``names`` for the duration of the block; yields name -> detached tensor.
 
     Each hook stores ``reduce(name, tensor.detach())`` (identity by default), so big activations can be shrunk
@@ -54,6 +59,8 @@ def capture(adapter: Adapter, names: Iterable[str], reduce: Reducer | None = Non
         adapter: the model's adapter.
         names: canonical names (no globs; see :func:`resolve_names`).
         reduce: optional ``fn(name, tensor) -> tensor`` applied in the hook.
+        errors: when given (hooks inside a training forward), a hook that fails stores its exception here under its
+            name instead of raising into the model's forward.
 
     Raises:
         RuntimeError: if a name is not offered by the adapter.
@@ -64,8 +71,13 @@ def capture(adapter: Adapter, names: Iterable[str], reduce: Reducer | None = Non
 
     def make_hook(name: str, point: HookPoint) -> Callable:
         def hook(module: nn.Module, args: object, output: object) -> None:
-            tensor = _read(point, module, output).detach()
-            caps[name] = reduce(name, tensor) if reduce is not None else tensor
+            try:
+                tensor = _read(point, module, output).detach()
+                caps[name] = reduce(name, tensor) if reduce is not None else tensor
+            except Exception as err:
+                if errors is None:
+                    raise
+                errors.setdefault(name, err)  # caveat: never raise into the user's training forward
 
         return hook
 

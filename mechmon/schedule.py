@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+from mechmon.checks import fail, flag, integer
+
 __all__ = ["Schedule", "every", "log_spaced", "at", "union", "as_schedule"]
 
 Schedule = Callable[[int], bool]
@@ -51,24 +53,24 @@ def every(n: int, offset: int = 0, first: bool = True) -> Schedule:
     """Every ``n`` optimizer steps (``step % n == offset``), plus step 1 when ``first`` (a broken probe fails early).
 
     Raises:
+        TypeError: if ``n`` or ``offset`` is not an int, or ``first`` not a bool.
         ValueError: if ``n < 1`` or ``offset < 0``.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"every(n) needs an integer n >= 1, got {n!r}")
-    if offset < 0:
-        raise ValueError(f"every(offset) must be >= 0, got {offset!r}")
-    return _Every(n, offset, first)
+    integer("every", "n", n, 1)
+    integer("every", "offset", offset, 0)
+    return _Every(n, offset, flag("every", "first", first))
 
 
 def at(steps: Iterable[int]) -> Schedule:
     """Exactly the given optimizer steps.
 
     Raises:
+        TypeError: if ``steps`` is not an iterable of ints (``1.7`` is refused, not rounded).
         ValueError: if a step is negative.
     """
-    chosen = frozenset(int(s) for s in steps)
-    if any(s < 0 for s in chosen):
-        raise ValueError(f"at(steps) needs non-negative steps, got {sorted(chosen)}")
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+        fail("at", "steps", steps, "an iterable of ints >= 0", TypeError)
+    chosen = frozenset(integer("at", "steps", s, 0) for s in steps)
     return _At(chosen, f"at({sorted(chosen)})")
 
 
@@ -76,24 +78,27 @@ def log_spaced(start: int, end: int, num: int) -> Schedule:
     """``num`` steps spaced evenly in log between ``start`` and ``end`` (inclusive, rounded, deduplicated).
 
     Raises:
+        TypeError: if an argument is not an int.
         ValueError: unless ``1 <= start < end`` and ``num >= 2``.
     """
-    if start < 1 or end <= start or num < 2:
-        raise ValueError(f"log_spaced needs 1 <= start < end and num >= 2, got ({start}, {end}, {num})")
+    integer("log_spaced", "start", start, 1)
+    integer("log_spaced", "end", end, start + 1)
+    integer("log_spaced", "num", num, 2)
     ratio = math.log(end / start) / (num - 1)
     steps = frozenset(round(start * math.exp(ratio * i)) for i in range(num))
     return _At(steps, f"log_spaced({start}, {end}, {num})")
 
 
-def union(*schedules: Schedule) -> Schedule:
-    """True where any of ``schedules`` is.
+def union(*schedules: Schedule | int) -> Schedule:
+    """True where any of ``schedules`` is; an int ``n`` stands for ``every(n)``.
 
     Raises:
+        TypeError: if a part is neither a schedule nor an int.
         ValueError: if no schedule is given.
     """
     if not schedules:
-        raise ValueError("union() needs at least one schedule")
-    return _Union(tuple(schedules))
+        fail("union", "schedules", schedules, "at least one schedule")
+    return _Union(tuple(as_schedule(s, "union(...)") for s in schedules))
 
 
 def as_schedule(value: Schedule | int, what: str = "schedule") -> Schedule:

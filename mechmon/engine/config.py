@@ -60,7 +60,7 @@ class MonitorConfig:
             TypeError: on arguments of the wrong type.
             ValueError: on an invalid namespace or submodule path, an empty probe list or duplicate probe names.
         """
-        sched = as_schedule(schedule, "schedule")
+        sched = _runs(owner, "schedule", as_schedule(schedule, "schedule"))
         if adapter is not None and not (isinstance(adapter, Adapter) or callable(adapter)):
             fail(owner, "adapter", adapter, "an Adapter, a callable root -> Adapter, or None", TypeError)
         if submodule is not None and (not isinstance(submodule, str) or not _SUBMODULE_RE.match(submodule)):
@@ -69,10 +69,14 @@ class MonitorConfig:
             fail(owner, "namespace", namespace, "snake_case like 'mechmon'")
         if log_dir is not None and not isinstance(log_dir, (str, Path)):
             fail(owner, "log_dir", log_dir, "a path or None", TypeError)
+        probes = _probes(owner, probes)
+        for probe in probes:
+            if probe.schedule is not None:
+                _runs(type(probe).__name__, "schedule", probe.schedule)
         return cls(
-            probes=_probes(owner, probes),
+            probes=probes,
             schedule=sched,
-            image_schedule=_image_schedule(sched, image_schedule),
+            image_schedule=_runs(owner, "image_schedule", _image_schedule(sched, image_schedule)),
             adapter=adapter,
             submodule=submodule,
             rules=_items(owner, "rules", rules, lambda r: isinstance(r, Rule), "mechmon.alerts.Rule instances"),
@@ -81,6 +85,15 @@ class MonitorConfig:
             log_dir=log_dir,
             console=flag(owner, "console", console),
         )
+
+
+def _runs(owner: str, arg: str, schedule: Schedule) -> Schedule:
+    """Fail fast on a schedule that cannot answer for step 1 (it would otherwise fail in the run)."""
+    try:
+        schedule(1)
+    except Exception as err:
+        fail(owner, arg, schedule, f"a callable step -> bool (at step 1 it raised {type(err).__name__}: {err})")
+    return schedule
 
 
 def _probes(owner: str, probes: Sequence[Probe] | None) -> list[Probe]:

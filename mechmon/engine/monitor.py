@@ -261,11 +261,18 @@ class Monitor:
         if self._stream is None:
             due = [p for p in self._due(step) if p.kind == "streaming"]
             if due:
-                self._stream = Stream.open(self.adapter, self._names, step, due, batch is None, self._update)
+                self._stream = Stream.open(
+                    self.adapter, self._names, step, due, batch is None, self._update, self._fail
+                )
 
     def _update(self, probe: Probe, caps: dict[str, Tensor], batch: Any) -> None:
         if self._live([probe]):
             self._guarded(probe, probe.update, caps, batch)
+
+    def _fail(self, probe: Probe, error: Exception) -> None:
+        """A probe whose capture hook failed inside the training forward: disabled here, under the guard."""
+        if self._live([probe]):
+            self._guarded(probe, _reraise, error)
 
     def end_batch(self, batch: Any = None) -> None:
         """After a micro-batch: feed the streaming probes its captures (``batch`` as in :meth:`begin_batch`)."""
@@ -287,10 +294,21 @@ class Monitor:
             self._detach_streaming()
             return
         self._last_step = self._step = step
-        self._run(StepRecord(step, due, self.config.image_schedule(step)))
+        self._run(StepRecord(step, due, _safe_call(self.config.image_schedule, step)))
 
     def _due(self, step: int) -> list[Probe]:
-        return [p for p in self.probes if p.name not in self.disabled and (p.schedule or self.config.schedule)(step)]
+        """The enabled probes whose schedule says ``step``; a schedule that raises disables its probe."""
+        due = []
+        for probe in self.probes:
+            if probe.name in self.disabled:
+                continue
+            try:
+                if (probe.schedule or self.config.schedule)(step):
+                    due.append(probe)
+            except Exception as err:  # caveat: a user's schedule callable must not stop the run
+                text = f"the schedule of probe {probe.name!r} raised {type(err).__name__} at step {step}: {err}"
+                warnings.warn(self._disable(probe, text), stacklevel=2)
+        return due
 
     def _take_batch(self, batch: Any) -> None:
         """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
@@ -446,3 +464,15 @@ class Monitor:
     def last_step(self) -> int:
         """The last optimizer step evaluated (-1 before the first)."""
         return self._last_step
+
+
+def _reraise(error: Exception) -> None:
+    raise error
+
+
+def _safe_call(schedule: Schedule, step: int) -> bool:
+    try:
+        return bool(schedule(step))
+    except Exception as err:  # caveat: a user's image schedule must not stop the run
+        warnings.warn(f"mechmon: image_schedule raised {type(err).__name__} at step {step}: {err}", stacklevel=3)
+        return False

@@ -82,22 +82,33 @@ class Publisher:
         for listener in self.listeners:
             listener(values, step)
         if not self._layout_written:
-            self.writer.layout(dict.fromkeys(self._layout_keys + list(scalars)))
+            self._write("layout", dict.fromkeys(self._layout_keys + list(scalars)))
             self._layout_written = True
-        self.writer.scalars(values, step)
+        self._write("scalars", values, step)
         for key, matrix in images.items():
-            self.writer.image(key, matrix, step)
+            self._write("image", key, matrix, step)
         if self.view is not None:
             self.view.update(step, scalars)
         self.deliver(alerts)
+
+    def _write(self, method: str, *args: Any) -> None:
+        """One writer call; the first that fails (a full disk, a logger that raises) stops writing, with a warning."""
+        try:
+            getattr(self.writer, method)(*args)
+        except Exception as err:  # caveat: I/O under the run's own folder must never stop training
+            warnings.warn(
+                f"mechmon stopped writing metrics after {type(self.writer).__name__}.{method} raised "
+                f"{type(err).__name__}: {err}; the run goes on, values stay in monitor.latest and monitor.alerts",
+                stacklevel=3,
+            )
+            self.writer = NullWriter()
 
     def deliver(self, alerts: Iterable[Alert]) -> None:
         """Keep, write and print each alert, and call the ``on_alert`` callables on the writing rank."""
         for alert in alerts:
             self.alerts = (self.alerts + [alert])[-_MAX_ALERTS_KEPT:]
-            self.writer.text(
-                f"{self.namespace}/alerts", f"**{alert.severity}** `{alert.rule}`: {alert.reason}", alert.step
-            )
+            text = f"**{alert.severity}** `{alert.rule}`: {alert.reason}"
+            self._write("text", f"{self.namespace}/alerts", text, alert.step)
             if self.view is None:  # not the writing rank
                 continue
             self.view.alert(alert)
@@ -111,7 +122,7 @@ class Publisher:
         """Stop the console and close the writer."""
         if self.view is not None:
             self.view.stop()
-        self.writer.close()
+        self._write("close")
         self.writer, self.view, self.listeners = NullWriter(), None, []
 
     def state_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ __all__ = ["Stream", "model_inputs"]
 
 _HF_KEYS = {"labels", "input_ids", "attention_mask"}
 Updater = Callable[[Probe, dict[str, Tensor], Any], None]
+Failer = Callable[[Probe, Exception], None]
 
 
 class Stream:
@@ -33,24 +34,36 @@ class Stream:
             training forward; otherwise the driver calls :meth:`feed` with its batch.
         names: probe name -> its capture names.
         update: ``fn(probe, captures, batch)``, the engine's guarded probe update.
+        fail: ``fn(probe, error)`` for a probe whose capture hook failed inside the training forward.
     """
 
-    def __init__(self, step: int, due: list[Probe], tap: bool, names: dict[str, list[str]], update: Updater) -> None:
-        self.step, self.due, self.tap, self.names, self._update = step, due, tap, names, update
+    def __init__(
+        self, step: int, due: list[Probe], tap: bool, names: dict[str, list[str]], update: Updater, fail: Failer
+    ) -> None:
+        self.step, self.due, self.tap, self.names, self._update, self._fail = step, due, tap, names, update, fail
         self.stack = contextlib.ExitStack()
         self.caps: dict[str, Tensor] = {}
+        self.errors: dict[str, Exception] = {}  # capture hooks that failed inside the training forward
 
     @classmethod
     def open(
-        cls, adapter: Adapter, names: dict[str, list[str]], step: int, due: list[Probe], tap: bool, update: Updater
+        cls,
+        adapter: Adapter,
+        names: dict[str, list[str]],
+        step: int,
+        due: list[Probe],
+        tap: bool,
+        update: Updater,
+        fail: Failer,
     ) -> Stream:
         """Attach the capture hooks of ``due`` and, with ``tap``, the input hooks.
 
         ``names`` maps probe names to capture names; ``update(probe, captures, batch)`` is called for each probe
         whose captures are all there.
         """
-        stream = cls(step, due, tap, names, update)
-        stream.caps = stream.stack.enter_context(capture(adapter, sorted({n for p in due for n in names[p.name]})))
+        stream = cls(step, due, tap, names, update, fail)
+        wanted = sorted({n for p in due for n in names[p.name]})
+        stream.caps = stream.stack.enter_context(capture(adapter, wanted, errors=stream.errors))
         if tap:  # the batch is the model's own input: read it before, feed the probes after each training forward
             inputs: list[Any] = [None]
             pre = adapter.model.register_forward_pre_hook(
@@ -64,7 +77,10 @@ class Stream:
     def feed(self, batch: Any) -> None:
         """Update every probe whose captures are all there; the captures are dropped right after."""
         for probe in self.due:
-            if all(n in self.caps for n in self.names[probe.name]):
+            failed = [self.errors[n] for n in self.names[probe.name] if n in self.errors]
+            if failed:
+                self._fail(probe, failed[0])
+            elif all(n in self.caps for n in self.names[probe.name]):
                 self._update(probe, self.caps, batch)
         self.caps.clear()
 

@@ -1,0 +1,90 @@
+"""Faults injected as real runs meet them: none reaches the training loop (issue "Never harm the run")."""
+
+import errno
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from mechmon import LogitsProbe, MechMonitor, Monitor, at, every, union
+from mechmon.probe import StreamingProbe
+from tests.conftest import CTX, VOCAB, TinyLM, hook_count, make_trainer, tiny_gpt2, token_loader
+
+
+def plain_run(monitor, model, optimizer, steps):
+    data = torch.randint(1, VOCAB, (steps, 2, CTX), generator=torch.Generator().manual_seed(0))
+    for step, batch in enumerate(data, start=1):
+        with monitor.step(step, batch):
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    monitor.close()
+
+
+def test_a_full_disk_stops_the_writing_not_the_run(tmp_path, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+    monkeypatch.setattr(SummaryWriter, "flush", full)
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), log_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"stopped writing metrics after TensorBoardWriter.scalars raised OSError"):
+        plain_run(monitor, model, optimizer, 3)
+    assert set(monitor.latest) >= {"mechmon/logits/norm_mean"} and hook_count(model) == 0
+
+    lightning = MechMonitor(probes=[LogitsProbe()], schedule=every(1), log_dir=tmp_path / "own")
+    with pytest.warns(UserWarning, match="stopped writing metrics"):
+        trainer = make_trainer(tmp_path, [lightning], max_steps=3, logger=False)
+        trainer.fit(TinyLM(), token_loader())
+    assert trainer.global_step == 3 and "mechmon/logits/norm_mean" in trainer.callback_metrics
+
+
+class PatternCounter(StreamingProbe):
+    """A streaming probe on the training forward's attention patterns."""
+
+    name = "pattern_counter"
+    requires = ("blocks.*.attn.hook_pattern",)
+
+    def setup(self, model, adapter, device):
+        self.add_state("n", torch.zeros(()), "sum")
+
+    def update(self, captures, batch):
+        self.n += len(captures)
+
+    def compute(self):
+        return {self.key("n"): self.n}
+
+
+def test_a_capture_hook_failing_inside_the_training_forward_disables_its_probe_only(tmp_path):
+    model = TinyLM()  # SDPA: the training forward's attention returns no probabilities
+    mon = MechMonitor(probes=[PatternCounter(), LogitsProbe()], schedule=every(1))
+    with pytest.warns(UserWarning, match="probe 'pattern_counter' raised RuntimeError: the attention module returned"):
+        trainer = make_trainer(tmp_path, [mon], max_steps=3)
+        trainer.fit(model, token_loader())
+    assert trainer.global_step == 3 and mon.engine.disabled == {"pattern_counter"}
+    assert [(a.rule, a.step) for a in mon.alerts] == [("probe_failed", 1)]
+    assert "mechmon/logits/norm_mean" in trainer.callback_metrics and hook_count(model) == 0
+
+
+def test_schedules_built_from_ints_and_schedules_that_raise():
+    assert [s for s in range(1, 21) if union(5, at([7]))(s)] == [1, 5, 7, 10, 15, 20]
+    with pytest.raises(ValueError, match=r"Monitor\(schedule=...\) must be a callable step -> bool \(at step 1"):
+        Monitor(schedule=lambda step: 1 / 0)
+    with pytest.raises(TypeError, match=r"at\(steps=...\) must be an int >= 0, got 1.7"):
+        at([1.7])
+    with pytest.raises(TypeError, match=r"every\(first=...\) must be True or False"):
+        every(5, first="no")
+
+    def flaky(step):
+        if step == 3:
+            raise KeyError("lookup table ends")
+        return True
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe(schedule=flaky)], log_dir=None)
+    with pytest.warns(UserWarning, match="the schedule of probe 'logits' raised KeyError at step 3"):
+        plain_run(monitor, model, optimizer, 4)
+    assert [(a.rule, a.step) for a in monitor.alerts] == [("probe_failed", 3)] and hook_count(model) == 0

@@ -64,10 +64,8 @@ class Publisher:
 
     def check(self, step: int, scalars: Mapping[str, float]) -> list[Alert]:
         """Run the non-finite guard on every key, then every rule; returns the alerts that fired."""
-        fired = []
-        for key, value in scalars.items():
-            alert = self._nonfinite.setdefault(key, NonFinite(key)).update(step, value)
-            fired += [alert] if alert else []
+        bad = [self._nonfinite.setdefault(k, NonFinite(k)).update(step, v) for k, v in scalars.items()]
+        fired = _one_alert([a for a in bad if a is not None])
         for rule in self.rules:
             alert = rule.observe(step, scalars)
             fired += [alert] if alert else []
@@ -141,6 +139,17 @@ class Publisher:
         for key, rule_state in state.get("nonfinite", {}).items():
             self._nonfinite.setdefault(key, NonFinite(key)).load_state_dict(rule_state)
         self.alerts = [Alert(**a) for a in state.get("alerts", ())]
+
+
+def _one_alert(non_finite: list[Alert], shown: int = 5) -> list[Alert]:
+    """One ``non_finite`` alert per step, naming the keys (NaN weights would otherwise give one per key)."""
+    if len(non_finite) <= 1:
+        return non_finite
+    first = non_finite[0]
+    listed = ", ".join(f"{a.key} = {a.value}" for a in non_finite[:shown])
+    more = f" and {len(non_finite) - shown} more" if len(non_finite) > shown else ""
+    reason = f"{len(non_finite)} metrics became non-finite: {listed}{more}"
+    return [Alert(first.rule, first.key, first.step, first.value, first.severity, reason)]
 
 
 def declared_keys(probes: Sequence[Probe]) -> list[str]:

@@ -31,6 +31,7 @@ from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Compound, Plateau, Rule, Trend
 from mechmon.checks import number
 from mechmon.functional.plateau import attention_progress
+from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe
 from mechmon.registry import register_probe
@@ -134,7 +135,7 @@ class AttentionProgressProbe(FixedBatchProbe):
 
     def compute(self) -> dict[str, Tensor]:
         """Per-layer APM, their max, and the loss."""
-        apm = self.apm_sum / self.count.clamp_min(1)
+        apm = mean_or_nan(self.apm_sum, self.count)
         out = {self.key("score"): apm.max(), self.key("loss_nats"): self.loss_nats()}
         for i, layer in enumerate(self.layers or []):
             out[self.key("score", layer_scope(layer))] = apm[i]

@@ -33,6 +33,7 @@ from mechmon.alerts import Collapse, Phase, Plateau, Rule, Threshold
 from mechmon.checks import flag, integer, number
 from mechmon.functional.collapse import mean_pairwise_cosine
 from mechmon.functional.plateau import select_positions
+from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe, check_positions
 from mechmon.registry import register_probe
@@ -130,7 +131,7 @@ class CollapseProbe(FixedBatchProbe):
 
     def compute(self) -> dict[str, Tensor]:
         """Mean cosine per layer and for the final norm (NaN when no sequence had two positions), and the loss."""
-        cos = self.cos_sum / self.cos_count.clamp_min(1)
+        cos = mean_or_nan(self.cos_sum, self.cos_count)
         cos = torch.where(self.cos_count > 0, cos, torch.full_like(cos, float("nan")))
         out = {self.key("mean_cos"): cos[-1], self.key("loss_nats"): self.loss_nats()}
         for layer in range(len(self.names) - 1):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mechmon.adapters.base import Adapter
 from mechmon.capture import capture
 from mechmon.functional.plateau import loss_at_positions
+from mechmon.functional.stats import mean_or_nan
 from mechmon.probe import SnapshotProbe
 
 __all__ = ["FixedBatchProbe", "batch_tokens", "check_positions", "hidden_width"]
@@ -129,5 +130,5 @@ class FixedBatchProbe(SnapshotProbe):
         self.loss_count += loss[1].long()
 
     def loss_nats(self) -> Tensor:
-        """Mean loss in nats over the positions added since the last reset (0 when none)."""
-        return self.loss_sum / self.loss_count.clamp_min(1)
+        """Mean loss in nats over the positions added since the last reset (NaN when none)."""
+        return mean_or_nan(self.loss_sum, self.loss_count)

@@ -172,15 +172,15 @@ class LogitsProbe(StreamingProbe):
         return self._absorb[1]
 
     def compute(self) -> dict[str, Tensor]:
-        """Fractions and means from the reduced counts (0 when no row was seen)."""
-        rows = self.rows.clamp_min(1).double()
+        """Fractions and means from the reduced counts (NaN when no row was seen, e.g. hooks that never fired)."""
+        rows = torch.where(self.rows > 0, self.rows.double(), float("nan"))
         measured = {self.key("absorb_gap_nats"): self._absorb[1]} if self._absorb is not None else {}
         return measured | {
             self.key("softmax_collapse_frac"): self.collapsed / rows,
             self.key("softmax_collapse_frac_fp64"): self.collapsed_fp64 / rows,
             self.key("zero_loss_frac"): self.zero_loss / rows,
             self.key("norm_mean"): self.norm_sum / rows,
-            self.key("norm_max"): self.norm_max,
+            self.key("norm_max"): torch.where(self.rows > 0, self.norm_max, float("nan")),
             self.key("max_mean"): self.max_sum / rows,
             self.key("gap_mean_nats"): self.gap_sum / rows,
             self.key("gap_frac_absorbable"): self.absorbable / rows,

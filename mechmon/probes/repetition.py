@@ -32,6 +32,7 @@ from mechmon.adapters.base import Adapter
 from mechmon.alerts import Rule, Threshold
 from mechmon.checks import flag, integer, number
 from mechmon.functional.plateau import repetition_frac
+from mechmon.functional.stats import mean_or_nan
 from mechmon.probes.fixed_batch import FixedBatchProbe
 from mechmon.registry import register_probe
 
@@ -116,7 +117,7 @@ class RepetitionProbe(FixedBatchProbe):
 
     def compute(self) -> dict[str, Tensor]:
         """ρ of the model, of the data, and their difference."""
-        model, data = self.frac_sum / self.count.clamp_min(1)
+        model, data = mean_or_nan(self.frac_sum, self.count)
         return {self.key("model_frac"): model, self.key("data_frac"): data, self.key("excess"): model - data}
 
     def default_rules(self) -> list[Rule]:

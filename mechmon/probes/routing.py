@@ -38,6 +38,7 @@ from mechmon.adapters.base import Adapter, expert_indices_name, router_name
 from mechmon.alerts import Rule, Threshold
 from mechmon.checks import number
 from mechmon.functional.routing import expert_counts, load_stats, routing_entropy
+from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
@@ -95,7 +96,7 @@ class RoutingProbe(StreamingProbe):
 
     def compute(self) -> dict[str, Tensor]:
         """Per-layer and summary routing statistics, and the ``[L, E]`` load matrix."""
-        entropy_L = self.entropy_L2[:, 0] / self.entropy_L2[:, 1].clamp_min(1)
+        entropy_L = mean_or_nan(self.entropy_L2[:, 0], self.entropy_L2[:, 1])
         stats = load_stats(self.counts_LE)
         load_LE = self.counts_LE.float() / self.counts_LE.sum(dim=-1, keepdim=True).clamp_min(1)
         out = {

@@ -88,3 +88,24 @@ def test_schedules_built_from_ints_and_schedules_that_raise():
     with pytest.warns(UserWarning, match="the schedule of probe 'logits' raised KeyError at step 3"):
         plain_run(monitor, model, optimizer, 4)
     assert [(a.rule, a.step) for a in monitor.alerts] == [("probe_failed", 3)] and hook_count(model) == 0
+
+
+def test_nan_weights_give_one_non_finite_alert_naming_the_keys():
+    from mechmon import WeightsProbe
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe(), WeightsProbe()], log_dir=None, schedule=1)
+    data = torch.randint(1, VOCAB, (3, 2, CTX), generator=torch.Generator().manual_seed(0))
+    for step, batch in enumerate(data, start=1):
+        with monitor.step(step, batch):
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step == 2:
+                with torch.no_grad():
+                    model.lm_head.weight.fill_(float("nan"))  # tied to the embedding: everything downstream is NaN
+    monitor.close()
+    steps = [a.step for a in monitor.alerts if a.rule == "non_finite"]
+    assert steps == [2, 3]  # weights at 2 (poisoned after that step's update), the logits of step 3's forward
+    assert all("metrics became non-finite" in a.reason for a in monitor.alerts if a.rule == "non_finite")

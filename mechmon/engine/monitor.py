@@ -28,7 +28,7 @@ from mechmon.console import ConsoleView
 from mechmon.distributed import rank, reduce_states, world_size
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import snapshot_forward
-from mechmon.engine.publish import Listener, Publisher, declared_keys
+from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord, to_host
 from mechmon.engine.stream import Stream, model_inputs
 from mechmon.naming import metric_key
@@ -191,6 +191,8 @@ class Monitor:
             writer = open_writer(experiment, loggers, None if log_dir is None else str(log_dir))
         view = ConsoleView(live=self.config.console) if writes else None
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners])
+        self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
+        self._rule_keys.check(())
         if hook_optimizers:
             self._hook_optimizers(optimizer)
         if self._pending is not None:
@@ -357,6 +359,7 @@ class Monitor:
         self.publisher.publish(
             record.step, record.scalars, record.images, self.publisher.check(record.step, record.scalars)
         )
+        self._rule_keys.check(record.scalars)
         for probe in record.due:
             probe.reset()
         self._publish_late()

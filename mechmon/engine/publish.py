@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rapidfuzz import process
 
 from mechmon.alerts import Alert, NonFinite, Rule
 from mechmon.console import ConsoleView
@@ -22,7 +23,7 @@ from mechmon.naming import metric_key
 from mechmon.probe import Probe
 from mechmon.writers import NullWriter
 
-__all__ = ["Publisher", "Listener", "declared_keys"]
+__all__ = ["Publisher", "Listener", "RuleKeys", "declared_keys"]
 
 Listener = Callable[[Mapping[str, float], int], None]
 _MAX_ALERTS_KEPT = 1000
@@ -139,6 +140,46 @@ class Publisher:
         for key, rule_state in state.get("nonfinite", {}).items():
             self._nonfinite.setdefault(key, NonFinite(key)).load_state_dict(rule_state)
         self.alerts = [Alert(**a) for a in state.get("alerts", ())]
+
+
+class RuleKeys:
+    """Warns once about each user rule that watches a key no probe logs, with the nearest key that exists.
+
+    A key is judged once its probe has published (so keys that only appear after the first evaluation are seen
+    first); a key whose probe segment names no probe of the monitor is judged at once. Late stats are never judged.
+
+    Args:
+        rules: the user's extra rules.
+        probes: the monitor's probes (their names and late stats).
+        namespace: first key segment.
+    """
+
+    def __init__(self, rules: Sequence[Rule], probes: Sequence[Probe], namespace: str) -> None:
+        self.names = {p.name for p in probes} | {"alerts"}
+        self.late = [p.key(stat) for p in probes for stat in p.late_stats]
+        self.pending = {k: r.name for r in rules for k in r.key.split(" & ") if not self._late(k)}
+        self.seen: set[str] = set()
+        self.namespace = namespace
+
+    def _late(self, key: str) -> bool:
+        return any(key == k or key.startswith(f"{k}/") for k in self.late)
+
+    def check(self, keys: Iterable[str]) -> None:
+        """After a publish: warn about the rule keys that can be judged now and are missing."""
+        self.seen.update(keys)
+        published = {k.split("/")[1] for k in self.seen if k.count("/") >= 2}
+        for key, rule in list(self.pending.items()):
+            parts = key.split("/")
+            probe = parts[1] if len(parts) >= 3 and parts[0] == self.namespace else None
+            if key in self.seen:
+                del self.pending[key]
+            elif probe not in self.names or probe in published:
+                del self.pending[key]
+                near = process.extractOne(key, sorted(self.seen)) if self.seen else None
+                hint = f"; did you mean {near[0]}?" if near else ""
+                warnings.warn(
+                    f"mechmon: rule {rule!r} watches {key}, which no probe logs, so it never fires{hint}", stacklevel=3
+                )
 
 
 def _one_alert(non_finite: list[Alert], shown: int = 5) -> list[Alert]:

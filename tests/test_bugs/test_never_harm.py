@@ -109,3 +109,17 @@ def test_nan_weights_give_one_non_finite_alert_naming_the_keys():
     steps = [a.step for a in monitor.alerts if a.rule == "non_finite"]
     assert steps == [2, 3]  # weights at 2 (poisoned after that step's update), the logits of step 3's forward
     assert all("metrics became non-finite" in a.reason for a in monitor.alerts if a.rule == "non_finite")
+
+
+def test_a_rule_on_a_key_no_probe_logs_is_warned_about_with_the_nearest_key():
+    from mechmon import Threshold
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rules = [Threshold("mechmon/logits/norm_man", 1.0, name="typo"), Threshold("mechmon/logitz/norm_mean", 1.0)]
+    with pytest.warns(UserWarning, match=r"rule 'threshold' watches mechmon/logitz/norm_mean, which no probe logs"):
+        monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], rules=rules, log_dir=None)
+    with pytest.warns(
+        UserWarning, match=r"'typo' watches mechmon/logits/norm_man.*did you mean mechmon/logits/norm_mean"
+    ):
+        plain_run(monitor, model, optimizer, 1)

@@ -93,6 +93,7 @@ class Adapter:
     n_heads: int
     vocab_size: int
     bos_token_id: int | None = None
+    max_positions: int | None = None  # the model's context in tokens, where known (HF / TransformerLens configs)
     n_experts: int = 0  # MoE models: experts per MoE layer
     top_k: int = 0  # MoE models: experts selected per token
 

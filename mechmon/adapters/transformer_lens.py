@@ -41,6 +41,8 @@ class TransformerLensAdapter(Adapter):
         self.n_heads = _config_int(cfg, "n_heads", "num_attention_heads")
         self.vocab_size = _config_int(cfg, "d_vocab", "vocab_size")
         self.bos_token_id = None
+        n_ctx = getattr(cfg, "n_ctx", None)
+        self.max_positions = int(n_ctx) if isinstance(n_ctx, int) and n_ctx > 0 else None
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:

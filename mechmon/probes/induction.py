@@ -102,8 +102,20 @@ class InductionProbe(SnapshotProbe):
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Build P-rep on ``device`` and declare ``[L, H]`` states."""
+        length = self.offset + 2 * self.period
+        if adapter.max_positions is not None and length > adapter.max_positions:
+            most = (adapter.max_positions - self.offset) // 2
+            raise ValueError(
+                f"InductionProbe(period={self.period}) needs sequences of {length} tokens, but the model's context is "
+                f"{adapter.max_positions}; pass InductionProbe(period={most}) or less"
+            )
         excluded = {self.bos_token_id, adapter.bos_token_id} - {None}
         allowed = torch.tensor([i for i in range(adapter.vocab_size) if i not in excluded], dtype=torch.long)
+        if allowed.numel() < self.period:
+            raise ValueError(
+                f"InductionProbe(period={self.period}) needs {self.period} distinct token ids, the vocabulary offers "
+                f"{allowed.numel()}; pass InductionProbe(period={allowed.numel()}) or less (>= 2)"
+            )
         gen = torch.Generator().manual_seed(self.seed)
         self.probe_batch = repeated_tokens(self.batch_size, self.period, allowed, gen, self.bos_token_id).to(device)
         self.layers = [pattern_name(i) for i in range(adapter.n_layers)]

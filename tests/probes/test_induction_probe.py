@@ -42,7 +42,11 @@ def test_two_forwards_equal_one_and_reset_is_in_place():
 
 def test_vocabulary_too_small_raises_in_setup():
     adapter = forced_adapter(ForcedModel(20, 100, 50, 0), 20)
-    with pytest.raises(ValueError, match="usable token ids"):
+    with pytest.raises(
+        ValueError,
+        match=r"InductionProbe\(period=50\) needs 50 distinct token ids, the vocabulary offers 20; pass "
+        r"InductionProbe\(period=20\)",
+    ):
         InductionProbe(period=50).setup(adapter.model, adapter, torch.device("cpu"))
 
 

@@ -123,3 +123,13 @@ def test_a_rule_on_a_key_no_probe_logs_is_warned_about_with_the_nearest_key():
         UserWarning, match=r"'typo' watches mechmon/logits/norm_man.*did you mean mechmon/logits/norm_mean"
     ):
         plain_run(monitor, model, optimizer, 1)
+
+
+def test_a_context_shorter_than_the_induction_batch_fails_at_setup_naming_the_fix():
+    from mechmon import InductionProbe
+
+    model = tiny_gpt2()  # n_positions = CTX = 48
+    with pytest.raises(ValueError, match=r"InductionProbe\(period=50\) needs sequences of 100 tokens, but the model's "
+                                         r"context is 48; pass InductionProbe\(period=24\)"):  # fmt: skip
+        Monitor(model, probes=[InductionProbe()], log_dir=None)
+    Monitor(model, probes=[InductionProbe(period=24)], log_dir=None).close()

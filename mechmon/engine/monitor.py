@@ -25,7 +25,7 @@ from mechmon.alerts import Alert, Rule
 from mechmon.capture import resolve_names
 from mechmon.checks import fail
 from mechmon.console import ConsoleView
-from mechmon.distributed import rank, reduce_states, world_size
+from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import snapshot_forward
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
@@ -460,7 +460,9 @@ class Monitor:
         self.publisher.load_state_dict(state)
         for probe in self.probes:
             probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
-        self.disabled = set(state.get("disabled", ()))
+        again = sorted(set(state.get("disabled", ())) & {p.name for p in self.probes})
+        if again:  # the user may have fixed what made them fail; if not, they fail again, with an alert
+            rank_zero_warn(f"mechmon: probes {again} were disabled in the run this state comes from; they run again")
         self._pending = None
 
     @property

@@ -133,3 +133,20 @@ def test_a_context_shorter_than_the_induction_batch_fails_at_setup_naming_the_fi
                                          r"context is 48; pass InductionProbe\(period=24\)"):  # fmt: skip
         Monitor(model, probes=[InductionProbe()], log_dir=None)
     Monitor(model, probes=[InductionProbe(period=24)], log_dir=None).close()
+
+
+def test_a_probe_disabled_before_a_resume_runs_again_after_it_with_a_warning():
+    def broken(batch):
+        raise KeyError("no labels here")
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = Monitor(model, optimizer=optimizer, probes=[LogitsProbe(targets=broken)], schedule=1, log_dir=None)
+    with pytest.warns(UserWarning, match="probe 'logits' raised KeyError"):
+        plain_run(first, model, optimizer, 2)
+    assert first.disabled == {"logits"}
+    fixed = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=1, log_dir=None)
+    with pytest.warns(UserWarning, match=r"probes \['logits'\] were disabled in the run this state comes from"):
+        fixed.load_state_dict(first.state_dict())
+    plain_run(fixed, model, optimizer, 2)
+    assert not fixed.disabled and "mechmon/logits/norm_mean" in fixed.latest

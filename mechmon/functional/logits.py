@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["softmax_collapse", "zero_loss", "top2_gap", "absorption_gap", "measured_absorption_gap", "flatten_rows"]
+__all__ = [
+    "softmax_collapse",
+    "zero_loss",
+    "top2_gap",
+    "absorption_gap",
+    "measured_absorption_gap",
+    "flatten_rows",
+    "loss_dtype_for",
+]
 
 
 def softmax_collapse(logits_NV: Tensor, dtype: torch.dtype) -> Tensor:
@@ -53,6 +61,22 @@ def top2_gap(logits_NV: Tensor) -> Tensor:
     """fp32 gap between the largest and second-largest logit per row (A3), in nats; ``[N]``, >= 0."""
     top = logits_NV.float().topk(2, dim=-1).values
     return top[:, 0] - top[:, 1]
+
+
+def loss_dtype_for(logits_dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which a training loss is computed from logits of ``logits_dtype`` (τ of the absorption test).
+
+    Half-precision logits (bf16, fp16) have their cross-entropy computed in float32: autocast runs
+    ``cross_entropy`` / ``log_softmax`` in float32 (``bf16-mixed``, ``16-mixed``), and Hugging Face's causal-LM loss
+    upcasts the logits to float32 before it (``bf16-true`` too). Wider logits keep their own dtype.
+
+    Args:
+        logits_dtype: the dtype of the logits the output head produced.
+
+    Returns:
+        ``torch.float32`` for 16-bit floating logits, else ``logits_dtype``.
+    """
+    return torch.float32 if logits_dtype in (torch.bfloat16, torch.float16) else logits_dtype
 
 
 def absorption_gap(dtype: torch.dtype) -> float:

@@ -49,6 +49,7 @@ from mechmon.checks import fail, integer, number
 from mechmon.functional.logits import (
     absorption_gap,
     flatten_rows,
+    loss_dtype_for,
     measured_absorption_gap,
     softmax_collapse,
     top2_gap,
@@ -84,8 +85,9 @@ class LogitsProbe(StreamingProbe):
     """Softmax-collapse fraction, zero-loss fraction and logit scale on training logits (METRICS.md A1-A3).
 
     Args:
-        loss_dtype: τ, the dtype in which the training loss computes its log-sum-exp; ``None`` uses the logits'
-            dtype. Never set it wider than the real loss dtype.
+        loss_dtype: τ, the dtype in which the training loss computes its log-sum-exp; ``None`` infers it from the
+            logits (:func:`~mechmon.functional.logits.loss_dtype_for`: float32 for bf16/fp16 logits, as autocast and
+            HF's loss compute it; the logits' dtype otherwise). Never set it wider than the real loss dtype.
         targets: ``fn(batch) -> (targets, shift)``; defaults to :func:`default_targets`.
         ignore_index: target id of rows to skip (padding).
         collapse_level: the paper's mark for the critical alert (0.5).
@@ -148,7 +150,7 @@ class LogitsProbe(StreamingProbe):
         """Accumulate counts and sums from one micro-batch's logits and targets."""
         targets, shift = self.targets(batch)
         logits_NV, targets_N, valid_N = flatten_rows(captures[LOGITS], targets, shift, self.ignore_index)
-        tau = self.loss_dtype or logits_NV.dtype
+        tau = self.loss_dtype or loss_dtype_for(logits_NV.dtype)
         norm_N = logits_NV.float().norm(dim=-1)
         gap_N = top2_gap(logits_NV)
         self.rows += valid_N.sum()

@@ -150,3 +150,28 @@ def test_a_probe_disabled_before_a_resume_runs_again_after_it_with_a_warning():
         fixed.load_state_dict(first.state_dict())
     plain_run(fixed, model, optimizer, 2)
     assert not fixed.disabled and "mechmon/logits/norm_mean" in fixed.latest
+
+
+@pytest.mark.parametrize(
+    "precision,logits_dtype",
+    [
+        ("32-true", torch.float32),
+        ("bf16-mixed", torch.bfloat16),
+        ("16-mixed", torch.bfloat16),  # on CPU Lightning runs 16-mixed as bf16-mixed (and warns)
+        ("bf16-true", torch.bfloat16),
+    ],
+)
+def test_the_default_loss_dtype_is_the_one_the_loss_is_computed_in(tmp_path, precision, logits_dtype):
+    from mechmon.functional.logits import loss_dtype_for, measured_absorption_gap
+
+    assert loss_dtype_for(torch.bfloat16) == loss_dtype_for(torch.float16) == torch.float32
+    assert loss_dtype_for(torch.float64) == torch.float64
+    module, seen = TinyLM(), []
+    module.model.lm_head.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    mon = MechMonitor(probes=[LogitsProbe()], schedule=every(1))
+    trainer = make_trainer(tmp_path, [mon], max_steps=2, precision=precision)
+    trainer.fit(module, token_loader())
+    assert seen[0] == logits_dtype  # the head really produced half-precision logits under the 16-bit precisions
+    fp32_gap = measured_absorption_gap(VOCAB, torch.float32, torch.device("cpu")).item()
+    assert trainer.callback_metrics["mechmon/logits/absorb_gap_nats"].item() == pytest.approx(fp32_gap)
+    assert "softmax_collapse" not in [a.rule for a in mon.alerts]

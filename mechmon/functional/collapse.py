@@ -71,7 +71,9 @@ def effective_rank(gram: Tensor, centered: bool = False, eps: float = 1e-5) -> T
 
     Garrido et al., *RankMe: Assessing the Downstream Performance of Pretrained Self-Supervised Representations by
     Their Rank* (ICML 2023), after Roy & Vetterli (2007): σ are the singular values of Z (√ of the eigenvalues of
-    ZᵀZ, in fp64), p_k = σ_k / Σσ + ε, RankMe = exp(−Σ p_k log p_k).
+    ZᵀZ, in fp64), p_k = σ_k / Σσ + ε, RankMe = exp(−Σ p_k log p_k). Only the top min(N, K) eigenvalues are
+    singular values of Z (min(N − 1, K) when centered): with fewer tokens than dimensions the others are zeros up to
+    rounding, and keeping them (with their ε) would add 0.1-5 % to the rank.
 
     Args:
         gram: ``[..., K+1, K+1]`` from :func:`gram_with_ones` (summed over batches or ranks).
@@ -81,9 +83,12 @@ def effective_rank(gram: Tensor, centered: bool = False, eps: float = 1e-5) -> T
     Returns:
         fp64 ``[...]`` in [1, min(N, K)] (slightly above with ε); ≈ 1 for an empty Gram.
     """
-    lam = torch.linalg.eigvalsh(_split(gram, centered)).clamp_min(0)
-    sigma = lam.sqrt()
-    p = sigma / sigma.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(sigma.dtype).tiny) + eps
+    lam = torch.linalg.eigvalsh(_split(gram, centered)).clamp_min(0)  # ascending
+    K = lam.shape[-1]
+    n = gram.double()[..., -1, -1] - float(centered)  # Z [N, K]: min(N, K) singular values; centered: min(N - 1, K)
+    kept = torch.arange(K, device=lam.device) >= K - n.clamp(0, K).unsqueeze(-1)  # caveat: the K - N others are 0
+    sigma = torch.where(kept, lam.sqrt(), 0.0)
+    p = torch.where(kept, sigma / sigma.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(sigma.dtype).tiny) + eps, 1.0)
     return torch.exp(-(p * p.log()).sum(dim=-1))
 
 

@@ -53,8 +53,9 @@ def naive_gram(hidden, mask):
     return z.T @ z
 
 
-def naive_rankme(z, eps=1e-5):
-    sigma = torch.linalg.svdvals(z.double())
+def naive_rankme(z, eps=1e-5, drop_smallest=False):
+    sigma = torch.linalg.svdvals(z.double())  # descending, min(N, K) values
+    sigma = sigma[:-1] if drop_smallest else sigma
     p = sigma / sigma.sum() + eps
     return torch.exp(-(p * p.log()).sum())
 
@@ -77,6 +78,20 @@ def test_effective_rank_matches_rankme_on_singular_values(centered):
         z = z - z.mean(dim=0)
     got = effective_rank(gram_with_ones(hidden, mask), centered=centered)
     assert got.item() == pytest.approx(naive_rankme(z).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("tokens", [2, 3, 9])
+def test_effective_rank_with_fewer_tokens_than_dimensions(centered, tokens):
+    gen = torch.Generator().manual_seed(2)
+    hidden = torch.randn(1, tokens, 64, generator=gen)  # float32, as the probe's Gram
+    mask = torch.ones(1, tokens, dtype=torch.bool)
+    z = hidden[mask].double()
+    if centered:
+        z = z - z.mean(dim=0)
+    want = naive_rankme(z, drop_smallest=centered)  # a centered Z has rank N - 1: its last singular value is 0
+    got = effective_rank(gram_with_ones(hidden, mask), centered=centered)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)  # the 64 - N zero eigenvalues add nothing
 
 
 def test_effective_rank_hand_case_and_batching():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,9 +42,21 @@ class Alert:
     reason: str
 
 
-def _check(name: str, value: Any, ok: bool, need: str) -> None:
-    if not ok:
+def _check(name: str, value: Any, ok: Callable[[], bool], need: str) -> None:
+    """Raise ``ValueError`` naming the argument unless ``ok()`` holds (a wrong type makes it fail, not crash)."""
+    try:
+        good = bool(ok())
+    except Exception:  # e.g. '>=' between a str and an int
+        good = False
+    if not good:
         raise ValueError(f"{name} must be {need}, got {value!r}")
+
+
+_SEVERITIES = ("info", "warning", "critical")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Rule:
@@ -66,11 +78,13 @@ class Rule:
     _extra_state: tuple[str, ...] = ()
 
     def __init__(self, key: str, name: str, severity: Severity = "warning", patience: int = 1, warmup: int = 0) -> None:
-        _check("key", key, isinstance(key, str) and bool(key), "a non-empty metric key")
-        _check("name", name, isinstance(name, str) and name.replace("_", "").isalnum(), "a snake_case rule name")
-        _check("severity", severity, severity in ("info", "warning", "critical"), "'info', 'warning' or 'critical'")
-        _check("patience", patience, isinstance(patience, int) and patience >= 1, "an int >= 1")
-        _check("warmup", warmup, isinstance(warmup, int) and warmup >= 0, "an int >= 0")
+        _check("key", key, lambda: isinstance(key, str) and bool(key), "a non-empty metric key")
+        _check(
+            "name", name, lambda: isinstance(name, str) and name.replace("_", "").isalnum(), "a snake_case rule name"
+        )
+        _check("severity", severity, lambda: severity in _SEVERITIES, "'info', 'warning' or 'critical'")
+        _check("patience", patience, lambda: isinstance(patience, int) and patience >= 1, "an int >= 1")
+        _check("warmup", warmup, lambda: isinstance(warmup, int) and warmup >= 0, "an int >= 0")
         self.key, self.name, self.severity, self.patience, self.warmup = key, name, severity, patience, warmup
         self.reset()
 
@@ -147,8 +161,9 @@ class Threshold(Rule):
     """
 
     def __init__(self, key: str, level: float, mode: Mode = "max", hysteresis: float = 0.0, **kwargs: Any) -> None:
-        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
-        _check("hysteresis", hysteresis, hysteresis >= 0, ">= 0")
+        _check("mode", mode, lambda: mode in ("min", "max"), "'min' or 'max'")
+        _check("level", level, lambda: _number(level), "a number")
+        _check("hysteresis", hysteresis, lambda: _number(hysteresis) and hysteresis >= 0, "a number >= 0")
         self.level, self.mode, self.hysteresis = float(level), mode, float(hysteresis)
         kwargs.setdefault("name", "threshold")
         super().__init__(key, **kwargs)
@@ -181,7 +196,7 @@ class Emergence(Threshold):
     _extra_state = ("baseline",)
 
     def __init__(self, key: str, level: float, min_rise: float = 0.0, **kwargs: Any) -> None:
-        _check("min_rise", min_rise, min_rise >= 0, ">= 0")
+        _check("min_rise", min_rise, lambda: _number(min_rise) and min_rise >= 0, "a number >= 0")
         self.min_rise = float(min_rise)
         kwargs.setdefault("name", "emergence")
         kwargs.setdefault("severity", "info")
@@ -220,9 +235,14 @@ class Collapse(Rule):
     _extra_state = ("extreme",)
 
     def __init__(self, key: str, ratio: float = 0.5, mode: Mode = "max", margin: float = 0.0, **kwargs: Any) -> None:
-        _check("ratio", ratio, 0 < ratio <= 1, "in (0, 1]")
-        _check("margin", margin, margin >= 0 and (margin > 0 or ratio < 1), ">= 0, and > 0 when ratio is 1")
-        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
+        _check("ratio", ratio, lambda: _number(ratio) and 0 < ratio <= 1, "a number in (0, 1]")
+        _check(
+            "margin",
+            margin,
+            lambda: _number(margin) and margin >= 0 and (margin > 0 or ratio < 1),
+            "a number >= 0, and > 0 when ratio is 1",
+        )
+        _check("mode", mode, lambda: mode in ("min", "max"), "'min' or 'max'")
         self.ratio, self.mode, self.margin = float(ratio), mode, float(margin)
         kwargs.setdefault("name", "collapse")
         super().__init__(key, **kwargs)
@@ -274,9 +294,9 @@ class Plateau(Rule):
         patience: int = 5,
         **kwargs: Any,
     ) -> None:
-        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
-        _check("min_delta", min_delta, min_delta >= 0, ">= 0")
-        _check("min_rel_delta", min_rel_delta, min_rel_delta >= 0, ">= 0")
+        _check("mode", mode, lambda: mode in ("min", "max"), "'min' or 'max'")
+        _check("min_delta", min_delta, lambda: _number(min_delta) and min_delta >= 0, "a number >= 0")
+        _check("min_rel_delta", min_rel_delta, lambda: _number(min_rel_delta) and min_rel_delta >= 0, "a number >= 0")
         self.mode, self.min_delta, self.min_rel_delta = mode, float(min_delta), float(min_rel_delta)
         kwargs.setdefault("name", "plateau")
         super().__init__(key, patience=patience, **kwargs)
@@ -322,10 +342,10 @@ class Trend(Rule):
     def __init__(
         self, key: str, window: int = 5, mode: Mode = "max", z: float = 2.0, min_slope: float = 0.0, **kwargs: Any
     ) -> None:
-        _check("window", window, isinstance(window, int) and window >= 3, "an int >= 3")
-        _check("mode", mode, mode in ("min", "max"), "'min' or 'max'")
-        _check("z", z, z >= 0, ">= 0")
-        _check("min_slope", min_slope, min_slope >= 0, ">= 0")
+        _check("window", window, lambda: isinstance(window, int) and window >= 3, "an int >= 3")
+        _check("mode", mode, lambda: mode in ("min", "max"), "'min' or 'max'")
+        _check("z", z, lambda: _number(z) and z >= 0, "a number >= 0")
+        _check("min_slope", min_slope, lambda: _number(min_slope) and min_slope >= 0, "a number >= 0")
         self.window, self.mode, self.z, self.min_slope = window, mode, float(z), float(min_slope)
         kwargs.setdefault("name", "trend")
         super().__init__(key, **kwargs)
@@ -375,7 +395,7 @@ class Compound(Rule):
     """
 
     def __init__(self, members: Sequence[Rule], name: str = "compound", severity: Severity = "warning") -> None:
-        _check("members", members, len(members) >= 2 and all(isinstance(m, Rule) for m in members), "2+ rules")
+        _check("members", members, lambda: len(members) >= 2 and all(isinstance(m, Rule) for m in members), "2+ rules")
         self.members = list(members)
         super().__init__(" & ".join(m.key for m in members), name=name, severity=severity)
 
@@ -437,9 +457,10 @@ class Phase(Compound):
         severity: Severity = "warning",
         exit_severity: Severity = "info",
     ) -> None:
-        _check("enter", enter, len(enter) >= 1, "at least one rule")
-        _check("exit", exit, len(exit) >= 1, "at least one rule")
-        _check("exit_name", exit_name, exit_name.replace("_", "").isalnum(), "a snake_case rule name")
+        _check("enter", enter, lambda: len(enter) >= 1 and all(isinstance(r, Rule) for r in enter), "one or more rules")
+        _check("exit", exit, lambda: len(exit) >= 1 and all(isinstance(r, Rule) for r in exit), "one or more rules")
+        _check("exit_severity", exit_severity, lambda: exit_severity in _SEVERITIES, "'info', 'warning' or 'critical'")
+        _check("exit_name", exit_name, lambda: exit_name.replace("_", "").isalnum(), "a snake_case rule name")
         self.enter, self.exit = list(enter), list(exit)
         self.exit_name, self.exit_severity = exit_name, exit_severity
         super().__init__(self.enter + self.exit, name=name, severity=severity)

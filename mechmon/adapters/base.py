@@ -12,6 +12,7 @@ Canonical names (shapes):
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,10 +29,19 @@ __all__ = [
     "expert_indices_name",
     "FINAL_NORM",
     "LOGITS",
+    "CANONICAL_RE",
 ]
 
 FINAL_NORM = "ln_final.hook_normalized"
 LOGITS = "logits"
+CANONICAL_RE = re.compile(
+    r"^(logits|ln_final\.hook_normalized|blocks\.\d+\.(attn\.hook_pattern|hook_resid_post|"
+    r"mlp\.hook_router_logits|mlp\.hook_expert_indices))$"
+)
+CANONICAL_HELP = (
+    "logits, ln_final.hook_normalized, blocks.{l}.attn.hook_pattern, blocks.{l}.hook_resid_post, "
+    "blocks.{l}.mlp.hook_router_logits, blocks.{l}.mlp.hook_expert_indices"
+)
 
 
 def pattern_name(layer: int) -> str:

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from mechmon.adapters.base import Adapter, HookPoint, first_output
+from mechmon.adapters.base import CANONICAL_HELP, CANONICAL_RE, Adapter, HookPoint, first_output
+from mechmon.checks import fail, integer
 
 __all__ = ["ModuleAdapter"]
 
@@ -47,6 +48,7 @@ class ModuleAdapter(Adapter):
         top_k: experts selected per token.
 
     Raises:
+        TypeError, ValueError: on arguments of the wrong type or value, or a name that is not canonical.
         RuntimeError: if a path does not exist (listing the module's submodules).
     """
 
@@ -65,6 +67,25 @@ class ModuleAdapter(Adapter):
         top_k: int = 0,
     ) -> None:
         super().__init__(model)
+        for arg, value, low in [("n_layers", n_layers, 0), ("n_heads", n_heads, 0), ("vocab_size", vocab_size, 1)]:
+            integer("ModuleAdapter", arg, value, low)
+        integer("ModuleAdapter", "n_experts", n_experts, 0)
+        integer("ModuleAdapter", "top_k", top_k, 0)
+        if bos_token_id is not None:
+            integer("ModuleAdapter", "bos_token_id", bos_token_id, 0)
+        if forward is not None and not callable(forward):
+            fail("ModuleAdapter", "forward", forward, "a callable (model, input_ids) -> logits, or None", TypeError)
+        if not isinstance(points, Mapping) or not points:
+            fail(
+                "ModuleAdapter",
+                "points",
+                points,
+                "a non-empty mapping of canonical names to submodule paths",
+                TypeError,
+            )
+        unknown = [name for name in points if not isinstance(name, str) or not CANONICAL_RE.match(name)]
+        if unknown:
+            fail("ModuleAdapter", "points", unknown, f"canonical capture names ({CANONICAL_HELP})")
         self.n_layers, self.n_heads, self.vocab_size, self.bos_token_id = n_layers, n_heads, vocab_size, bos_token_id
         self.n_experts, self.top_k = n_experts, top_k
         self._forward = forward

@@ -460,6 +460,7 @@ class Monitor:
         self.publisher.load_state_dict(state)
         for probe in self.probes:
             probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
+        self._waiting = [p for p in self._waiting if getattr(p, "needs_batch", False)]  # restored probe batches
         again = sorted(set(state.get("disabled", ())) & {p.name for p in self.probes})
         if again:  # the user may have fixed what made them fail; if not, they fail again, with an alert
             rank_zero_warn(f"mechmon: probes {again} were disabled in the run this state comes from; they run again")

@@ -115,6 +115,19 @@ class FixedBatchProbe(SnapshotProbe):
         self.prepare()
         self._ready = True
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The states plus the probe batch taken from training, so a resumed run measures the same rows."""
+        state = super().state_dict()
+        if self._ready and self._given is None:
+            state["probe_batch"], state["attention_mask"] = self.probe_batch.cpu(), self.attention_mask.cpu()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the probe batch first (its masks and states depend on it), then the states."""
+        if self._given is None and "probe_batch" in state:
+            self._use(state["probe_batch"], state["attention_mask"].bool())
+        super().load_state_dict(state)
+
     def prepare(self) -> None:
         """Build position masks from ``probe_batch`` and ``attention_mask`` (``[B, T]`` on the device)."""
 

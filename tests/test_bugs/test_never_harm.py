@@ -175,3 +175,21 @@ def test_the_default_loss_dtype_is_the_one_the_loss_is_computed_in(tmp_path, pre
     fp32_gap = measured_absorption_gap(VOCAB, torch.float32, torch.device("cpu")).item()
     assert trainer.callback_metrics["mechmon/logits/absorb_gap_nats"].item() == pytest.approx(fp32_gap)
     assert "softmax_collapse" not in [a.rule for a in mon.alerts]
+
+
+def test_the_probe_batch_taken_from_training_comes_back_with_the_state():
+    from mechmon import CollapseProbe
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = Monitor(model, optimizer=optimizer, probes=[CollapseProbe()], schedule=1, log_dir=None)
+    plain_run(first, model, optimizer, 2)
+    batch = first.probes[0].probe_batch.clone()
+    resumed = Monitor(model, optimizer=optimizer, probes=[CollapseProbe()], schedule=1, log_dir=None)
+    resumed.load_state_dict(first.state_dict())
+    other = torch.randint(1, VOCAB, (2, CTX), generator=torch.Generator().manual_seed(9))
+    with resumed.step(3, other):  # another data order after the resume
+        model(input_ids=other, labels=other).loss.backward()
+        optimizer.step()
+    resumed.close()
+    assert torch.equal(resumed.probes[0].probe_batch, batch) and "mechmon/repr_collapse/mean_cos" in resumed.latest

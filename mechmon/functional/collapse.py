@@ -81,7 +81,7 @@ def effective_rank(gram: Tensor, centered: bool = False, eps: float = 1e-5) -> T
         eps: the ε of RankMe (1e-5, as stable-pretraining's callback).
 
     Returns:
-        fp64 ``[...]`` in [1, min(N, K)] (slightly above with ε); ≈ 1 for an empty Gram.
+        fp64 ``[...]`` in [1, min(N, K)] (slightly above with ε); NaN with fewer than 2 tokens.
     """
     lam = torch.linalg.eigvalsh(_split(gram, centered)).clamp_min(0)  # ascending
     K = lam.shape[-1]
@@ -89,7 +89,8 @@ def effective_rank(gram: Tensor, centered: bool = False, eps: float = 1e-5) -> T
     kept = torch.arange(K, device=lam.device) >= K - n.clamp(0, K).unsqueeze(-1)  # caveat: the K - N others are 0
     sigma = torch.where(kept, lam.sqrt(), 0.0)
     p = torch.where(kept, sigma / sigma.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(sigma.dtype).tiny) + eps, 1.0)
-    return torch.exp(-(p * p.log()).sum(dim=-1))
+    rank = torch.exp(-(p * p.log()).sum(dim=-1))
+    return torch.where(n >= 1 + float(not centered), rank, float("nan"))  # one token (or none) has no rank to measure
 
 
 def participation_ratio(gram: Tensor) -> Tensor:
@@ -101,9 +102,10 @@ def participation_ratio(gram: Tensor) -> Tensor:
         gram: ``[..., K+1, K+1]`` from :func:`gram_with_ones`.
 
     Returns:
-        fp64 ``[...]`` in [1, K] (0 for an empty Gram).
+        fp64 ``[...]`` in [1, K]; NaN with fewer than 2 tokens.
     """
     cov = _split(gram, centered=True)
     trace = cov.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
     frob = cov.square().sum(dim=(-2, -1))
-    return trace.square() / frob.clamp_min(torch.finfo(frob.dtype).tiny)
+    ratio = trace.square() / frob.clamp_min(torch.finfo(frob.dtype).tiny)
+    return torch.where(gram.double()[..., -1, -1] >= 2, ratio, float("nan"))  # one token has no covariance

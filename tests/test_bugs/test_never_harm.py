@@ -193,3 +193,10 @@ def test_the_probe_batch_taken_from_training_comes_back_with_the_state():
         optimizer.step()
     resumed.close()
     assert torch.equal(resumed.probes[0].probe_batch, batch) and "mechmon/repr_collapse/mean_cos" in resumed.latest
+
+
+def test_a_one_token_probe_batch_gives_nan_ranks_not_total_collapse():
+    from mechmon import RankProbe, evaluate
+
+    out = evaluate(RankProbe(torch.randint(1, VOCAB, (1, 1))), tiny_gpt2())
+    assert all(torch.isnan(out[f"mechmon/repr_rank/{k}"]) for k in ["rankme", "rankme/L00", "part_ratio"])

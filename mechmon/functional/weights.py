@@ -44,7 +44,7 @@ def cosines(stats_3P: Tensor) -> Tensor:
 
 
 def global_cosine(stats_3P: Tensor) -> Tensor:
-    """Global cosine Σ⟨d_p, p⟩ / (√Σ‖d_p‖² · √Σ‖p‖²); 0 when a norm is 0. 0-d, in [-1, 1]."""
+    """Global cosine Σ⟨d_p, p⟩ / (√Σ‖d_p‖² · √Σ‖p‖²); 0-d, in [-1, 1]; NaN when a norm is 0 (no gradient seen)."""
     dot, d_sq, p_sq = stats_3P.sum(dim=1)
     denom = (d_sq * p_sq).sqrt()
-    return torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    return torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.full_like(denom, float("nan")))

@@ -7,24 +7,16 @@ import torch
 from mechmon import InductionProbe, LogitsProbe, Monitor, Threshold, at, every
 from mechmon.engine import StepRecord, model_inputs, to_host
 from tests.callbacks.helpers import read_events
-from tests.conftest import CTX, VOCAB, tiny_gpt2
-
-
-def run(monitor, model, optimizer, steps):
-    data = torch.randint(1, VOCAB, (steps, 2, CTX), generator=torch.Generator().manual_seed(0))
-    for step, batch in enumerate(data, start=1):
-        with monitor.step(step, batch):
-            model(input_ids=batch, labels=batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    monitor.close()
+from tests.conftest import plain_run, tiny_gpt2
 
 
 def test_a_probe_first_due_later_has_its_panel(tmp_path):
     model = tiny_gpt2()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     probes = [InductionProbe(period=10, batch_size=2, schedule=at([2])), LogitsProbe()]
-    run(Monitor(model, optimizer=optimizer, probes=probes, schedule=every(1), log_dir=tmp_path), model, optimizer, 3)
+    plain_run(
+        Monitor(model, optimizer=optimizer, probes=probes, schedule=every(1), log_dir=tmp_path), model, optimizer, 3
+    )
     acc = read_events(tmp_path)
     [layout] = acc.Tensors("custom_scalars__config__")  # written once, at the first publish (step 1)
     text = layout.tensor_proto.string_val[0].decode("latin-1")
@@ -40,7 +32,7 @@ def test_a_probe_failing_at_its_first_evaluation_is_stamped_with_that_step():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe(targets=broken)], schedule=every(3), log_dir=None)
     with pytest.warns(UserWarning, match="probe 'logits' raised KeyError"):
-        run(monitor, model, optimizer, 2)
+        plain_run(monitor, model, optimizer, 2)
     assert [(a.rule, a.step) for a in monitor.alerts] == [("probe_failed", 1)]
 
 
@@ -54,7 +46,7 @@ def test_an_on_alert_callable_that_raises_is_warned_about_and_training_goes_on()
     probes, rules = [LogitsProbe()], [marker]
     monitor = Monitor(model, optimizer=optimizer, probes=probes, rules=rules, on_alert=[pager], log_dir=None)
     with pytest.warns(UserWarning, match="on_alert callable .* raised TimeoutError"):
-        run(monitor, model, optimizer, 2)
+        plain_run(monitor, model, optimizer, 2)
     assert [a.rule for a in monitor.alerts] == ["marker"]
 
 

@@ -8,17 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mechmon import LogitsProbe, MechMonitor, Monitor, at, every, union
 from mechmon.probe import StreamingProbe
-from tests.conftest import CTX, VOCAB, TinyLM, hook_count, make_trainer, tiny_gpt2, token_loader
-
-
-def plain_run(monitor, model, optimizer, steps):
-    data = torch.randint(1, VOCAB, (steps, 2, CTX), generator=torch.Generator().manual_seed(0))
-    for step, batch in enumerate(data, start=1):
-        with monitor.step(step, batch):
-            model(input_ids=batch, labels=batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    monitor.close()
+from tests.conftest import CTX, VOCAB, TinyLM, hook_count, make_trainer, plain_run, tiny_gpt2, token_loader
 
 
 def test_a_full_disk_stops_the_writing_not_the_run(tmp_path, monkeypatch):

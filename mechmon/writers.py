@@ -7,6 +7,7 @@ custom-scalars layout go to the TensorBoard experiment.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,7 +87,9 @@ class TensorBoardWriter(NullWriter):
             self.experiment.close()
 
 
-def open_writer(experiment: Any | None = None, loggers: Sequence[Any] = (), log_dir: str | None = None) -> NullWriter:
+def open_writer(
+    experiment: Any | None = None, loggers: Sequence[Any] = (), log_dir: str | os.PathLike | None = None
+) -> NullWriter:
     """The writing rank's writer.
 
     Args:
@@ -97,6 +100,8 @@ def open_writer(experiment: Any | None = None, loggers: Sequence[Any] = (), log_
 
     A folder that cannot be written gives one warning and a writer that feeds the loggers only.
     """
+    if experiment is None and log_dir is None and not loggers:
+        return NullWriter()
     if experiment is not None or log_dir is None:
         return TensorBoardWriter(experiment, loggers, own_scalars=False)
     try:

@@ -138,6 +138,7 @@ class Monitor:
         self._stepped = False
         self._tapping = False
         self._pending: dict[str, Any] | None = None
+        self._rule_keys = RuleKeys((), (), self.config.namespace)  # the real one is built in attach
         if model is not None:
             self.attach(model, optimizer=optimizer, log_dir=self.config.log_dir)
 
@@ -186,9 +187,7 @@ class Monitor:
         rules = [rule for probe in self.probes for rule in probe.rules()] + self.config.rules
         self._waiting = [p for p in self.probes if getattr(p, "needs_batch", False)]
         writes = rank() == 0 if writes is None else writes
-        writer = None
-        if writes and (experiment is not None or log_dir is not None or loggers):
-            writer = open_writer(experiment, loggers, None if log_dir is None else str(log_dir))
+        writer = open_writer(experiment, loggers, log_dir) if writes else None
         view = ConsoleView(live=self.config.console) if writes else None
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners])
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)

@@ -166,6 +166,8 @@ class RuleKeys:
 
     def check(self, keys: Iterable[str]) -> None:
         """After a publish: warn about the rule keys that can be judged now and are missing."""
+        if not self.pending:  # every rule judged: nothing more to do on any later step
+            return
         self.seen.update(keys)
         published = {k.split("/")[1] for k in self.seen if k.count("/") >= 2}
         for key, rule in list(self.pending.items()):

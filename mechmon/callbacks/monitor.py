@@ -49,6 +49,7 @@ class MechMonitor(Callback, Integration):
     """
 
     _step_at_start = -1  # Trainer: global_step when the batch began
+    _steps_per_batch = 1  # Trainer: optimizer steps the last stepping batch made (manual optimization counts each)
     _fabric_steps = 0  # Fabric: optimizer steps counted (restored by load_state_dict)
 
     @property
@@ -80,7 +81,7 @@ class MechMonitor(Callback, Integration):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._step_at_start = trainer.global_step
-        self.engine.begin_batch(trainer.global_step + 1, batch)
+        self.engine.begin_batch(trainer.global_step + 1, batch, steps=self._steps_per_batch)
 
     @override
     def on_before_optimizer_step(
@@ -94,7 +95,8 @@ class MechMonitor(Callback, Integration):
     ) -> None:
         self.engine.end_batch(batch)
         if trainer.global_step != self._step_at_start:  # right after an optimizer step (dedups accumulation)
-            self.engine.after_optimizer_step(trainer.global_step)
+            self._steps_per_batch = max(1, trainer.global_step - self._step_at_start)
+            self.engine.after_optimizer_step(trainer.global_step, steps=self._steps_per_batch)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -244,10 +244,12 @@ class Monitor:
         if self._stepped:
             self.after_optimizer_step(step)
 
-    def begin_batch(self, step: int, batch: Any = None) -> None:
+    def begin_batch(self, step: int, batch: Any = None, steps: int = 1) -> None:
         """Before a micro-batch of optimizer step ``step``: take the first batch, attach hooks if ``step`` is due.
 
-        ``batch=None`` reads the batch from the model's inputs (a forward pre-hook, on those steps only).
+        ``batch=None`` reads the batch from the model's inputs (a forward pre-hook, on those steps only). ``steps``:
+        how many optimizer steps the batch is expected to make (manual optimization with several optimizers counts
+        each): hooks are attached when any of ``step .. step + steps - 1`` is due.
         """
         self._step = step
         if self.adapter is None:  # not attached yet
@@ -260,7 +262,7 @@ class Monitor:
         if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
             self._detach_streaming()
         if self._stream is None:
-            due = [p for p in self._due(step) if p.kind == "streaming"]
+            due = [p for p in self._due(step, step + steps - 1) if p.kind == "streaming"]
             if due:
                 self._stream = Stream.open(
                     self.adapter, self._names, step, due, batch is None, self._update, self._fail
@@ -286,28 +288,38 @@ class Monitor:
             for probe in self._live(self._stream.due):
                 self._guarded(probe, probe.before_optimizer_step, optimizer)
 
-    def after_optimizer_step(self, step: int) -> None:
-        """After optimizer step ``step``: run the scheduled evaluation (once per step, whatever the micro-batches)."""
+    def after_optimizer_step(self, step: int, steps: int = 1) -> None:
+        """After optimizer step ``step``: run the scheduled evaluation (once per step, whatever the micro-batches).
+
+        ``steps``: how many optimizer steps the batch made (``step - steps + 1 .. step``); the evaluation runs, at
+        ``step``, when any of them is due, so a schedule is never skipped by a batch that counts several steps.
+        """
         if step == self._last_step:
             return
-        due = self._due(step)
+        first = max(step - steps + 1, self._last_step + 1)
+        due = self._due(first, step)
         if not due:
             self._detach_streaming()
             return
         self._last_step = self._step = step
-        self._run(StepRecord(step, due, _safe_call(self.config.image_schedule, step)))
+        images = any(_safe_call(self.config.image_schedule, s) for s in range(first, step + 1))
+        self._run(StepRecord(step, due, images))
 
-    def _due(self, step: int) -> list[Probe]:
-        """The enabled probes whose schedule says ``step``; a schedule that raises disables its probe."""
+    def _due(self, first: int, last: int | None = None) -> list[Probe]:
+        """The enabled probes, holding their batch, due at any step of ``first .. last`` (default ``first``).
+
+        A schedule that raises disables its probe.
+        """
+        steps = range(first, (first if last is None else last) + 1)
         due = []
         for probe in self.probes:
-            if probe.name in self.disabled:
+            if probe.name in self.disabled or getattr(probe, "needs_batch", False):  # no probe batch yet
                 continue
             try:
-                if (probe.schedule or self.config.schedule)(step):
+                if any((probe.schedule or self.config.schedule)(s) for s in steps):
                     due.append(probe)
             except Exception as err:  # caveat: a user's schedule callable must not stop the run
-                text = f"the schedule of probe {probe.name!r} raised {type(err).__name__} at step {step}: {err}"
+                text = f"the schedule of probe {probe.name!r} raised {type(err).__name__} at step {first}: {err}"
                 warnings.warn(self._disable(probe, text), stacklevel=2)
         return due
 
@@ -315,7 +327,7 @@ class Monitor:
         """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
         for probe in self._waiting:
             self._guarded(probe, probe.take_batch, batch)
-        self._waiting = []
+        self._waiting = [p for p in self._waiting if p.needs_batch and p.name not in self.disabled]
 
     def _tap_first_batch(self) -> None:
         """Read the first training batch from the model's inputs (one forward pre-hook, removed after it)."""

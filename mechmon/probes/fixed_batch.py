@@ -8,6 +8,7 @@ Padding must be on the right, where the causal model never looks back at it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from mechmon.functional.plateau import loss_at_positions
 from mechmon.functional.stats import mean_or_nan
 from mechmon.probe import SnapshotProbe
 
-__all__ = ["FixedBatchProbe", "batch_tokens", "check_positions", "hidden_width"]
+__all__ = ["FixedBatchProbe", "batch_tokens", "check_positions", "hidden_width", "usable_rows"]
 
 
 def batch_tokens(batch: Any, owner: str) -> tuple[Tensor, Tensor]:
@@ -60,6 +61,12 @@ def check_positions(positions: Sequence[int] | None, owner: str) -> list[int] | 
     return values
 
 
+def usable_rows(ids: Tensor, mask: Tensor, max_rows: int) -> tuple[Tensor, Tensor]:
+    """The first ``max_rows`` rows of ``ids`` / ``mask`` (``[B, T]``) with two or more real tokens (one host sync)."""
+    rows = (mask.sum(dim=1) >= 2).nonzero().flatten()[:max_rows]
+    return ids[rows], mask[rows]
+
+
 def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
     """Last dimension of capture ``name``, read from a two-token ``no_grad`` forward (shapes only)."""
     with torch.no_grad(), capture(adapter, [name]) as caps:
@@ -89,8 +96,14 @@ class FixedBatchProbe(SnapshotProbe):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"{type(self).__name__}(max_rows=...) must be an int >= 1, got {max_rows!r}")
         self.max_rows = max_rows
-        self._given = None if batch is None else batch_tokens(batch, type(self).__name__)
+        self._given = None if batch is None else usable_rows(*batch_tokens(batch, type(self).__name__), max_rows)
+        if self._given is not None and self._given[0].shape[0] == 0:
+            raise ValueError(
+                f"{type(self).__name__}(batch=...) has no row with two or more real tokens (a next-token target): "
+                "pass rows of at least 2 tokens, or batch=None to take them from training"
+            )
         self._ready = False
+        self._skipped = False
         self._device = torch.device("cpu")
 
     @property
@@ -106,12 +119,26 @@ class FixedBatchProbe(SnapshotProbe):
             self._use(*self._given)
 
     def take_batch(self, batch: Any) -> None:
-        """Keep the first ``max_rows`` rows of a training batch (copied: no reference to the loader's tensor)."""
-        self._use(*batch_tokens(batch, type(self).__name__))
+        """Keep the first ``max_rows`` usable rows of a training batch (copied: no reference to the loader's tensor).
+
+        A batch with no row of two or more real tokens (all padding) is skipped with one warning and the probe waits
+        for the next; reading the mask costs one host sync per batch taken or skipped.
+        """
+        ids, mask = usable_rows(*batch_tokens(batch, type(self).__name__), self.max_rows)
+        if ids.shape[0] == 0:
+            if not self._skipped:
+                warnings.warn(
+                    f"mechmon: {type(self).__name__} skipped a training batch with no row of two or more real tokens "
+                    "(all padding); it takes its probe batch from the next one and logs nothing until then",
+                    stacklevel=2,
+                )
+            self._skipped = True
+            return
+        self._use(ids, mask)
 
     def _use(self, ids: Tensor, mask: Tensor) -> None:
-        self.probe_batch = ids[: self.max_rows].to(self._device).clone()
-        self.attention_mask = mask[: self.max_rows].to(self._device).clone()
+        self.probe_batch = ids.to(self._device).clone()
+        self.attention_mask = mask.to(self._device).clone()
         self.prepare()
         self._ready = True
 

@@ -1,6 +1,7 @@
 """Faults injected as real runs meet them: none reaches the training loop (issue "Never harm the run")."""
 
 import errno
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mechmon import LogitsProbe, MechMonitor, Monitor, at, every, union
 from mechmon.probe import StreamingProbe
+from tests.callbacks.helpers import read_events, scalar_steps
 from tests.conftest import CTX, VOCAB, TinyLM, hook_count, make_trainer, plain_run, tiny_gpt2, token_loader
 
 
@@ -185,8 +187,81 @@ def test_the_probe_batch_taken_from_training_comes_back_with_the_state():
     assert torch.equal(resumed.probes[0].probe_batch, batch) and "mechmon/repr_collapse/mean_cos" in resumed.latest
 
 
-def test_a_one_token_probe_batch_gives_nan_ranks_not_total_collapse():
-    from mechmon import RankProbe, evaluate
+def test_a_one_token_probe_batch_fails_at_construction_naming_the_fix():
+    from mechmon import CollapseProbe, RankProbe
 
-    out = evaluate(RankProbe(torch.randint(1, VOCAB, (1, 1))), tiny_gpt2())
-    assert all(torch.isnan(out[f"mechmon/repr_rank/{k}"]) for k in ["rankme", "rankme/L00", "part_ratio"])
+    for probe in (RankProbe, CollapseProbe):
+        with pytest.raises(ValueError, match=r"batch=\.\.\.\) has no row with two or more real tokens"):
+            probe(torch.randint(1, VOCAB, (1, 1)))
+
+
+def test_an_all_padding_first_batch_is_skipped_and_the_probe_batch_taken_from_the_next():
+    from mechmon import CollapseProbe, RankProbe
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[CollapseProbe(), RankProbe()], schedule=1, log_dir=None)
+    ids = torch.randint(1, VOCAB, (2, CTX), generator=torch.Generator().manual_seed(0))
+    padded = {"input_ids": ids, "attention_mask": torch.zeros_like(ids)}
+    real = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with pytest.warns(UserWarning, match="skipped a training batch with no row of two or more real tokens"):
+        for step, batch in enumerate([padded, real, real], start=1):
+            with monitor.step(step, batch):
+                model(**batch, labels=ids).loss.backward()
+                optimizer.step()
+    monitor.close()
+    assert torch.equal(monitor.probes[0].probe_batch, ids) and not monitor.disabled and not monitor.alerts
+    values = [monitor.latest[f"mechmon/{k}"] for k in ("repr_collapse/mean_cos", "repr_rank/rankme")]
+    assert all(math.isfinite(v) for v in values) and values[1] > 2
+
+
+class RowCounter(StreamingProbe):
+    """Counts the logits rows the training forward produced while its hooks were attached."""
+
+    name = "row_counter"
+    requires = ("logits",)
+
+    def setup(self, model, adapter, device):
+        self.add_state("rows", torch.zeros(()), "sum")
+
+    def update(self, captures, batch):
+        self.rows += captures["logits"].shape[0]
+
+    def compute(self):
+        return {self.key("rows"): self.rows}
+
+
+class TwoOptimizers(TinyLM):
+    """Manual optimization stepping two optimizers per batch: Lightning's global_step advances by 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.hooked: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.hooked.append(hook_count(self.model))
+        first, second = self.optimizers()
+        loss = self.model(input_ids=batch, labels=batch).loss
+        self.manual_backward(loss)
+        first.step(), second.step(), first.zero_grad(), second.zero_grad()
+
+    def configure_optimizers(self):
+        blocks = list(self.model.transformer.h.parameters())
+        ids = {id(p) for p in blocks}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return torch.optim.SGD(blocks, lr=0.01), torch.optim.SGD(rest, lr=0.01)
+
+
+def test_manual_optimization_with_two_optimizers_evaluates_every_scheduled_step_once(tmp_path):
+    module = TwoOptimizers()
+    mon = MechMonitor(probes=[RowCounter()], schedule=every(5))
+    trainer = make_trainer(tmp_path, [mon], max_steps=20)
+    trainer.fit(module, token_loader(n=40))
+    assert trainer.global_step == 20
+    # due steps 1, 5, 10, 15, 20 fall in the batches ending at global steps 2, 6, 10, 16, 20
+    assert scalar_steps(read_events(tmp_path / "tb"), "mechmon/row_counter/rows") == [2, 6, 10, 16, 20]
+    assert trainer.callback_metrics["mechmon/row_counter/rows"].item() == 4  # one batch of 4 rows, not a sum
+    scheduled = {0, 2, 4, 7, 9}  # batch indices ending at the steps above
+    assert [i for i, n in enumerate(module.hooked) if n] == sorted(scheduled)
+    assert hook_count(module.model) == 0

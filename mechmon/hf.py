@@ -50,7 +50,13 @@ class MechMonitorCallback(TrainerCallback, Integration):
         """Attach to the Trainer's model; on a resumed run, restore the state saved beside its checkpoint."""
         folder = getattr(args, "logging_dir", None) or args.output_dir
         log_dir = self.log_dir or Path(folder) / "mechmon"
-        self.engine.attach(model, hook_optimizers=False, log_dir=log_dir, writes=state.is_world_process_zero)
+        self.engine.attach(
+            model,
+            hook_optimizers=False,
+            log_dir=log_dir,
+            writes=state.is_world_process_zero,
+            compiled_forward=bool(getattr(args, "torch_compile", False)),
+        )
         if state.global_step > 0:
             self._restore(args, state)
 

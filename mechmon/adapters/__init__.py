@@ -54,9 +54,13 @@ def _trainable(module: nn.Module) -> bool:
 
 def _candidates(root: nn.Module) -> list[tuple[str, Adapter]]:
     """Every HF / TransformerLens model in ``root`` (none nested in another), else a structural decoder."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
     found: list[tuple[str, Adapter]] = []
     for name, module in root.named_modules():
         if any(name.startswith(f"{p}.") or (p == "" and name) for p, _ in found):
+            continue
+        if isinstance(module, OptimizedModule):  # torch.compile's wrapper: probe forwards run the original module
             continue
         cls = next((c for c in ADAPTERS if c.matches(module)), None)
         if cls is not None:

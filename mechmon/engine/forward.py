@@ -47,13 +47,26 @@ def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None
     eager = adapter.eager_attention() if patterns else contextlib.nullcontext()
     tap = attention_tap() if patterns else contextlib.nullcontext()
     try:
-        with torch.no_grad(), eager, tap:
+        with torch.no_grad(), eager, tap, _uncompiled(model):
             with capture(adapter, names, probe.reduce_capture) as caps:
                 caps.update(probe.snapshot(adapter))
                 probe.update(caps, None)
     finally:
         model.train(was_training)
         reshard(model)
+
+
+@contextlib.contextmanager
+def _uncompiled(model: nn.Module):
+    """Run ``module.compile()``'d modules through their original forward (their hooks fire; no recompilation)."""
+    compiled = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
+    for module, _ in compiled:
+        module._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for module, impl in compiled:
+            module._compiled_call_impl = impl
 
 
 def evaluate(

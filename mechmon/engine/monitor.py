@@ -30,7 +30,7 @@ from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import snapshot_forward
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord, to_host
-from mechmon.engine.stream import Stream, model_inputs
+from mechmon.engine.stream import Stream, compiled, model_inputs
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
@@ -159,6 +159,7 @@ class Monitor:
         log_dir: str | Path | None = None,
         listeners: Sequence[Listener] = (),
         writes: bool | None = None,
+        compiled_forward: bool = False,
     ) -> None:
         """Resolve the model, set the probes up and open the writer. Called once per run, on every rank.
 
@@ -173,6 +174,8 @@ class Monitor:
             log_dir: folder of mechmon's own event files when there is no ``experiment``; ``None``: no files.
             listeners: ``fn(scalars, step)`` called with every published dict.
             writes: whether this process writes (default: rank 0 of the default process group).
+            compiled_forward: the driver compiles the training forward itself (HF ``torch_compile=True``); a
+                compiled module inside ``root`` is found without it.
 
         Raises:
             RuntimeError: if no model is found or a probe needs a capture the model lacks.
@@ -192,10 +195,26 @@ class Monitor:
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners])
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())
+        if compiled_forward or compiled(root):
+            self._refuse_compiled()
         if hook_optimizers:
             self._hook_optimizers(optimizer)
         if self._pending is not None:
             self.load_state_dict(self._pending)
+
+    def _refuse_compiled(self) -> None:
+        """A compiled training forward: disable the streaming probes that read its activations, say so, go on.
+
+        Snapshot probes run their own forwards on the original module and gradient probes read the optimizer.
+        """
+        for probe in self.probes:
+            if probe.kind == "streaming" and self._names[probe.name]:
+                reason = (
+                    f"probe {probe.name!r} reads the training forward's activations, which hooks cannot see in a "
+                    "torch.compile'd model (dynamo ignores hooks added after compilation). To watch them, train "
+                    "uncompiled, or measure on a fixed batch with a snapshot probe"
+                )
+                warnings.warn(self._disable(probe, reason), stacklevel=3)
 
     def _remember(self, scalars: dict[str, float], step: int) -> None:
         self.latest.update(scalars)

@@ -11,13 +11,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from mechmon.adapters import Adapter
 from mechmon.capture import capture
 from mechmon.probe import Probe
 
-__all__ = ["Stream", "model_inputs"]
+__all__ = ["Stream", "compiled", "model_inputs"]
 
 _HF_KEYS = {"labels", "input_ids", "attention_mask"}
 Updater = Callable[[Probe, dict[str, Tensor], Any], None]
@@ -103,3 +103,22 @@ def model_inputs(args: tuple, kwargs: dict) -> Any:
     if _HF_KEYS & set(kwargs):
         return {"input_ids": args[0], **kwargs}
     return (*args, *kwargs.values())
+
+
+def compiled(root: nn.Module) -> bool:
+    """Whether ``root`` trains through ``torch.compile`` (a wrapper inside it, ``compile()``, Lightning's fit of one).
+
+    Found: an ``OptimizedModule`` among its modules, ``module.compile()``, ``trainer.fit(torch.compile(module))``.
+
+    Dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): hooks added after a
+    compilation never fire in its code, and hooks present at one stay baked in after their removal. So the engine
+    adds no forward hook to the training forward of a compiled model.
+    """
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return any(
+        isinstance(m, OptimizedModule)
+        or getattr(m, "_compiled_call_impl", None) is not None
+        or getattr(m, "_compiler_ctx", None) is not None
+        for m in root.modules()
+    )

@@ -33,6 +33,9 @@ def scalars(probe, model, batch):
 
 
 def run(rank: int, port: int, out: str) -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang prints every stack and ends the worker
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
@@ -53,3 +56,4 @@ def run(rank: int, port: int, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
+    os._exit(0)  # caveat: skip the C++ teardown of gloo at exit, as the DDP worker does (an abort site under load)

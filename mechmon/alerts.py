@@ -190,14 +190,16 @@ class Emergence(Threshold):
     Args:
         level: absolute floor, e.g. 0.3 for the induction score.
         min_rise: required rise above the baseline (>= 0).
+        min_factor: required ratio to the baseline (>= 0), e.g. 10 for "ten times its first value".
         **kwargs: see :class:`Threshold`.
     """
 
     _extra_state = ("baseline",)
 
-    def __init__(self, key: str, level: float, min_rise: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, key: str, level: float, min_rise: float = 0.0, min_factor: float = 0.0, **kwargs: Any) -> None:
         _check("min_rise", min_rise, lambda: _number(min_rise) and min_rise >= 0, "a number >= 0")
-        self.min_rise = float(min_rise)
+        _check("min_factor", min_factor, lambda: _number(min_factor) and min_factor >= 0, "a number >= 0")
+        self.min_rise, self.min_factor = float(min_rise), float(min_factor)
         kwargs.setdefault("name", "emergence")
         kwargs.setdefault("severity", "info")
         super().__init__(key, level, mode="max", **kwargs)
@@ -210,7 +212,8 @@ class Emergence(Threshold):
     def _condition(self, value: float) -> bool:
         if self.baseline is None:
             self.baseline = value
-        return value > self.level and value - self.baseline >= self.min_rise
+        rose = value - self.baseline >= self.min_rise and value >= self.min_factor * self.baseline
+        return value > self.level and rose
 
     def _reason(self, value: float) -> str:
         return f"{self.key} rose from {self.baseline:.3g} to {value:.3g} (level {self.level:g}): emergence"

@@ -39,7 +39,7 @@ def resolve_names(adapter: Adapter, patterns: Iterable[str]) -> list[str]:
 
 
 def _read(point: HookPoint, module: nn.Module, output: object) -> Tensor:
-    return read_attention(module, output) if point.attention else point.extract(output)
+    return read_attention(module, output, point.stats) if point.attention else point.extract(output)
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ ARCHITECTURES = [
     "gemma4_unified_text", "glm", "glm4", "glm4_moe", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox",
     "gpt_neox_japanese", "gpt_oss", "gptj", "granite", "granite_swa", "granitemoe", "granitemoe_swa",
     "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax", "internlm3", "iquestcoder",
-    "jais2", "jetmoe", "lfm2", "llama", "llama4_text", "minimax", "minimax_m2", "ministral", "ministral3",
+    "jais2", "jetmoe", "lfm2", "llama", "llama4_text", "minimax_m2", "ministral", "ministral3",
     "mistral", "mixtral", "modernbert-decoder", "mpt", "nanochat", "nemotron", "olmo", "olmo2", "olmo3", "olmoe",
     "opt", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3",
     "stablelm", "starcoder2", "vaultgemma", "xglm",

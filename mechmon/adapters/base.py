@@ -2,6 +2,8 @@
 
 Canonical names (shapes):
     ``blocks.{l}.attn.hook_pattern``   attention probabilities ``[B, H, Q, K]``
+    ``blocks.{l}.attn.hook_row_stats`` per attention row ``[B, H, Q, 4]``: max logit, entropy (nats), visible keys,
+                                       mass on key 0 (from the logits; see ``functional.attention.row_stats``)
     ``blocks.{l}.hook_resid_post``     residual stream after block ``l`` ``[B, T, d]``
     ``ln_final.hook_normalized``       final-norm hidden states ``[B, T, d]``
     ``blocks.{l}.mlp.hook_router_logits``   MoE router logits, pre-softmax ``[B·T, E]`` (hooked at the gate module)
@@ -24,6 +26,7 @@ __all__ = [
     "HookPoint",
     "first_output",
     "pattern_name",
+    "row_stats_name",
     "resid_name",
     "router_name",
     "expert_indices_name",
@@ -35,11 +38,12 @@ __all__ = [
 FINAL_NORM = "ln_final.hook_normalized"
 LOGITS = "logits"
 CANONICAL_RE = re.compile(
-    r"^(logits|ln_final\.hook_normalized|blocks\.\d+\.(attn\.hook_pattern|hook_resid_post|"
+    r"^(logits|ln_final\.hook_normalized|blocks\.\d+\.(attn\.hook_pattern|attn\.hook_row_stats|hook_resid_post|"
     r"mlp\.hook_router_logits|mlp\.hook_expert_indices))$"
 )
 CANONICAL_HELP = (
-    "logits, ln_final.hook_normalized, blocks.{l}.attn.hook_pattern, blocks.{l}.hook_resid_post, "
+    "logits, ln_final.hook_normalized, blocks.{l}.attn.hook_pattern, blocks.{l}.attn.hook_row_stats, "
+    "blocks.{l}.hook_resid_post, "
     "blocks.{l}.mlp.hook_router_logits, blocks.{l}.mlp.hook_expert_indices"
 )
 
@@ -47,6 +51,11 @@ CANONICAL_HELP = (
 def pattern_name(layer: int) -> str:
     """Canonical attention-pattern name of ``layer``."""
     return f"blocks.{layer}.attn.hook_pattern"
+
+
+def row_stats_name(layer: int) -> str:
+    """Canonical attention row-statistics name of ``layer``."""
+    return f"blocks.{layer}.attn.hook_row_stats"
 
 
 def resid_name(layer: int) -> str:
@@ -77,13 +86,15 @@ def first_output(output: Any) -> Tensor:
 class HookPoint:
     """Where a canonical name lives: a module and how to read the tensor from its forward output.
 
-    ``attention=True`` marks an attention module whose pattern is read by :func:`mechmon.capture.attention_weights`
-    (its returned probabilities, or those recomputed from its SDPA call); ``extract`` is then unused.
+    ``attention=True`` marks an attention module read by :func:`mechmon.adapters.tap.attention_weights` (its returned
+    probabilities, or those recomputed from its SDPA call; with ``stats=True`` the row statistics of its logits);
+    ``extract`` is then unused.
     """
 
     module: nn.Module
     extract: Callable[[Any], Tensor] = first_output
     attention: bool = False
+    stats: bool = False
 
 
 class Adapter:
@@ -122,6 +133,11 @@ class Adapter:
     @contextlib.contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Context in which attention probabilities are materialised; restores the previous setting."""
+        yield
+
+    @contextlib.contextmanager
+    def sdpa_attention(self) -> Iterator[None]:
+        """Context in which attention runs through ``scaled_dot_product_attention`` (q and k readable by the tap)."""
         yield
 
     def forward(self, input_ids: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from mechmon.adapters.base import (
     pattern_name,
     resid_name,
     router_name,
+    row_stats_name,
 )
 from mechmon.adapters.discover import Layout, find_layout
 
@@ -103,6 +104,7 @@ class HFAdapter(Adapter):
             points[FINAL_NORM] = HookPoint(get(layout.final_norm))
         for i, attention in enumerate(layout.attention):
             points[pattern_name(i)] = HookPoint(get(attention), attention=True)
+            points[row_stats_name(i)] = HookPoint(get(attention), attention=True, stats=True)
             points[resid_name(i)] = HookPoint(get(f"{layout.blocks}.{i}"))
         for i, gate in layout.routers:
             points[router_name(i)] = HookPoint(get(gate), first_output)
@@ -113,12 +115,23 @@ class HFAdapter(Adapter):
     @contextlib.contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Switch to eager attention for the duration; restores the previous implementation."""
+        with self._attention("eager"):  # caveat: an attention without eager support is read through the tap
+            yield
+
+    @contextlib.contextmanager
+    def sdpa_attention(self) -> Iterator[None]:
+        """Switch to SDPA attention for the duration (its q and k are read by the tap); restores the previous one."""
+        with self._attention("sdpa"):
+            yield
+
+    @contextlib.contextmanager
+    def _attention(self, implementation: str) -> Iterator[None]:
         previous = getattr(self.model.config, "_attn_implementation", "eager")
-        switch = previous != "eager" and callable(getattr(self.model, "set_attn_implementation", None))
+        switch = previous != implementation and callable(getattr(self.model, "set_attn_implementation", None))
         if switch:
             try:
-                self.model.set_attn_implementation("eager")
-            except (ValueError, ImportError):  # caveat: an attention without eager support is read through the tap
+                self.model.set_attn_implementation(implementation)
+            except (ValueError, ImportError):  # the model does not support it: run as it is
                 switch = False
         try:
             yield

@@ -36,7 +36,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from mechmon.adapters.base import FINAL_NORM, LOGITS, Adapter, HookPoint, first_output, pattern_name, resid_name
+from mechmon.adapters.base import (
+    FINAL_NORM,
+    LOGITS,
+    Adapter,
+    HookPoint,
+    first_output,
+    pattern_name,
+    resid_name,
+    row_stats_name,
+)
 from mechmon.adapters.discover import Layout, find_layout
 from mechmon.adapters.tap import attention_tap, enter_attention, read_attention
 
@@ -105,6 +114,7 @@ class StructuralAdapter(Adapter):
             points[FINAL_NORM] = HookPoint(get(layout.final_norm))
         for i, attention in enumerate(layout.attention):
             points[pattern_name(i)] = HookPoint(get(attention), attention=True)
+            points[row_stats_name(i)] = HookPoint(get(attention), attention=True, stats=True)
             points[resid_name(i)] = HookPoint(get(f"{layout.blocks}.{i}"))
         return points
 

@@ -28,6 +28,18 @@ def reads_patterns(names: Sequence[str]) -> bool:
     return any(n.endswith("attn.hook_pattern") for n in names)
 
 
+def reads_logits(names: Sequence[str]) -> bool:
+    """Whether any capture name is an attention row statistic (read from q and k of SDPA calls)."""
+    return any(n.endswith("attn.hook_row_stats") for n in names)
+
+
+def _attention_mode(adapter: Adapter, names: Sequence[str]) -> contextlib.AbstractContextManager:
+    """Eager attention for patterns (probabilities materialised), SDPA for logit statistics, else as it is."""
+    if reads_patterns(names):
+        return adapter.eager_attention()
+    return adapter.sdpa_attention() if reads_logits(names) else contextlib.nullcontext()
+
+
 def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None = None) -> None:
     """Run ``probe``'s forward(s) under its hooks and feed it the captures; restores mode and sharding.
 
@@ -43,11 +55,10 @@ def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None
     model = adapter.model
     was_training = model.training
     model.eval()
-    patterns = reads_patterns(names)
-    eager = adapter.eager_attention() if patterns else contextlib.nullcontext()
-    tap = attention_tap() if patterns else contextlib.nullcontext()
+    tapped = reads_patterns(names) or reads_logits(names)
+    tap = attention_tap() if tapped else contextlib.nullcontext()
     try:
-        with torch.no_grad(), eager, tap, _uncompiled(model):
+        with torch.no_grad(), _attention_mode(adapter, names), tap, _uncompiled(model):
             with capture(adapter, names, probe.reduce_capture) as caps:
                 caps.update(probe.snapshot(adapter))
                 probe.update(caps, None)

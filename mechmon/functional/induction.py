@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["induction_scores", "prev_token_scores", "repeated_sequence_losses", "repeated_tokens"]
+__all__ = [
+    "induction_scores",
+    "prefix_matching_scores",
+    "prev_token_scores",
+    "repeated_sequence_losses",
+    "repeated_tokens",
+]
 
 
 def induction_scores(pattern_BHQK: Tensor, period: int, offset: int = 0) -> Tensor:
@@ -36,6 +42,36 @@ def induction_scores(pattern_BHQK: Tensor, period: int, offset: int = 0) -> Tens
         raise ValueError(f"pattern of length {pattern_BHQK.shape[-1]} is shorter than s + 2n = {offset + 2 * period}")
     i = torch.arange(period, device=pattern_BHQK.device)
     return pattern_BHQK[:, :, offset + period + i, offset + i + 1].float().mean(dim=(0, 2))
+
+
+def prefix_matching_scores(pattern_BHQK: Tensor, period: int, copies: int, offset: int = 0) -> Tensor:
+    """Prefix-matching score per head (D3): attention from a token to every earlier successor of its occurrences.
+
+    For a query in copy m >= 1 at offset i, score = Σ_{c<m} A[s + m·n + i, s + c·n + i + 1]; PM_h is the mean over
+    the queries of copies 1..copies-1 and over the batch. Olsson et al. (2022); implementation of Bansal et al.,
+    *Rethinking the Role of Scale for In-Context Learning* (2023), ``amazon-science/llm-interpret``.
+
+    Args:
+        pattern_BHQK: attention probabilities ``[B, H, T, T]``, ``T >= s + copies·n``.
+        period: n, the length of one copy.
+        copies: copies in the sequence (>= 2; the reference uses 4).
+        offset: s, 1 if a BOS is prepended else 0.
+
+    Returns:
+        ``[H]`` fp32 scores in [0, 1]; a perfect head scores 1.
+
+    Raises:
+        ValueError: if the pattern is too short for the copies.
+    """
+    if pattern_BHQK.shape[-1] < offset + copies * period:
+        raise ValueError(f"pattern of length {pattern_BHQK.shape[-1]} is shorter than s + copies·n")
+    i = torch.arange(period, device=pattern_BHQK.device)
+    per_copy = []
+    for m in range(1, copies):
+        queries = offset + m * period + i
+        hits = sum(pattern_BHQK[:, :, queries, offset + c * period + i + 1].float() for c in range(m))
+        per_copy.append(hits)
+    return torch.cat(per_copy, dim=-1).mean(dim=(0, 2))
 
 
 def prev_token_scores(pattern_BHQK: Tensor, offset: int = 0) -> Tensor:
@@ -80,8 +116,9 @@ def repeated_tokens(
     generator: torch.Generator,
     bos_token_id: int | None = None,
     repeat: bool = True,
+    copies: int = 2,
 ) -> Tensor:
-    """Build P-rep: ``batch`` sequences of ``period`` ids drawn without replacement, repeated twice.
+    """Build P-rep: ``batch`` sequences of ``period`` ids drawn without replacement, repeated ``copies`` times.
 
     Args:
         batch: B.
@@ -90,9 +127,10 @@ def repeated_tokens(
         generator: seeded CPU generator.
         bos_token_id: prepended when not ``None``.
         repeat: ``False`` gives the control batch (copy 2 is a fresh draw).
+        copies: copies of the draw (P-rep4 of the prefix-matching score: 4).
 
     Returns:
-        int64 ``[B, s + 2n]`` on CPU.
+        int64 ``[B, s + copies·n]`` on CPU.
 
     Raises:
         ValueError: if fewer than ``period`` ids are allowed.
@@ -104,7 +142,7 @@ def repeated_tokens(
     first = allowed_ids[idx[:, :period]]
     fresh = torch.rand(batch, allowed_ids.numel(), generator=generator).argsort(dim=-1)
     second = first if repeat else allowed_ids[fresh[:, :period]]
-    parts = [first, second]
+    parts = [first, second] + [first] * (copies - 2)
     if bos_token_id is not None:
         parts.insert(0, torch.full((batch, 1), bos_token_id, dtype=torch.long))
     return torch.cat(parts, dim=1)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "log_partition",
     "softmax_collapse",
     "zero_loss",
     "top2_gap",
@@ -61,6 +62,15 @@ def top2_gap(logits_NV: Tensor) -> Tensor:
     """fp32 gap between the largest and second-largest logit per row (A3), in nats; ``[N]``, >= 0."""
     top = logits_NV.float().topk(2, dim=-1).values
     return top[:, 0] - top[:, 1]
+
+
+def log_partition(logits_NV: Tensor) -> Tensor:
+    """Log Z = logsumexp of each logit row ``[N]``, float32 (METRICS.md A8).
+
+    Wortsman et al. (2023): output-logit divergence is log Z drifting far from 0; the z-loss 1e-4·(log Z)² is its
+    mitigation. Unit: nats; a model with all-zero logits has log Z = log V.
+    """
+    return torch.logsumexp(logits_NV.float(), dim=-1)
 
 
 def loss_dtype_for(logits_dtype: torch.dtype) -> torch.dtype:

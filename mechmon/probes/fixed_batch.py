@@ -61,9 +61,12 @@ def check_positions(positions: Sequence[int] | None, owner: str) -> list[int] | 
     return values
 
 
-def usable_rows(ids: Tensor, mask: Tensor, max_rows: int) -> tuple[Tensor, Tensor]:
-    """The first ``max_rows`` rows of ``ids`` / ``mask`` (``[B, T]``) with two or more real tokens (one host sync)."""
-    rows = (mask.sum(dim=1) >= 2).nonzero().flatten()[:max_rows]
+def usable_rows(ids: Tensor, mask: Tensor, max_rows: int, min_tokens: int = 2) -> tuple[Tensor, Tensor]:
+    """The first ``max_rows`` rows of ``ids`` / ``mask`` (``[B, T]``) with ``min_tokens`` or more real tokens.
+
+    One host sync (the row selection).
+    """
+    rows = (mask.sum(dim=1) >= min_tokens).nonzero().flatten()[:max_rows]
     return ids[rows], mask[rows]
 
 
@@ -91,16 +94,19 @@ class FixedBatchProbe(SnapshotProbe):
         ValueError: if ``max_rows`` is not a positive int.
     """
 
+    min_tokens = 2  # real tokens a row needs to be kept (one next-token target)
+
     def __init__(self, batch: Any = None, max_rows: int = 8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"{type(self).__name__}(max_rows=...) must be an int >= 1, got {max_rows!r}")
         self.max_rows = max_rows
-        self._given = None if batch is None else usable_rows(*batch_tokens(batch, type(self).__name__), max_rows)
+        given = None if batch is None else batch_tokens(batch, type(self).__name__)
+        self._given = None if given is None else usable_rows(*given, max_rows, self.min_tokens)
         if self._given is not None and self._given[0].shape[0] == 0:
             raise ValueError(
-                f"{type(self).__name__}(batch=...) has no row with two or more real tokens (a next-token target): "
-                "pass rows of at least 2 tokens, or batch=None to take them from training"
+                f"{type(self).__name__}(batch=...) has no row with {self.min_tokens} or more real tokens: pass rows "
+                f"of at least {self.min_tokens} tokens, or batch=None to take them from training"
             )
         self._ready = False
         self._skipped = False
@@ -124,12 +130,13 @@ class FixedBatchProbe(SnapshotProbe):
         A batch with no row of two or more real tokens (all padding) is skipped with one warning and the probe waits
         for the next; reading the mask costs one host sync per batch taken or skipped.
         """
-        ids, mask = usable_rows(*batch_tokens(batch, type(self).__name__), self.max_rows)
+        ids, mask = usable_rows(*batch_tokens(batch, type(self).__name__), self.max_rows, self.min_tokens)
         if ids.shape[0] == 0:
             if not self._skipped:
                 warnings.warn(
-                    f"mechmon: {type(self).__name__} skipped a training batch with no row of two or more real tokens "
-                    "(all padding); it takes its probe batch from the next one and logs nothing until then",
+                    f"mechmon: {type(self).__name__} skipped a training batch with no row of {self.min_tokens} or "
+                    "more real tokens (all padding, or rows too short); it takes its probe batch from the next one "
+                    "and logs nothing until then",
                     stacklevel=2,
                 )
             self._skipped = True

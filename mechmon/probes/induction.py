@@ -39,9 +39,11 @@ from torch import Tensor, nn
 from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
 from mechmon.checks import integer, number
-from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses, repeated_tokens
+from mechmon.functional.attention import check_queries
+from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
+from mechmon.probes.repeated import repeated_batch
 from mechmon.registry import register_probe
 
 __all__ = ["InductionProbe"]
@@ -102,22 +104,9 @@ class InductionProbe(SnapshotProbe):
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Build P-rep on ``device`` and declare ``[L, H]`` states."""
-        length = self.offset + 2 * self.period
-        if adapter.max_positions is not None and length > adapter.max_positions:
-            most = (adapter.max_positions - self.offset) // 2
-            raise ValueError(
-                f"InductionProbe(period={self.period}) needs sequences of {length} tokens, but the model's context is "
-                f"{adapter.max_positions}; pass InductionProbe(period={most}) or less"
-            )
-        excluded = {self.bos_token_id, adapter.bos_token_id} - {None}
-        allowed = torch.tensor([i for i in range(adapter.vocab_size) if i not in excluded], dtype=torch.long)
-        if allowed.numel() < self.period:
-            raise ValueError(
-                f"InductionProbe(period={self.period}) needs {self.period} distinct token ids, the vocabulary offers "
-                f"{allowed.numel()}; pass InductionProbe(period={allowed.numel()}) or less (>= 2)"
-            )
-        gen = torch.Generator().manual_seed(self.seed)
-        self.probe_batch = repeated_tokens(self.batch_size, self.period, allowed, gen, self.bos_token_id).to(device)
+        self.probe_batch = repeated_batch(
+            adapter, "InductionProbe", self.period, 2, self.batch_size, self.seed, self.bos_token_id
+        ).to(device)
         self.layers = [pattern_name(i) for i in range(adapter.n_layers)]
         shape = (adapter.n_layers, adapter.n_heads)
         self._specs.clear()
@@ -129,6 +118,7 @@ class InductionProbe(SnapshotProbe):
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """``[B, H, Q, K]`` pattern -> ``[2, H]`` (induction, previous-token)."""
+        check_queries(tensor, self.probe_batch.shape[1], name)
         return torch.stack([induction_scores(tensor, self.period, self.offset), prev_token_scores(tensor, self.offset)])
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:

@@ -28,11 +28,15 @@ key                                            meaning                          
 ``<ns>/logits/gap_frac_near_absorb``           rows with gap >= absorb_gap - ``margin``     [0, 1]      sum
                                                (logit-scale precursor)
 ``<ns>/logits/accuracy_frac``                  rows whose argmax is the target              [0, 1]      sum
+``<ns>/logits/log_z_mean``                     mean log-partition log Z = logsumexp (A8)    nats        sum
+``<ns>/logits/log_z_abs_mean``                 mean |log Z|                                 nats        sum
+``<ns>/logits/log_z_abs_max``                  max |log Z|                                  nats        max
 =============================================  ==========================================  ==========  ======
 
 Alerts: ``softmax_collapse`` (critical, above 0.5 for 2 evaluations), ``softmax_collapse_warning`` (above 0.01),
 ``logit_scale_precursor`` (warning: ``gap_frac_near_absorb`` rising by > 0.01 per evaluation over 5 evaluations
-while ``accuracy_frac`` >= 0.99).
+while ``accuracy_frac`` >= 0.99), ``log_z_drift`` (info: ``log_z_abs_mean`` rising by > ``log_z_slope`` nats per
+evaluation over 5 evaluations; Wortsman et al.'s output-logit divergence).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from mechmon.checks import fail, integer, number
 from mechmon.functional.logits import (
     absorption_gap,
     flatten_rows,
+    log_partition,
     loss_dtype_for,
     measured_absorption_gap,
     softmax_collapse,
@@ -95,6 +100,7 @@ class LogitsProbe(StreamingProbe):
         margin: nats below the measured absorption gap that count as "near" for the precursor (> 0). Real rows
             collapse below the measured gap (it is the equal-others worst case), so the margin must be wide enough
             to lead: 6 nats (other terms within a factor e^6 of absorption) led collapse on the grokking example.
+        log_z_slope: nats per evaluation by which ``log_z_abs_mean`` must rise for ``log_z_drift`` (0.5).
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
@@ -121,6 +127,7 @@ class LogitsProbe(StreamingProbe):
         collapse_level: float = 0.5,
         warning_level: float = 0.01,
         margin: float = 6.0,
+        log_z_slope: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -132,15 +139,18 @@ class LogitsProbe(StreamingProbe):
         number("LogitsProbe", "collapse_level", collapse_level, 0, 1)
         number("LogitsProbe", "warning_level", warning_level, 0, collapse_level)
         number("LogitsProbe", "margin", margin, 0)
+        number("LogitsProbe", "log_z_slope", log_z_slope, 0, closed=(True, False))
+        self.log_z_slope = float(log_z_slope)
         self.loss_dtype, self.targets, self.ignore_index = loss_dtype, targets or default_targets, ignore_index
         self.collapse_level, self.warning_level, self.margin = collapse_level, warning_level, float(margin)
         self._absorb: tuple[tuple[int, torch.dtype], Tensor] | None = None
         counts = ("rows", "collapsed", "collapsed_fp64", "zero_loss", "absorbable", "near_absorb", "correct")
         for name in counts:
             self.add_state(name, torch.zeros((), dtype=torch.int64), "sum")
-        for name in ("norm_sum", "max_sum", "gap_sum"):
+        for name in ("norm_sum", "max_sum", "gap_sum", "log_z_sum", "log_z_abs_sum"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("norm_max", torch.zeros(()), "max")
+        self.add_state("log_z_abs_max", torch.zeros(()), "max")
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Keep the states on the training device."""
@@ -166,6 +176,10 @@ class LogitsProbe(StreamingProbe):
         self.max_sum += torch.where(valid_N, logits_NV.float().amax(dim=-1), 0).sum(dtype=torch.float64)
         self.gap_sum += torch.where(valid_N, gap_N, 0).sum(dtype=torch.float64)
         self.norm_max.copy_(torch.maximum(self.norm_max, torch.where(valid_N, norm_N, 0).amax()))
+        log_z_N = torch.where(valid_N, log_partition(logits_NV), 0)
+        self.log_z_sum += log_z_N.sum(dtype=torch.float64)
+        self.log_z_abs_sum += log_z_N.abs().sum(dtype=torch.float64)
+        self.log_z_abs_max.copy_(torch.maximum(self.log_z_abs_max, log_z_N.abs().amax()))
 
     def _absorb_gap(self, vocab: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Measured once per (V, τ) on the training device, then cached (a device tensor, no sync)."""
@@ -188,6 +202,9 @@ class LogitsProbe(StreamingProbe):
             self.key("gap_frac_absorbable"): self.absorbable / rows,
             self.key("gap_frac_near_absorb"): self.near_absorb / rows,
             self.key("accuracy_frac"): self.correct / rows,
+            self.key("log_z_mean"): self.log_z_sum / rows,
+            self.key("log_z_abs_mean"): self.log_z_abs_sum / rows,
+            self.key("log_z_abs_max"): torch.where(self.rows > 0, self.log_z_abs_max, float("nan")),
         }
 
     def default_rules(self) -> list[Rule]:
@@ -206,5 +223,8 @@ class LogitsProbe(StreamingProbe):
                     Threshold(self.key("accuracy_frac"), 0.99),
                 ],
                 name="logit_scale_precursor",
+            ),
+            Trend(
+                self.key("log_z_abs_mean"), window=5, min_slope=self.log_z_slope, name="log_z_drift", severity="info"
             ),
         ]

@@ -36,3 +36,24 @@ def test_architecture_is_monitored_with_the_eager_scores(model_type):
     previous = torch.stack([prev_token_scores(p) for p in patterns])
     torch.testing.assert_close(out["mechmon/induction/head_scores"], induction, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out["mechmon/prev_token/head_scores"], previous, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_attention_entropy_and_sinks_equal_the_eager_probabilities(model_type):
+    from mechmon import AttentionEntropyProbe, AttentionSinkProbe
+
+    model = tiny_model(model_type)
+    implementation = model.config._attn_implementation
+    batch = torch.randint(3, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    out = evaluate([AttentionEntropyProbe(batch), AttentionSinkProbe(batch)], model)
+    assert model.config._attn_implementation == implementation
+    with torch.no_grad():
+        reference = tiny_model(model_type, attn="eager")
+        patterns = reference(input_ids=batch, output_attentions=True, use_cache=False).attentions
+    probs = torch.stack([p.float() for p in patterns])  # [L, B, H, Q, K]
+    visible = (probs > 0).sum(dim=-1)[..., 1:]
+    entropy = torch.special.entr(probs).sum(dim=-1)[..., 1:] / visible.clamp_min(2).log()
+    head_entropy = torch.where(visible >= 2, entropy, 0).sum(dim=(1, 3)) / (visible >= 2).sum(dim=(1, 3))
+    first_mass = probs[..., 0].mean(dim=-1).mean(dim=1)  # α₀ per sample, averaged over samples: [L, H]
+    torch.testing.assert_close(out["mechmon/attn_entropy/head_mean"], head_entropy, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["mechmon/attn_sink/first_mass"], first_mass, atol=1e-5, rtol=1e-4)

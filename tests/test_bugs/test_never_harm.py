@@ -191,7 +191,7 @@ def test_a_one_token_probe_batch_fails_at_construction_naming_the_fix():
     from mechmon import CollapseProbe, RankProbe
 
     for probe in (RankProbe, CollapseProbe):
-        with pytest.raises(ValueError, match=r"batch=\.\.\.\) has no row with two or more real tokens"):
+        with pytest.raises(ValueError, match=r"batch=\.\.\.\) has no row with 2 or more real tokens"):
             probe(torch.randint(1, VOCAB, (1, 1)))
 
 
@@ -204,7 +204,7 @@ def test_an_all_padding_first_batch_is_skipped_and_the_probe_batch_taken_from_th
     ids = torch.randint(1, VOCAB, (2, CTX), generator=torch.Generator().manual_seed(0))
     padded = {"input_ids": ids, "attention_mask": torch.zeros_like(ids)}
     real = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    with pytest.warns(UserWarning, match="skipped a training batch with no row of two or more real tokens"):
+    with pytest.warns(UserWarning, match="skipped a training batch with no row of 2 or more real tokens"):
         for step, batch in enumerate([padded, real, real], start=1):
             with monitor.step(step, batch):
                 model(**batch, labels=ids).loss.backward()

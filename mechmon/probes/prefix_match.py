@@ -1,0 +1,134 @@
+"""Prefix-matching probe: heads that attend to the token after an earlier occurrence of the current token.
+
+Phenomenon: the prefix-matching half of an induction head, Olsson et al., *In-context Learning and Induction Heads*
+(2022); the score is Bansal et al.'s (*Rethinking the Role of Scale for In-Context Learning*, 2023,
+``amazon-science/llm-interpret``). METRICS.md D3. Snapshot probe on P-rep4: ``batch_size`` seeded sequences of
+``period`` random ids (without replacement) repeated four times, built in ``setup``. For a query in copy m >= 1, the
+score sums the attention to the successors of all m earlier occurrences, so a perfect head scores 1 and the
+induction score's thresholds do not transfer. Patterns ``[B, H, T, T]`` are reduced to ``[H]`` inside the hook.
+
+Logged metrics (``<ns>`` = namespace, scope ``Lxx`` per layer):
+
+=======================================  ===========================================  ==========  ======
+key                                      meaning                                      range/unit  reduce
+=======================================  ===========================================  ==========  ======
+``<ns>/prefix_match/score_max``          max prefix-matching score over heads         [0, 1]      sum/n
+``<ns>/prefix_match/score_topk_mean``    mean of the top-k head scores                [0, 1]      sum/n
+``<ns>/prefix_match/score_max/Lxx``      max over the heads of layer xx               [0, 1]      sum/n
+``<ns>/prefix_match/head_scores``        ``[L, H]`` heatmap, slow cadence             [0, 1]      sum/n
+=======================================  ===========================================  ==========  ======
+
+A uniform causal head scores about m/T summed over its earlier copies (≈ 0.04 at n = 25). The reference excludes
+the 4 % most and least frequent token ranks; mechmon has no token frequencies at setup and draws from every
+non-special id. Alert: ``prefix_match_emergence`` (info) when ``score_max`` crosses ``level`` (0.3) with a rise of
+0.1 over its first value, for 2 evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechmon.adapters.base import Adapter, pattern_name
+from mechmon.alerts import Emergence, Rule
+from mechmon.checks import integer, number
+from mechmon.functional.attention import check_queries
+from mechmon.functional.induction import prefix_matching_scores
+from mechmon.naming import layer_scope
+from mechmon.probe import SnapshotProbe
+from mechmon.probes.repeated import repeated_batch
+from mechmon.registry import register_probe
+
+__all__ = ["PrefixMatchingProbe"]
+
+COPIES = 4
+
+
+@register_probe
+class PrefixMatchingProbe(SnapshotProbe):
+    """Per-head prefix-matching scores on a four-times-repeated random-token batch (METRICS.md D3).
+
+    Args:
+        period: n, length of one copy (25, the reference's shortest).
+        batch_size: sequences in the probe batch (10).
+        seed: seed of the probe batch.
+        bos_token_id: prepended to every sequence when given.
+        level: absolute level of the emergence alert on ``score_max`` (0.3).
+        top_k: heads averaged by ``score_topk_mean`` (4).
+        **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
+
+    Shape:
+        Reads ``blocks.{l}.attn.hook_pattern`` ``[B, H, T, T]`` with ``T = s + 4n``.
+
+    Raises:
+        ValueError: on bad arguments, or in ``setup`` when the context is shorter than ``s + 4n`` or the vocabulary
+            has fewer than ``period`` usable ids (the message names the period to pass).
+
+    Example:
+        >>> PrefixMatchingProbe(period=10).name
+        'prefix_match'
+    """
+
+    name = "prefix_match"
+    requires = ("blocks.*.attn.hook_pattern",)
+
+    def __init__(
+        self,
+        period: int = 25,
+        batch_size: int = 10,
+        seed: int = 0,
+        bos_token_id: int | None = None,
+        level: float = 0.3,
+        top_k: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
+            integer("PrefixMatchingProbe", arg, value, low)
+        integer("PrefixMatchingProbe", "seed", seed)
+        if bos_token_id is not None:
+            integer("PrefixMatchingProbe", "bos_token_id", bos_token_id, 0)
+        number("PrefixMatchingProbe", "level", level, 0, 1)
+        self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
+        self.level, self.top_k, self.offset = level, top_k, int(bos_token_id is not None)
+
+    def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Build P-rep4 on ``device`` and declare the ``[L, H]`` score sum."""
+        self.probe_batch = repeated_batch(
+            adapter, "PrefixMatchingProbe", self.period, COPIES, self.batch_size, self.seed, self.bos_token_id
+        ).to(device)
+        self.layers = [pattern_name(i) for i in range(adapter.n_layers)]
+        self._specs.clear()
+        self.add_state("score_sum_LH", torch.zeros((adapter.n_layers, adapter.n_heads)), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self.to(device)
+
+    def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
+        """``[B, H, T, T]`` pattern -> ``[H]`` prefix-matching scores."""
+        check_queries(tensor, self.probe_batch.shape[1], name)
+        return prefix_matching_scores(tensor, self.period, COPIES, self.offset)
+
+    def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
+        """Add this forward's per-head scores."""
+        self.score_sum_LH += torch.stack([captures[name] for name in self.layers])
+        self.count += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        """Max, top-k mean, per-layer max and the ``[L, H]`` matrix."""
+        scores_LH = self.score_sum_LH / self.count  # 0/0 = NaN before any forward
+        flat = scores_LH.flatten()
+        out = {
+            self.key("score_max"): flat.max(),
+            self.key("score_topk_mean"): flat.topk(min(self.top_k, flat.numel())).values.mean(),
+            self.key("head_scores"): scores_LH,
+        }
+        for layer in range(scores_LH.shape[0]):
+            out[self.key("score_max", layer_scope(layer))] = scores_LH[layer].max()
+        return out
+
+    def default_rules(self) -> list[Rule]:
+        """Emergence of ``score_max`` (info) past ``level`` with a rise of 0.1, for 2 evaluations."""
+        return [Emergence(self.key("score_max"), self.level, min_rise=0.1, patience=2, name="prefix_match_emergence")]

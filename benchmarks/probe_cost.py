@@ -2,6 +2,10 @@
 
     python benchmarks/probe_cost.py --repeats 20
 
+Also printed, for scale: one training step of the demo's GPT-2 (batch 32 x 128, forward, backward, AdamW) and one
+``LogitsProbe.update`` on that step's logits (a streaming probe's cost rides on the training step). The ICL probe
+needs 500-token contexts: it runs on the same GPT-2 with a 512-token context, 16 text rows.
+
 One evaluation = the probe's forward(s) under its hooks (eager attention), ``update``, ``compute``, the one
 device-to-host transfer and any host-side ``finish`` (RankMe's eigenvalues). Models: the moving-window-sum model
 of examples/loss_plateau.py (1 layer, width 256, probe batch 64 x 33) and the stdlib demo's GPT-2 (2 layers,
@@ -16,7 +20,20 @@ from pathlib import Path
 
 import torch
 
-from mechmon import AttentionProgressProbe, CollapseProbe, InductionProbe, RankProbe, RepetitionProbe
+from mechmon import (
+    AttentionEntropyProbe,
+    AttentionLogitProbe,
+    AttentionProgressProbe,
+    AttentionSinkProbe,
+    CollapseProbe,
+    ICLProbe,
+    InductionProbe,
+    LogitsProbe,
+    MassiveActivationProbe,
+    PrefixMatchingProbe,
+    RankProbe,
+    RepetitionProbe,
+)
 from mechmon.adapters import resolve_adapter
 from mechmon.capture import resolve_names
 from mechmon.engine import snapshot_forward, to_host
@@ -43,13 +60,40 @@ def one_evaluation(probe, adapter, names) -> None:
 def time_probe(probe, model, adapter, repeats: int) -> tuple[float, float]:
     probe.setup(model, adapter, torch.device("cpu"))
     names = resolve_names(adapter, probe.requires)
-    one_evaluation(probe, adapter, names)  # warm-up
+    return timed(lambda: one_evaluation(probe, adapter, names), repeats)
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median and minimum milliseconds of ``fn()`` over ``repeats`` calls after one warm-up."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        one_evaluation(probe, adapter, names)
+        fn()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times), min(times)
+
+
+def training_step_and_logits_update(gpt, corpus, text_windows, repeats: int) -> None:
+    """One training step of the demo model, and LogitsProbe.update on its logits."""
+    batch = text_windows(corpus, 32, 128, 2)
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=1e-3)
+
+    def step():
+        loss = gpt.model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    probe = LogitsProbe()
+    with torch.no_grad():
+        logits = gpt.model(input_ids=batch).logits
+    for label, fn in (
+        ("training step 32x128", step),
+        ("LogitsProbe.update", lambda: probe.update({"logits": logits}, batch)),
+    ):
+        median, best = timed(fn, repeats)
+        print(f"{'GPT-2 2L d128':<15} {label:<24} {median:>10.1f} {best:>8.1f}")
 
 
 def main() -> None:  # noqa: D103
@@ -63,7 +107,9 @@ def main() -> None:  # noqa: D103
     outputs = list(range(mws.N + 1, 2 * mws.N))
     demo = load("stdlib_induction")
     gpt = demo.ByteGPT(2, 128, 4, 128, 1e-3)
-    text = demo.text_windows(demo.read_corpus(None, 2_000_000), 8, 128, 1)
+    corpus = demo.read_corpus(None, 2_000_000)
+    text = demo.text_windows(corpus, 8, 128, 1)
+    long_gpt = demo.ByteGPT(2, 128, 4, 512, 1e-3)
     cases = [
         ("MWS 1L d256", mws_model, mws.adapter(mws_model), CollapseProbe(batch, positions=outputs, max_rows=64)),
         ("MWS 1L d256", mws_model, mws.adapter(mws_model), RankProbe(batch, positions=outputs, max_rows=64)),
@@ -78,8 +124,15 @@ def main() -> None:  # noqa: D103
         ("GPT-2 2L d128", gpt, resolve_adapter(gpt), RankProbe(text)),
         ("GPT-2 2L d128", gpt, resolve_adapter(gpt), RepetitionProbe(text)),
         ("GPT-2 2L d128", gpt, resolve_adapter(gpt), InductionProbe()),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), PrefixMatchingProbe()),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), AttentionLogitProbe(text)),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), AttentionEntropyProbe(text)),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), AttentionSinkProbe(text)),
+        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), MassiveActivationProbe(text)),
+        ("GPT-2 ctx 512", long_gpt, resolve_adapter(long_gpt), ICLProbe(demo.text_windows(corpus, 16, 512, 3))),
     ]
     print(f"{'model':<15} {'probe':<24} {'median ms':>10} {'min ms':>8}")
+    training_step_and_logits_update(gpt, corpus, demo.text_windows, args.repeats)
     for label, model, adapter, probe in cases:
         median, best = time_probe(probe, model, adapter, args.repeats)
         print(f"{label:<15} {type(probe).__name__:<24} {median:>10.1f} {best:>8.1f}")

@@ -23,7 +23,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, RankProbe
+from mechmon import (
+    AttentionEntropyProbe,
+    AttentionLogitProbe,
+    AttentionSinkProbe,
+    CollapseProbe,
+    InductionProbe,
+    LogitsProbe,
+    MassiveActivationProbe,
+    MechMonitor,
+    PrefixMatchingProbe,
+    RankProbe,
+)
 from mechmon.cli import print_summary
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -146,6 +157,11 @@ def main() -> None:  # noqa: D103
             LogitsProbe(),
             CollapseProbe(text_rows),
             RankProbe(text_rows),
+            PrefixMatchingProbe(period=25, batch_size=10),
+            AttentionLogitProbe(text_rows),
+            AttentionEntropyProbe(text_rows),
+            AttentionSinkProbe(text_rows),
+            MassiveActivationProbe(text_rows),
         ],
         schedule=args.every,
         console=not args.no_live,

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, HookPoint, first_output
+from mechmon.functional.attention import row_stats
 
 __all__ = ["TransformerLensAdapter"]
 
@@ -50,8 +51,15 @@ class TransformerLensAdapter(Adapter):
         return type(module).__name__ in _CLASSES and hasattr(module, "hook_dict") and hasattr(module, "cfg")
 
     def hook_points(self) -> dict[str, HookPoint]:
-        """Every TransformerLens hook point under its own name, plus ``logits`` from ``unembed``."""
+        """Every TransformerLens hook point under its own name, row statistics and ``logits``.
+
+        ``blocks.{l}.attn.hook_row_stats`` is read from ``hook_attn_scores`` (TransformerLens masks them with -inf);
+        ``logits`` from ``unembed``.
+        """
         points = {name: HookPoint(hp, _identity) for name, hp in self.model.hook_dict.items()}
+        for name, hp in self.model.hook_dict.items():  # the masked pre-softmax scores give the row statistics
+            if name.endswith("attn.hook_attn_scores"):
+                points[name.replace("hook_attn_scores", "hook_row_stats")] = HookPoint(hp, row_stats)
         unembed = getattr(self.model, "unembed", None)
         if isinstance(unembed, nn.Module):
             points[LOGITS] = HookPoint(unembed)

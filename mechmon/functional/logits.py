@@ -22,6 +22,7 @@ __all__ = [
     "absorption_gap",
     "measured_absorption_gap",
     "flatten_rows",
+    "row_chunks",
     "loss_dtype_for",
 ]
 
@@ -101,12 +102,13 @@ def absorption_gap(dtype: torch.dtype) -> float:
 def flatten_rows(
     logits: Tensor, targets: Tensor, shift: bool, ignore_index: int = -100
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Align logits with targets as rows.
+    """Align logits with targets as rows, without copying the logits.
 
     Args:
         logits: ``[B, T, V]`` (LM) or ``[N, C]`` (classifier).
         targets: ``[B, T]`` or ``[N]`` int ids; ``ignore_index`` marks rows to skip.
-        shift: LM labels equal to the inputs (HF convention): row t predicts target t+1.
+        shift: LM labels equal to the inputs (HF convention): row t predicts target t+1 (the last row of each
+            sequence has no target and is marked invalid, so the logits stay a view of the head's output).
         ignore_index: id of ignored rows.
 
     Returns:
@@ -115,13 +117,23 @@ def flatten_rows(
     Raises:
         ValueError: if the shapes do not line up.
     """
-    if shift:
-        logits, targets = logits[..., :-1, :], targets[..., 1:]
     if tuple(logits.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"logits {tuple(logits.shape)} do not line up with targets {tuple(targets.shape)}")
+    if shift:
+        targets = torch.cat([targets[..., 1:], torch.full_like(targets[..., :1], ignore_index)], dim=-1)
     logits_NV, targets_N = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
     valid_N = targets_N != ignore_index
     return logits_NV, torch.where(valid_N, targets_N, torch.zeros_like(targets_N)), valid_N
+
+
+def row_chunks(rows: int, vocab: int, logits_bytes: int, allowance: int = 64 * 2**20) -> int:
+    """Rows per chunk so that a chunk's temporaries stay within ``allowance`` + 10 % of the logits' bytes.
+
+    A chunk's temporaries are bounded by 32 bytes per logit (a float64 copy and its ``exp``, or float32 copies and
+    their temporaries), so the probe's extra peak is at most that budget whatever the batch, vocabulary or dtype.
+    """
+    budget = allowance + logits_bytes // 10
+    return max(1, min(rows, budget // (32 * vocab)))
 
 
 def measured_absorption_gap(vocab: int, dtype: torch.dtype, device: torch.device, resolution: float = 0.05) -> Tensor:

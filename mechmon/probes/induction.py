@@ -38,12 +38,12 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
-from mechmon.checks import integer, number
+from mechmon.checks import number
 from mechmon.functional.attention import check_queries
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
-from mechmon.probes.repeated import repeated_batch
+from mechmon.probes.repeated import check_repeated_args, repeated_batch
 from mechmon.registry import register_probe
 
 __all__ = ["InductionProbe"]
@@ -91,12 +91,7 @@ class InductionProbe(SnapshotProbe):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
-            integer("InductionProbe", arg, value, low)
-        integer("InductionProbe", "seed", seed)
-        if bos_token_id is not None:
-            integer("InductionProbe", "bos_token_id", bos_token_id, 0)
-        number("InductionProbe", "level", level, 0, 1)
+        check_repeated_args("InductionProbe", period, batch_size, seed, bos_token_id, level, top_k)
         number("InductionProbe", "head_threshold", head_threshold, 0, 1)
         self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
         self.level, self.head_threshold, self.top_k = level, head_threshold, top_k

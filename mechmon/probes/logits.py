@@ -56,6 +56,7 @@ from mechmon.functional.logits import (
     log_partition,
     loss_dtype_for,
     measured_absorption_gap,
+    row_chunks,
     softmax_collapse,
     top2_gap,
     zero_loss,
@@ -157,29 +158,39 @@ class LogitsProbe(StreamingProbe):
         self.to(device)
 
     def update(self, captures: Mapping[str, Tensor], batch: Any) -> None:
-        """Accumulate counts and sums from one micro-batch's logits and targets."""
+        """Accumulate counts and sums from one micro-batch's logits and targets, a chunk of rows at a time.
+
+        The logits are read as a view; each chunk's temporaries (its float32 and float64 copies) stay within 64 MiB
+        plus 10 % of the logits' bytes (:func:`~mechmon.functional.logits.row_chunks`).
+        """
         targets, shift = self.targets(batch)
         logits_NV, targets_N, valid_N = flatten_rows(captures[LOGITS], targets, shift, self.ignore_index)
         tau = self.loss_dtype or loss_dtype_for(logits_NV.dtype)
-        norm_N = logits_NV.float().norm(dim=-1)
-        gap_N = top2_gap(logits_NV)
+        size = logits_NV.element_size() * logits_NV.numel()
+        step = row_chunks(logits_NV.shape[0], logits_NV.shape[-1], size)
         self.rows += valid_N.sum()
-        self.collapsed += (softmax_collapse(logits_NV, tau) & valid_N).sum()
-        self.collapsed_fp64 += (softmax_collapse(logits_NV, torch.float64) & valid_N).sum()
-        self.zero_loss += (zero_loss(logits_NV, targets_N, tau) & valid_N).sum()
-        self.absorbable += ((gap_N >= absorption_gap(tau)) & valid_N).sum()
-        self.near_absorb += (
-            (gap_N >= self._absorb_gap(logits_NV.shape[-1], tau, logits_NV.device) - self.margin) & valid_N
-        ).sum()
-        self.correct += ((logits_NV.argmax(dim=-1) == targets_N) & valid_N).sum()
-        self.norm_sum += torch.where(valid_N, norm_N, 0).sum(dtype=torch.float64)
-        self.max_sum += torch.where(valid_N, logits_NV.float().amax(dim=-1), 0).sum(dtype=torch.float64)
-        self.gap_sum += torch.where(valid_N, gap_N, 0).sum(dtype=torch.float64)
-        self.norm_max.copy_(torch.maximum(self.norm_max, torch.where(valid_N, norm_N, 0).amax()))
-        log_z_N = torch.where(valid_N, log_partition(logits_NV), 0)
-        self.log_z_sum += log_z_N.sum(dtype=torch.float64)
-        self.log_z_abs_sum += log_z_N.abs().sum(dtype=torch.float64)
-        self.log_z_abs_max.copy_(torch.maximum(self.log_z_abs_max, log_z_N.abs().amax()))
+        for start in range(0, logits_NV.shape[0], step):
+            rows = slice(start, start + step)
+            self._update_rows(logits_NV[rows], targets_N[rows], valid_N[rows], tau)
+
+    def _update_rows(self, logits_RV: Tensor, targets_R: Tensor, valid_R: Tensor, tau: torch.dtype) -> None:
+        z_RV = logits_RV if logits_RV.dtype in (torch.float32, torch.float64) else logits_RV.float()  # one copy
+        norm_R, gap_R = z_RV.float().norm(dim=-1), top2_gap(z_RV)
+        self.collapsed += (softmax_collapse(z_RV, tau) & valid_R).sum()
+        self.collapsed_fp64 += (softmax_collapse(z_RV, torch.float64) & valid_R).sum()
+        self.zero_loss += (zero_loss(z_RV, targets_R, tau) & valid_R).sum()
+        self.absorbable += ((gap_R >= absorption_gap(tau)) & valid_R).sum()
+        near = gap_R >= self._absorb_gap(z_RV.shape[-1], tau, z_RV.device) - self.margin
+        self.near_absorb += (near & valid_R).sum()
+        self.correct += ((z_RV.argmax(dim=-1) == targets_R) & valid_R).sum()
+        self.norm_sum += torch.where(valid_R, norm_R, 0).sum(dtype=torch.float64)
+        self.max_sum += torch.where(valid_R, z_RV.amax(dim=-1).float(), 0).sum(dtype=torch.float64)
+        self.gap_sum += torch.where(valid_R, gap_R, 0).sum(dtype=torch.float64)
+        self.norm_max.copy_(torch.maximum(self.norm_max, torch.where(valid_R, norm_R, 0).amax()))
+        log_z_R = torch.where(valid_R, log_partition(z_RV), 0)
+        self.log_z_sum += log_z_R.sum(dtype=torch.float64)
+        self.log_z_abs_sum += log_z_R.abs().sum(dtype=torch.float64)
+        self.log_z_abs_max.copy_(torch.maximum(self.log_z_abs_max, log_z_R.abs().amax()))
 
     def _absorb_gap(self, vocab: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Measured once per (V, τ) on the training device, then cached (a device tensor, no sync)."""

@@ -34,12 +34,11 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
-from mechmon.checks import integer, number
 from mechmon.functional.attention import check_queries
 from mechmon.functional.induction import prefix_matching_scores
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
-from mechmon.probes.repeated import repeated_batch
+from mechmon.probes.repeated import check_repeated_args, repeated_batch
 from mechmon.registry import register_probe
 
 __all__ = ["PrefixMatchingProbe"]
@@ -86,12 +85,7 @@ class PrefixMatchingProbe(SnapshotProbe):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
-            integer("PrefixMatchingProbe", arg, value, low)
-        integer("PrefixMatchingProbe", "seed", seed)
-        if bos_token_id is not None:
-            integer("PrefixMatchingProbe", "bos_token_id", bos_token_id, 0)
-        number("PrefixMatchingProbe", "level", level, 0, 1)
+        check_repeated_args("PrefixMatchingProbe", period, batch_size, seed, bos_token_id, level, top_k)
         self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
         self.level, self.top_k, self.offset = level, top_k, int(bos_token_id is not None)
 

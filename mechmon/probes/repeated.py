@@ -6,9 +6,26 @@ import torch
 from torch import Tensor
 
 from mechmon.adapters.base import Adapter
+from mechmon.checks import integer, number
 from mechmon.functional.induction import repeated_tokens
 
-__all__ = ["repeated_batch"]
+__all__ = ["check_repeated_args", "repeated_batch"]
+
+
+def check_repeated_args(
+    owner: str, period: int, batch_size: int, seed: int, bos_token_id: int | None, level: float, top_k: int
+) -> None:
+    """Validate the arguments the repeated-batch probes share.
+
+    Raises:
+        TypeError, ValueError: naming ``owner`` and the argument.
+    """
+    for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
+        integer(owner, arg, value, low)
+    integer(owner, "seed", seed)
+    if bos_token_id is not None:
+        integer(owner, "bos_token_id", bos_token_id, 0)
+    number(owner, "level", level, 0, 1)
 
 
 def repeated_batch(

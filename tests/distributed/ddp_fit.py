@@ -60,6 +60,11 @@ class Flaky(StreamingProbe):
         return {self.key("tokens"): self.tokens}
 
 
+def pager_timing_out(alert) -> None:
+    """A user's alert webhook that fails (rank 0 only calls it): the fit must go on, on both ranks."""
+    raise TimeoutError("pager webhook timed out")
+
+
 class Clock(pl.Callback):
     def on_train_batch_start(self, trainer, *args):
         STEP["now"] = trainer.global_step + 1  # the optimizer step this batch belongs to
@@ -69,7 +74,7 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     marker = Threshold("mechmon/logits/norm_mean", level=0.0, name="marker")
     probes = [InductionProbe(period=10, batch_size=2), LogitsProbe(), CollapseProbe(), RankProbe(), Flaky()]
-    monitor = MechMonitor(probes=probes, schedule=every(2), rules=[marker])
+    monitor = MechMonitor(probes=probes, schedule=every(2), rules=[marker], on_alert=[pager_timing_out])
     model = TinyLM()
     trainer = pl.Trainer(
         max_steps=8,

@@ -111,3 +111,36 @@ def test_repeated_tokens_layout():
     assert torch.equal(batch, again)
     with pytest.raises(ValueError, match="usable token ids"):
         repeated_tokens(1, 50, torch.arange(10), torch.Generator())
+
+
+def test_prefix_matching_score_equals_a_naive_loop_over_copies():
+    from mechmon.functional.induction import prefix_matching_scores
+
+    n, copies, s = 5, 4, 1
+    T = s + copies * n
+    pattern = torch.rand(2, 3, T, T, generator=torch.Generator().manual_seed(7)).tril()
+    pattern = pattern / pattern.sum(dim=-1, keepdim=True)
+    expected = []
+    for h in range(3):
+        values = []
+        for b in range(2):
+            for m in range(1, copies):
+                for i in range(n):
+                    q = s + m * n + i
+                    values.append(sum(pattern[b, h, q, s + c * n + i + 1].item() for c in range(m)))
+        expected.append(sum(values) / len(values))
+    assert prefix_matching_scores(pattern, n, copies, s).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_perfect_prefix_matching_head_scores_one():
+    from mechmon.functional.induction import prefix_matching_scores
+
+    n, copies = 4, 4
+    T = copies * n
+    pattern = torch.zeros(1, 1, T, T)
+    pattern[0, 0, :n] = torch.eye(T)[:n]  # copy 0 attends to itself
+    for m in range(1, copies):
+        for i in range(n):
+            for c in range(m):  # split evenly over the successors of every earlier occurrence
+                pattern[0, 0, m * n + i, c * n + i + 1] = 1 / m
+    assert prefix_matching_scores(pattern, n, copies).item() == pytest.approx(1.0)

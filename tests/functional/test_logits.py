@@ -88,10 +88,10 @@ def test_top2_gap_and_flatten_rows():
     targets = torch.randint(0, 7, (2, 5))
     targets[0, 3] = -100
     lg, tg, valid = flatten_rows(logits, targets, shift=True)
-    assert lg.shape == (8, 7) and tg.shape == (8,)
-    assert valid.tolist() == [True, True, False, True, True, True, True, True]
-    assert (tg >= 0).all()
-    torch.testing.assert_close(lg[4], logits[1, 0])
+    assert lg.shape == (10, 7) and tg.shape == (10,) and lg.data_ptr() == logits.data_ptr()  # a view, no copy
+    assert valid.tolist() == [True, True, False, True, False, True, True, True, True, False]  # last rows: no target
+    assert (tg >= 0).all() and tg[0] == targets[0, 1]
+    torch.testing.assert_close(lg[5], logits[1, 0])
     with pytest.raises(ValueError, match="line up"):
         flatten_rows(logits, targets[:, :3], shift=False)
     _, tg2, valid2 = flatten_rows(logits.reshape(10, 7), targets.reshape(10), shift=False)

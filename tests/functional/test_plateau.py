@@ -70,3 +70,24 @@ def test_attention_progress_perfect_and_disjoint_maps():
     rows = torch.ones(1, 4, dtype=torch.bool)
     assert attention_progress(pattern, torch.eye(4), rows).item() == 1.0
     assert attention_progress(pattern, 1 - torch.eye(4), rows).item() == 0.0
+
+
+def test_token_loss_sums_equal_a_naive_cross_entropy_at_the_1_based_token():
+    import math
+
+    from mechmon.functional.icl import token_loss_sums
+
+    gen = torch.Generator().manual_seed(8)
+    logits, tokens = torch.randn(2, 12, 5, generator=gen), torch.randint(0, 5, (2, 12), generator=gen)
+    real = torch.ones(2, 12, dtype=torch.bool)
+    real[1, 9:] = False
+    total, count = token_loss_sums(logits, tokens, real, token=10, window=1).tolist()
+    expected = []
+    for b in range(2):
+        for t in (9, 10, 11):  # 1-based tokens, predicted at 0-based position t - 2
+            if real[b, t - 1]:
+                row = logits[b, t - 2].tolist()
+                expected.append(math.log(sum(math.exp(z) for z in row)) - row[tokens[b, t - 1]])
+    assert count == len(expected) == 4 and total == pytest.approx(sum(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        token_loss_sums(logits, tokens, real, token=12, window=1)

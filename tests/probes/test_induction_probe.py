@@ -54,3 +54,25 @@ def test_vocabulary_too_small_raises_in_setup():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         InductionProbe(**kwargs)
+
+
+def test_prefix_matching_on_an_sdpa_gpt2_equals_its_eager_twins_patterns():
+    from mechmon import PrefixMatchingProbe
+    from mechmon.functional.induction import prefix_matching_scores
+    from tests.conftest import tiny_gpt2
+
+    probe = PrefixMatchingProbe(period=10, batch_size=3)
+    out = evaluate(probe, tiny_gpt2("sdpa"))
+    with torch.no_grad():
+        patterns = tiny_gpt2("eager").eval()(input_ids=probe.probe_batch, output_attentions=True).attentions
+    expected = torch.stack([prefix_matching_scores(p, 10, 4) for p in patterns])
+    assert probe.probe_batch.shape == (3, 40) and torch.equal(probe.probe_batch[:, :10], probe.probe_batch[:, 30:])
+    torch.testing.assert_close(out["mechmon/prefix_match/head_scores"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_prefix_matching_on_a_short_context_fails_at_setup_naming_the_period():
+    from mechmon import PrefixMatchingProbe
+    from tests.conftest import tiny_gpt2  # context 48: four copies of 25 do not fit
+
+    with pytest.raises(ValueError, match=r"PrefixMatchingProbe\(period=25\) needs sequences of 100 tokens.*period=12"):
+        evaluate(PrefixMatchingProbe(), tiny_gpt2())

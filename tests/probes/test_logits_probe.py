@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mechmon.probes.logits import LogitsProbe, default_targets
+from tests.memory import LiveBytes
 
 
 def naive(logits_NV, targets_N, dtype):
@@ -109,3 +110,21 @@ def test_precursor_and_accuracy():
     assert out["mechmon/logits/softmax_collapse_frac"].item() == 0.25
     with pytest.raises(ValueError):
         LogitsProbe(margin=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_extra_peak_memory_of_an_update_is_bounded_by_64_mib_plus_a_tenth_of_the_logits(dtype):
+    T, V = 4096, 8192  # float32: 128 MiB of logits; a whole-tensor float64 copy alone would be 256 MiB
+    logits = torch.randn(1, T, V, generator=torch.Generator().manual_seed(0)).to(dtype)
+    tokens = torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(1))
+    probe = LogitsProbe()
+    probe.update({"logits": logits[:, :16]}, tokens[:, :16])  # warm-up: the absorption gap is measured once
+    states = [t for t, _ in probe.states().values()]
+    with LiveBytes([logits, tokens, *states]) as mode:
+        probe.update({"logits": logits}, tokens)
+    bound = 64 * 2**20 + logits.numel() * logits.element_size() // 10
+    assert 0 < mode.peak <= bound, (mode.peak / 2**20, bound / 2**20)
+    out = probe.compute()
+    assert out["mechmon/logits/norm_mean"].item() == pytest.approx(
+        logits[0, :-1].float().norm(dim=-1).mean().item(), rel=1e-4
+    )

@@ -193,3 +193,36 @@ def test_bad_arguments_raise_value_error(make):
 def test_apm_target_must_be_a_tensor():
     with pytest.raises(TypeError, match="tensor"):
         AttentionProgressProbe([[1, 0], [0, 1]])
+
+
+def test_icl_score_is_the_late_minus_the_early_token_loss():
+    from mechmon import ICLProbe
+
+    model = tiny_gpt2()
+    batch = torch.randint(1, VOCAB, (3, 48), generator=torch.Generator().manual_seed(3))
+    out = mechmon.evaluate(ICLProbe(batch, early=5, late=40), model)
+    with torch.no_grad():
+        loss = F.cross_entropy(
+            model.eval()(input_ids=batch).logits[:, :-1].transpose(1, 2), batch[:, 1:], reduction="none"
+        )
+    early, late = loss[:, 3].mean().item(), loss[:, 38].mean().item()  # the t-th token is predicted at t - 2
+    assert out["mechmon/icl/loss_early_nats"].item() == pytest.approx(early, rel=1e-5)
+    assert out["mechmon/icl/score_nats"].item() == pytest.approx(late - early, rel=1e-4, abs=1e-6)
+
+
+def test_icl_needs_a_long_context_and_long_training_rows():
+    from mechmon import ICLProbe, Monitor
+
+    with pytest.raises(ValueError, match=r"ICLProbe\(late=500, window=0\) needs contexts of 500 tokens.*late=48"):
+        mechmon.evaluate(ICLProbe(), tiny_gpt2())
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    monitor = Monitor(model, optimizer=optimizer, probes=[ICLProbe(early=5, late=40)], schedule=1, log_dir=None)
+    short, long = torch.randint(1, VOCAB, (2, 30)), torch.randint(1, VOCAB, (2, 48))
+    with pytest.warns(UserWarning, match="no row of 40 or more real tokens"):
+        for step, batch in enumerate([short, long], start=1):
+            with monitor.step(step, batch):
+                model(input_ids=batch, labels=batch).loss.backward()
+                optimizer.step()
+    monitor.close()
+    assert monitor.probes[0].probe_batch.shape == (2, 48) and "mechmon/icl/score_nats" in monitor.latest

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 __all__ = ["main", "print_summary", "read_run"]
@@ -49,7 +51,7 @@ def print_summary(run_dir: Path, console: Console | None = None) -> None:
     table.add_column("step", justify="right")
     table.add_column("alert")
     for step, text in alerts:
-        table.add_row(str(step), text)
+        table.add_row(str(step), Markdown(text))  # alert texts are Markdown (severity in bold, rule as code)
     console.print(table if alerts else "no mechmon alerts fired")
     latest = Table(title="latest values")
     latest.add_column("metric")
@@ -62,7 +64,7 @@ def print_summary(run_dir: Path, console: Console | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mechmon`` console script."""
+    """Entry point of the ``mechmon`` console script; returns the exit code (2: a run folder without event files)."""
     parser = argparse.ArgumentParser(prog="mechmon", description="mechmon: live mechanistic monitoring of training")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("probes", help="list the registered probes")
@@ -76,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             cls = mechmon.get_probe(name)
             Console().print(f"[bold]{name}[/] ({cls.kind}): {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
-    print_summary(args.run_dir)
+    try:
+        print_summary(args.run_dir)
+    except FileNotFoundError as err:
+        print(f"mechmon summary: {err}", file=sys.stderr)  # one line, never wrapped
+        return 2
     return 0
 
 

@@ -1,0 +1,43 @@
+"""The ``mechmon`` command on a real run folder, as a user runs it."""
+
+import subprocess
+import sys
+
+from mechmon import LogitsProbe, MechMonitor, Threshold
+from tests.conftest import TinyLM, make_trainer, token_loader
+
+
+def mechmon_command(*args):
+    code = "import sys; from mechmon.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_summary_renders_the_alerts_and_a_missing_folder_is_one_line_and_exit_code_2(tmp_path):
+    marker = Threshold("mechmon/logits/norm_mean", level=0.0, name="marker")
+    trainer = make_trainer(tmp_path, [MechMonitor(probes=[LogitsProbe()], schedule=2, rules=[marker])], max_steps=2)
+    trainer.fit(TinyLM(), token_loader())
+    done = mechmon_command("summary", str(tmp_path / "tb"))
+    assert done.returncode == 0, done.stderr
+    assert "marker" in done.stdout and "**" not in done.stdout and "`" not in done.stdout  # Markdown rendered
+    assert "mechmon/logits/norm_mean" in done.stdout
+    missing = mechmon_command("summary", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [
+        f"mechmon summary: no TensorBoard event file under {tmp_path / 'nowhere'}"
+    ]
+
+
+def test_probes_lists_every_registered_probe():
+    done = mechmon_command("probes")
+    assert done.returncode == 0
+    for name in [
+        "induction",
+        "logits",
+        "attn_logits",
+        "attn_entropy",
+        "attn_sink",
+        "massive_act",
+        "prefix_match",
+        "icl",
+    ]:
+        assert f"{name} (" in done.stdout

@@ -27,12 +27,18 @@ def register_probe(cls: P) -> P:
     return cls
 
 
+def _builtin() -> None:
+    """Register mechmon's own probes (their modules register on import; ``mechmon`` imports lazily)."""
+    import mechmon.probes  # noqa: F401
+
+
 def get_probe(name: str) -> type[Probe]:
     """Return the probe class registered as ``name``.
 
     Raises:
         KeyError: with the registered names, if ``name`` is unknown.
     """
+    _builtin()
     if name not in _REGISTRY:
         raise KeyError(f"no probe named {name!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
@@ -40,4 +46,5 @@ def get_probe(name: str) -> type[Probe]:
 
 def list_probes(pattern: str = "*") -> list[str]:
     """Sorted names of the registered probes matching a glob ``pattern``."""
+    _builtin()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))

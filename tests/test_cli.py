@@ -41,3 +41,12 @@ def test_probes_lists_every_registered_probe():
         "icl",
     ]:
         assert f"{name} (" in done.stdout
+
+
+def test_help_answers_without_importing_torch():
+    code = (
+        "import sys\nfrom mechmon.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "usage: mechmon" in done.stdout and done.stdout.strip().endswith("torch not loaded")

@@ -7,12 +7,13 @@ class name, so mechmon never imports transformer-lens itself.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter, HookPoint, first_output
-from mechmon.functional.attention import row_stats
+from mechmon.functional.attention import probability_row_stats, row_stats
 
 __all__ = ["TransformerLensAdapter"]
 
@@ -53,13 +54,16 @@ class TransformerLensAdapter(Adapter):
     def hook_points(self) -> dict[str, HookPoint]:
         """Every TransformerLens hook point under its own name, row statistics and ``logits``.
 
-        ``blocks.{l}.attn.hook_row_stats`` is read from ``hook_attn_scores`` (TransformerLens masks them with -inf);
-        ``logits`` from ``unembed``.
+        ``blocks.{l}.attn.hook_row_stats`` is read from ``HookedTransformer``'s ``hook_attn_scores`` (pre-softmax,
+        masked with -inf); ``TransformerBridge`` 4.x fills ``hook_attn_scores`` with the probabilities, so there it
+        comes from ``hook_pattern`` with the max logit NaN. ``logits`` from ``unembed``.
         """
         points = {name: HookPoint(hp, _identity) for name, hp in self.model.hook_dict.items()}
-        for name, hp in self.model.hook_dict.items():  # the masked pre-softmax scores give the row statistics
-            if name.endswith("attn.hook_attn_scores"):
-                points[name.replace("hook_attn_scores", "hook_row_stats")] = HookPoint(hp, row_stats)
+        bridge = type(self.model).__name__ == "TransformerBridge"
+        source, extract = ("attn.hook_pattern", _bridge_row_stats) if bridge else ("attn.hook_attn_scores", row_stats)
+        for name, hp in self.model.hook_dict.items():
+            if name.endswith(source):
+                points[name.replace(source, "attn.hook_row_stats")] = HookPoint(hp, extract)
         unembed = getattr(self.model, "unembed", None)
         if isinstance(unembed, nn.Module):
             points[LOGITS] = HookPoint(unembed)
@@ -68,3 +72,12 @@ class TransformerLensAdapter(Adapter):
     def forward(self, input_ids: Tensor) -> Tensor:
         """Logits ``[B, T, V]``: token ids as the first positional argument, as both classes take them."""
         return first_output(self.model(input_ids))
+
+
+def _bridge_row_stats(pattern_BHQK: Tensor) -> Tensor:
+    warnings.warn(
+        "mechmon: TransformerBridge exposes no pre-softmax attention scores (its hook_attn_scores holds the "
+        "probabilities): the max attention logit is NaN; entropy and sinks come from hook_pattern",
+        stacklevel=2,
+    )
+    return probability_row_stats(pattern_BHQK)

@@ -51,3 +51,40 @@ def test_transformer_bridge_scores_match_its_own_cache():
     cfg = TransformerBridgeConfig(n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, seed=0)
     model = TransformerBridge.boot_native(cfg)
     scores_match_the_cache(model, model.run_with_cache)
+
+
+def attention_stats_match_the_cache(model, run_with_cache, logits_measured: bool):
+    from mechmon import AttentionEntropyProbe, AttentionLogitProbe, AttentionSinkProbe
+
+    batch = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(0))
+    out = evaluate([AttentionLogitProbe(batch), AttentionEntropyProbe(batch), AttentionSinkProbe(batch)], model)
+    _, cache = run_with_cache(batch)
+    probs = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(2)])  # [L, B, H, Q, K]
+    entropy = torch.special.entr(probs).sum(dim=-1)[..., 1:] / torch.arange(2, 21).log()
+    torch.testing.assert_close(out["mechmon/attn_entropy/head_mean"], entropy.mean(dim=(1, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        out["mechmon/attn_sink/first_mass"], probs[..., 0].mean(dim=(1, 3)), rtol=1e-4, atol=1e-5
+    )
+    assert torch.isfinite(out["mechmon/attn_logits/max"]).item() == logits_measured
+
+
+@needs3
+def test_hooked_transformer_attention_statistics_match_its_cache():
+    import transformer_lens as tl
+
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, act_fn="relu", attn_only=True
+    )
+    model = tl.HookedTransformer(cfg)
+    attention_stats_match_the_cache(model, model.run_with_cache, logits_measured=True)
+
+
+@needs4
+def test_transformer_bridge_attention_statistics_match_its_cache_and_its_max_logit_is_nan():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = TransformerBridgeConfig(n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, seed=0)
+    model = TransformerBridge.boot_native(cfg)
+    with pytest.warns(UserWarning, match="TransformerBridge exposes no pre-softmax attention scores"):
+        attention_stats_match_the_cache(model, model.run_with_cache, logits_measured=False)

@@ -16,20 +16,48 @@ from torch import Tensor
 __all__ = ["square_norms", "dots_and_square_norms", "cosines", "global_cosine"]
 
 
+CHUNK = 4 * 2**20  # elements per chunk: three float32 temporaries of 16 MiB each at most
+
+
+def _chunks(t: Tensor) -> list[Tensor]:
+    flat = t.detach().reshape(-1)
+    return [flat[i : i + CHUNK] for i in range(0, flat.numel(), CHUNK)]
+
+
+def _total(parts, like: Tensor) -> Tensor:
+    """Sum of 0-d fp32 tensors, starting from a device zero (an empty tensor sums to 0)."""
+    return sum(parts, torch.zeros((), device=like.device))
+
+
 def square_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """Per-tensor squared Frobenius norms Σp², fp32 each, returned as fp64 ``[P]``."""
-    return torch.stack([t.detach().float().pow(2).sum() for t in tensors]).double()
+    """Per-tensor squared Frobenius norms Σp², fp32 each, returned as fp64 ``[P]``.
+
+    Read ``CHUNK`` elements at a time: the extra memory is at most 48 MiB whatever the tensors' sizes.
+    """
+    return torch.stack([_total((c.float().pow(2).sum() for c in _chunks(t)), t) for t in tensors]).double()
 
 
-def dots_and_square_norms(directions: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
-    """``[3, P]`` fp64: ⟨d_p, p⟩, ‖d_p‖², ‖p‖² per tensor (fp32 each).
+def dots_and_square_norms(directions: Sequence[Tensor | None], params: Sequence[Tensor], sign: float = 1.0) -> Tensor:
+    """``[3, P]`` fp64: ⟨d_p, p⟩, ‖d_p‖², ‖p‖² per tensor, with d_p = ``sign`` x ``directions[p]`` (fp32 each).
 
     Args:
-        directions: per-tensor directions (``-grad`` for the gradient form, the update for the update form).
+        directions: per-tensor directions (the gradient, with ``sign=-1`` for the descent direction; the update
+            for the update form); ``None`` is a zero direction (a parameter without a gradient).
         params: the matching parameters (same shapes).
+        sign: +1 or -1 (no negated copy of the directions is made).
+
+    Read ``CHUNK`` elements at a time: the extra memory is at most 48 MiB whatever the tensors' sizes.
     """
-    pairs = [(d.detach().float(), p.detach().float()) for d, p in zip(directions, params, strict=True)]
-    rows = [torch.stack([(d * p).sum(), d.pow(2).sum(), p.pow(2).sum()]) for d, p in pairs]
+    rows = []
+    for d, p in zip(directions, params, strict=True):
+        p_sq = _total((c.float().pow(2).sum() for c in _chunks(p)), p)
+        if d is None:
+            zero = torch.zeros((), device=p.device)
+            rows.append(torch.stack([zero, zero, p_sq]))
+            continue
+        dot = _total(((dc.float() * pc.float()).sum() for dc, pc in zip(_chunks(d), _chunks(p), strict=True)), p)
+        d_sq = _total((c.float().pow(2).sum() for c in _chunks(d)), p)
+        rows.append(torch.stack([sign * dot, d_sq, p_sq]))
     return torch.stack(rows, dim=1).double()
 
 

@@ -109,9 +109,7 @@ class NLMProbe(StreamingProbe):
         """Gradient statistics, and the pre-step copy of the tracked tensors for the update form."""
         params = [local(p) for _, p in self.named]
         grads = [local(p.grad) if p.grad is not None else None for _, p in self.named]
-        stats = dots_and_square_norms(
-            [-g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)], params
-        )
+        stats = dots_and_square_norms(grads, params, sign=-1.0)  # the descent direction, without a negated copy
         finite = torch.isfinite(stats).all()  # caveat: a non-finite step is skipped on the device, no sync
         self.grad_3P.copy_(torch.where(finite, stats, torch.zeros_like(stats)))
         if self.update_form:

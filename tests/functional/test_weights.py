@@ -47,3 +47,19 @@ def test_measured_absorption_gap_lies_in_the_order_dependent_band(dtype):
     from mechmon.functional.logits import softmax_collapse
 
     assert softmax_collapse(rows, dtype).tolist() == [False, True]
+
+
+def test_chunked_norms_and_dots_equal_the_whole_tensor_and_stay_within_48_mib(monkeypatch):
+    import mechmon.functional.weights as weights
+    from tests.memory import LiveBytes
+
+    p = torch.randn(3000, 2000, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 6M elements
+    g = torch.randn(3000, 2000, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    whole = torch.stack([(-g.float() * p.float()).sum(), g.float().pow(2).sum(), p.float().pow(2).sum()]).double()
+    monkeypatch.setattr(weights, "CHUNK", 1_000_000)  # several chunks, and a small bound to check against
+    with LiveBytes([p, g]) as mode:
+        stats = dots_and_square_norms([g, None], [p, p], sign=-1.0)
+        norms = square_norms([p])
+    torch.testing.assert_close(stats[:, 0], whole, rtol=1e-5, atol=1e-3)
+    assert stats[:, 1].tolist() == [0.0, 0.0, stats[2, 0].item()] and norms[0].item() == stats[2, 0].item()
+    assert mode.peak <= 3 * 4 * 1_000_000 + 4096  # three float32 chunk temporaries; the bf16 inputs are never copied

@@ -100,3 +100,20 @@ def test_params_must_be_a_list_of_globs(probe_cls):
         probe_cls(params="2.weight")
     with pytest.raises(TypeError):
         probe_cls(params=[3])
+
+
+def test_gradient_and_weight_probes_stay_within_48_mib_on_large_parameters():
+    from tests.memory import LiveBytes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4096, 4096, bias=False), nn.ReLU(), nn.Linear(4096, 5, bias=False))  # 64 MiB
+    model(torch.randn(2, 4096)).sum().backward()  # 64 MiB of gradients
+    nlm, weights = setup(NLMProbe(update_form=False, params=["0.weight"]), model), setup(WeightsProbe(), model)
+    known = [*model.parameters(), *(p.grad for p in model.parameters())]
+    with LiveBytes(known) as mode:
+        nlm.before_optimizer_step(torch.optim.SGD(model.parameters(), lr=0.1))
+        weights.evaluate()
+    assert mode.peak <= 48 * 2**20  # before: every gradient negated at once, then products and squares of each
+    big, g = model[0].weight.double(), model[0].weight.grad.double()
+    expected = (-g * big).sum() / (g.norm() * big.norm())  # near 0 here: compared in absolute terms, to float64
+    assert nlm.compute()["mechmon/nlm/cos_grad/0.weight"].item() == pytest.approx(expected.item(), abs=1e-6)

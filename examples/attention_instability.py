@@ -91,10 +91,11 @@ def run(kind: str, lr: float, corpus: torch.Tensor, args: argparse.Namespace) ->
     """One training run with the monitor; returns the curves, the alerts and the wall time."""
     pl.seed_everything(args.seed, verbose=False)
     probe_rows = text_windows(corpus, 8, args.ctx, args.seed + 1)
+    folder = args.out / f"{kind}_lr{lr:g}" / time.strftime("%Y%m%d-%H%M%S")  # a new folder per run: no mixed events
     monitor = MechMonitor(
         probes=[AttentionLogitProbe(probe_rows), AttentionEntropyProbe(probe_rows), LogitsProbe()],
         schedule=args.every,
-        log_dir=args.out / f"{kind}_lr{lr:g}",
+        log_dir=folder,
     )
     module = ByteLM(build(kind, args.ctx), lr, args.every)
     trainer = pl.Trainer(
@@ -109,8 +110,7 @@ def run(kind: str, lr: float, corpus: torch.Tensor, args: argparse.Namespace) ->
     alerts = {}
     for alert in monitor.alerts:
         alerts.setdefault(alert.rule, alert.step)
-    return {"curves": read_curves(args.out / f"{kind}_lr{lr:g}"), "losses": module.losses, "alerts": alerts,
-            "seconds": seconds}  # fmt: skip
+    return {"curves": read_curves(folder), "losses": module.losses, "alerts": alerts, "seconds": seconds}
 
 
 def read_curves(folder: Path) -> dict[str, dict[int, float]]:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mechmon.functional.attention import ENTROPY, FIRST_MASS, MAX_LOGIT, VISIBLE
+from mechmon.functional.stats import mean_or_nan
 
 __all__ = ["head_max_logit", "head_entropy_sums", "first_key_mass", "sink_counts"]
 
@@ -52,7 +53,7 @@ def first_key_mass(stats_BHQ4: Tensor, valid_BQ: Tensor) -> Tensor:
     rows = _rows(stats_BHQ4, valid_BQ, 1)
     total = torch.where(rows, stats_BHQ4[..., FIRST_MASS], 0.0).sum(dim=-1)
     count = rows.sum(dim=-1)
-    return torch.where(count > 0, total / count.clamp_min(1), float("nan"))
+    return mean_or_nan(total, count)
 
 
 def sink_counts(alpha_BH: Tensor, epsilon: float) -> Tensor:

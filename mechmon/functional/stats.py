@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["mean_or_nan"]
+__all__ = ["finite_or_nan", "mean_or_nan"]
 
 
 def mean_or_nan(total: Tensor, count: Tensor) -> Tensor:
@@ -21,3 +21,8 @@ def mean_or_nan(total: Tensor, count: Tensor) -> Tensor:
     dtype = total.dtype if total.is_floating_point() else torch.float32
     mean = total.to(dtype) / count.clamp_min(1).to(dtype)
     return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
+def finite_or_nan(values: Tensor) -> Tensor:
+    """``values`` with every non-finite entry (the ``-inf`` start of a running max that saw nothing) set to NaN."""
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, float("nan")))

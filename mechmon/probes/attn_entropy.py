@@ -34,6 +34,7 @@ from torch import Tensor
 from mechmon.alerts import Rule, Threshold
 from mechmon.checks import integer, number
 from mechmon.functional.attention_stats import head_entropy_sums
+from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.attention_rows import AttentionRowsProbe
 from mechmon.registry import register_probe
@@ -97,7 +98,7 @@ class AttentionEntropyProbe(AttentionRowsProbe):
     def compute(self) -> dict[str, Tensor]:
         """Means overall, per layer and per head; the lowest head; the collapsed share (NaN when nothing counted)."""
         total_LH, rows_LH = self.sums_L2H[:, 0], self.sums_L2H[:, 1]
-        head_LH = torch.where(rows_LH > 0, total_LH / rows_LH.clamp_min(1), float("nan"))
+        head_LH = mean_or_nan(total_LH, rows_LH)
         measured = torch.isfinite(head_LH)
         out = {
             self.key("mean"): total_LH.sum() / rows_LH.sum(),

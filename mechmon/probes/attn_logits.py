@@ -32,6 +32,7 @@ from torch import Tensor
 from mechmon.alerts import Rule, Threshold
 from mechmon.checks import integer, number
 from mechmon.functional.attention_stats import head_max_logit
+from mechmon.functional.stats import finite_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.attention_rows import AttentionRowsProbe
 from mechmon.registry import register_probe
@@ -85,16 +86,14 @@ class AttentionLogitProbe(AttentionRowsProbe):
 
     def compute(self) -> dict[str, Tensor]:
         """The max, the per-layer maxima, the mean of the per-head maxima and the ``[L, H]`` matrix (NaN unseen)."""
-        unseen = float("nan")
-        max_LH = torch.where(torch.isfinite(self.max_LH), self.max_LH, unseen)
-        top, top_L = self.max_LH.max(), self.max_LH.amax(dim=1)
+        max_LH = finite_or_nan(self.max_LH)
         out = {
-            self.key("max"): torch.where(torch.isfinite(top), top, unseen),
+            self.key("max"): finite_or_nan(self.max_LH.max()),
             self.key("max_mean"): max_LH.mean(),
             self.key("head_max"): max_LH,
         }
-        for layer in range(max_LH.shape[0]):
-            out[self.key("max", layer_scope(layer))] = torch.where(torch.isfinite(top_L[layer]), top_L[layer], unseen)
+        for layer, top in enumerate(finite_or_nan(self.max_LH.amax(dim=1))):
+            out[self.key("max", layer_scope(layer))] = top
         return out
 
     def default_rules(self) -> list[Rule]:

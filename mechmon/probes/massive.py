@@ -37,6 +37,7 @@ from mechmon.adapters.base import Adapter, resid_name
 from mechmon.alerts import Emergence, Rule
 from mechmon.checks import integer, number
 from mechmon.functional.massive import TOP_K, massive_stats
+from mechmon.functional.stats import finite_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe
 from mechmon.registry import register_probe
@@ -113,8 +114,7 @@ class MassiveActivationProbe(FixedBatchProbe):
             scope = layer_scope(layer)
             for k, stat in enumerate(("ratio", "ratio2", "ratio3")):
                 out[self.key(stat, scope)] = ratio_LK[layer, k]
-            top = self.top_L[layer]
-            out[self.key("top1_abs", scope)] = torch.where(torch.isfinite(top), top, float("nan"))
+            out[self.key("top1_abs", scope)] = finite_or_nan(self.top_L[layer])
         return out
 
     def default_rules(self) -> list[Rule]:

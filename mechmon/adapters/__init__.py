@@ -12,7 +12,16 @@ from collections.abc import Callable
 
 from torch import nn
 
-from mechmon.adapters.base import FINAL_NORM, LOGITS, Adapter, HookPoint, first_output, pattern_name, resid_name
+from mechmon.adapters.base import (
+    FINAL_NORM,
+    LOGITS,
+    Adapter,
+    HookPoint,
+    first_output,
+    is_compile_wrapper,
+    pattern_name,
+    resid_name,
+)
 from mechmon.adapters.custom import ModuleAdapter
 from mechmon.adapters.discover import Layout, common_parent, find_layout
 from mechmon.adapters.hf import HFAdapter
@@ -54,13 +63,11 @@ def _trainable(module: nn.Module) -> bool:
 
 def _candidates(root: nn.Module) -> list[tuple[str, Adapter]]:
     """Every HF / TransformerLens model in ``root`` (none nested in another), else a structural decoder."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
     found: list[tuple[str, Adapter]] = []
     for name, module in root.named_modules():
         if any(name.startswith(f"{p}.") or (p == "" and name) for p, _ in found):
             continue
-        if isinstance(module, OptimizedModule):  # torch.compile's wrapper: probe forwards run the original module
+        if is_compile_wrapper(module):  # torch.compile's wrapper: probe forwards run the original module
             continue
         cls = next((c for c in ADAPTERS if c.matches(module)), None)
         if cls is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ __all__ = [
     "FINAL_NORM",
     "LOGITS",
     "CANONICAL_RE",
+    "is_compile_wrapper",
 ]
 
 FINAL_NORM = "ln_final.hook_normalized"
@@ -71,6 +73,15 @@ def router_name(layer: int) -> str:
 def expert_indices_name(layer: int) -> str:
     """Canonical selected-experts name of ``layer``."""
     return f"blocks.{layer}.mlp.hook_expert_indices"
+
+
+def is_compile_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is ``torch.compile``'s ``OptimizedModule`` wrapper.
+
+    Without importing dynamo (about 2 s): if it was never imported, nothing was compiled.
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
 
 
 def first_output(output: Any) -> Tensor:

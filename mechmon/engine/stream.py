@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from mechmon.adapters import Adapter
+from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
 from mechmon.probe import Probe
 
@@ -114,10 +115,8 @@ def compiled(root: nn.Module) -> bool:
     compilation never fire in its code, and hooks present at one stay baked in after their removal. So the engine
     adds no forward hook to the training forward of a compiled model.
     """
-    from torch._dynamo.eval_frame import OptimizedModule
-
     return any(
-        isinstance(m, OptimizedModule)
+        is_compile_wrapper(m)
         or getattr(m, "_compiled_call_impl", None) is not None
         or getattr(m, "_compiler_ctx", None) is not None
         for m in root.modules()

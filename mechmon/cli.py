@@ -1,10 +1,11 @@
-"""The ``mechmon`` command: list probes, or summarise a run's TensorBoard events (alerts and latest values)."""
+"""The ``mechmon`` command: list probes, scan checkpoints, summarise a run's TensorBoard events."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markdown import Markdown
@@ -70,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("probes", help="list the registered probes")
     summary = sub.add_parser("summary", help="alerts and latest values of a run folder")
     summary.add_argument("run_dir", type=Path)
+    _scan_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "scan":
+        return _scan(args)
     if args.command == "probes":
         import mechmon
 
@@ -84,6 +88,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mechmon summary: {err}", file=sys.stderr)  # one line, never wrapped
         return 2
     return 0
+
+
+def _scan_parser(sub: Any) -> None:
+    scan = sub.add_parser(
+        "scan",
+        help="run probes over saved checkpoints (Lightning .ckpt, HF checkpoint-<step> folders, state dicts)",
+        description="Run snapshot probes over saved checkpoints in step order and write them to RUN_DIR as a live "
+        "run would (same keys, at the checkpoints' steps), then run the alert rules over that sequence. Running "
+        "again over the same RUN_DIR skips the checkpoints already done.",
+    )
+    scan.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files or folders, or folders of them")
+    scan.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder for the event files")
+    scan.add_argument("--probes", default="induction,weights", help="comma-separated probe names (mechmon probes)")
+    scan.add_argument(
+        "--model-factory", metavar="MODULE:FN", help="function building the model (needed unless HF folders)"
+    )
+    scan.add_argument("--batch", type=Path, help="torch.save'd token ids [B, T] for probes that read real text")
+    scan.add_argument("--device", help="device to run the model on (default: where the factory puts it)")
+
+
+def _scan(args: argparse.Namespace) -> int:
+    """``mechmon scan``: exit 0 when every checkpoint was measured, 1 when some failed, 2 on a usage error."""
+    import torch
+
+    from mechmon.replay.scan import load_factory, probes_from_names, scan
+
+    try:
+        probes = probes_from_names([n.strip() for n in args.probes.split(",") if n.strip()])
+        factory = load_factory(args.model_factory) if args.model_factory else None
+        batch = torch.load(args.batch, weights_only=True) if args.batch else None
+        result = scan(args.checkpoints, args.out, probes=probes, model_factory=factory, batch=batch, device=args.device)
+    except (ValueError, KeyError, ImportError, AttributeError, OSError) as err:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"mechmon scan: {text}", file=sys.stderr)
+        return 2
+    console = Console(stderr=True)
+    console.print(
+        f"mechmon scan: {len(result.evaluated)} checkpoints measured, {len(result.skipped)} already done, "
+        f"{len(result.failed)} failed, {len(result.alerts)} alerts -> {args.out}",
+        highlight=False,
+    )
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class Probe:
         higher_is_better: default alert mode.
         late_stats: stats that may first appear after the first log (off-thread results, criteria that start
             later); named here so the TensorBoard panel layout, which is written once, has their charts.
+        replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): it reads the weights or
+            runs its own forward, not the training forward or its gradients.
 
     Args:
         schedule: optional per-probe schedule (int ``n`` means ``every(n)``) overriding the monitor default.
@@ -63,6 +65,7 @@ class Probe:
     kind: ClassVar[Kind] = "snapshot"
     higher_is_better: ClassVar[bool] = True
     late_stats: ClassVar[tuple[str, ...]] = ()
+    replayable: ClassVar[bool] = True
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")
@@ -205,3 +208,4 @@ class StreamingProbe(Probe):
     """
 
     kind: ClassVar[Kind] = "streaming"
+    replayable: ClassVar[bool] = False

@@ -52,6 +52,8 @@ class WeightsProbe(StreamingProbe):
     name = "weights"
     requires = ()
     higher_is_better = False
+    replayable = True  # norms of the weights alone
+    late_stats = ("norm_growth",)  # from the second evaluation on
 
     def __init__(self, params: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -65,20 +67,25 @@ class WeightsProbe(StreamingProbe):
         self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=not sharded)
         self.to(device)
         self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.last_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self._evaluations = 0  # host count (no sync): a growth needs two evaluations
 
     def update(self, captures: Any, batch: Any) -> None:
         """Nothing per micro-batch: weights are read once, in :meth:`evaluate`."""
 
     def evaluate(self) -> None:
-        """Squared norms of every trainable tensor after this step's update."""
+        """Squared norms of every trainable tensor after this step's update; the previous global norm is kept."""
         self.sq_P.copy_(square_norms([local(p) for _, p in self.named]))
+        self.prev_norm.copy_(self.last_norm)
+        self.last_norm.copy_(self.sq_P.sum().sqrt())
+        self._evaluations += 1
 
     def compute(self) -> dict[str, Tensor]:
-        """Global norm, tracked norms, growth since the previous evaluation (0 at the first)."""
+        """Global norm, tracked norms, growth since the previous evaluation (absent at the first)."""
         norm = self.sq_P.sum().sqrt()
-        growth = torch.where(self.prev_norm > 0, (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300), 0.0)
-        self.prev_norm.copy_(norm)
-        out = {self.key("norm"): norm, self.key("norm_growth"): growth}
+        out = {self.key("norm"): norm}
+        if self._evaluations >= 2:
+            out[self.key("norm_growth")] = (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300)
         for i in self.tracked:
             out[self.key("norm", self.named[i][0])] = self.sq_P[i].sqrt()
         return out

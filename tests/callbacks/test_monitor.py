@@ -203,7 +203,6 @@ def test_numerical_stability_probes_in_a_real_fit(tmp_path):
     for key in [
         "weights/norm",
         f"weights/norm/{head}",
-        "weights/norm_growth",
         "nlm/cos_grad",
         f"nlm/cos_grad/{head}",
         "nlm/cos_update",
@@ -213,6 +212,7 @@ def test_numerical_stability_probes_in_a_real_fit(tmp_path):
         "logits/absorb_gap_nats",
     ]:
         assert scalar_steps(acc, f"mechmon/{key}") == [1, 2, 4], key
+    assert scalar_steps(acc, "mechmon/weights/norm_growth") == [2, 4]  # a growth needs a previous evaluation
     assert all(-1 <= e.value <= 1 for e in acc.Scalars("mechmon/nlm/cos_grad"))
     assert all(e.value != 0 for e in acc.Scalars("mechmon/nlm/cos_grad"))  # gradients were seen each time
     gaps = {round(e.value, 6) for e in acc.Scalars("mechmon/logits/absorb_gap_nats")}

@@ -4,7 +4,7 @@ Every rule fires once when its condition *starts* (after ``patience`` consecutiv
 quiet until the condition clears, when it re-arms. ``warmup``, ``patience`` and ``window`` count
 **evaluations** (scheduled steps), not optimizer steps. Non-finite values never reach the other rules: they go
 to :class:`NonFinite`. State is primitives only, so a resumed run neither re-fires nor forgets.
-See METRICS.md §8 for the rule kinds.
+The rules each probe sets up by default are listed, key by key, in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class Emergence(Threshold):
     """Threshold in mode ``"max"`` that also needs a rise of ``min_rise`` over the first value seen (the null).
 
     The baseline is the first finite evaluation after warmup is *not* applied: it is the value at the first
-    scheduled step, the closest the run has to its initialisation (METRICS.md §8.2).
+    scheduled step, the closest the run has to its initialisation.
 
     Args:
         level: absolute floor, e.g. 0.3 for the induction score.
@@ -436,7 +436,7 @@ class Phase(Compound):
 
     Fires ``name`` when every ``enter`` rule holds, then ``exit_name`` when any ``exit`` rule holds, and re-arms. The
     ``exit`` rules are reset at entry and fed only inside the phase, so their running statistics (a running
-    max, a baseline) start at the phase. Example: the loss plateau of METRICS.md C1 enters on "loss flat and mean
+    max, a baseline) start at the phase. Example: the loss plateau of docs/metrics.md C1 enters on "loss flat and mean
     cosine > 0.9" and exits on "cosine 0.1 below its running max, or the loss falls by 20 %".
 
     Args:

@@ -11,37 +11,9 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from mechmon.events import read_run
+
 __all__ = ["main", "print_summary", "read_run"]
-
-
-Series = dict[str, list[tuple[int, float]]]
-
-
-def read_run(run_dir: Path, namespace: str = "mechmon") -> tuple[Series, list[tuple[int, str]]]:
-    """Read mechmon scalars and alert texts back from the event files under ``run_dir``.
-
-    Returns:
-        ``(scalars, alerts)``: key -> [(step, value)], and [(step, text)] sorted by step.
-
-    Raises:
-        FileNotFoundError: if ``run_dir`` holds no event file.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = sorted(Path(run_dir).rglob("events.out.tfevents.*"))
-    if not files:
-        raise FileNotFoundError(f"no TensorBoard event file under {run_dir}")
-    scalars: Series = {}
-    alerts: list[tuple[int, str]] = []
-    for folder in sorted({f.parent for f in files}):
-        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0}).Reload()
-        for tag in acc.Tags()["scalars"]:
-            if tag.startswith(f"{namespace}/"):
-                scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
-        for tag in acc.Tags()["tensors"]:
-            if tag.startswith(f"{namespace}/alerts"):
-                alerts += [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
-    return scalars, sorted(alerts)
 
 
 def print_summary(run_dir: Path, console: Console | None = None) -> None:
@@ -72,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = sub.add_parser("summary", help="alerts and latest values of a run folder")
     summary.add_argument("run_dir", type=Path)
     _scan_parser(sub)
+    report = sub.add_parser("report", help="one picture of a run: each probe's stats, alert levels, heatmaps")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("-o", "--output", type=Path, help="file to write (default report.png, report.html)")
+    report.add_argument("--html", action="store_true", help="an HTML page with the alerts and one figure per probe")
     args = parser.parse_args(argv)
     if args.command == "scan":
         return _scan(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "probes":
         import mechmon
 
@@ -130,6 +108,20 @@ def _scan(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 1 if result.failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``mechmon report``: exit 0 with the path written, 2 for a folder without events or no matplotlib."""
+    from mechmon.report import write_report
+
+    out = args.output or Path("report.html" if args.html else "report.png")
+    try:
+        written = write_report(args.run_dir, out, as_html=args.html)
+    except (FileNotFoundError, ImportError) as err:
+        print(f"mechmon report: {err}", file=sys.stderr)
+        return 2
+    print(f"mechmon report: wrote {written}")
+    return 0
 
 
 if __name__ == "__main__":

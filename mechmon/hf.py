@@ -56,6 +56,7 @@ class MechMonitorCallback(TrainerCallback, Integration):
             log_dir=log_dir,
             writes=state.is_world_process_zero,
             compiled_forward=bool(getattr(args, "torch_compile", False)),
+            progress_bar=not getattr(args, "disable_tqdm", True),
         )
         if state.global_step > 0:
             self._restore(args, state)

@@ -49,6 +49,7 @@ class Probe:
         higher_is_better: default alert mode.
         late_stats: stats that may first appear after the first log (off-thread results, criteria that start
             later); named here so the TensorBoard panel layout, which is written once, has their charts.
+        headline: the stat shown first (the overview panel, the report); default the first key logged.
         replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): it reads the weights or
             runs its own forward, not the training forward or its gradients.
 
@@ -66,6 +67,7 @@ class Probe:
     higher_is_better: ClassVar[bool] = True
     late_stats: ClassVar[tuple[str, ...]] = ()
     replayable: ClassVar[bool] = True
+    headline: ClassVar[str] = ""
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")

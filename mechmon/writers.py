@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NullWriter", "TensorBoardWriter", "open_writer", "heatmap_rgb", "scalar_layout"]
+__all__ = ["NullWriter", "TensorBoardWriter", "open_writer", "heatmap_rgb", "scalar_layout", "LEVEL"]
 
 
 class NullWriter:
@@ -30,7 +30,9 @@ class NullWriter:
     def text(self, tag: str, text: str, step: int) -> None:
         """Drop text."""
 
-    def layout(self, keys: Iterable[str]) -> None:
+    def layout(
+        self, keys: Iterable[str], headlines: Sequence[str] = (), levels: Mapping[str, float] | None = None
+    ) -> None:
         """Drop the layout."""
 
     def close(self) -> None:
@@ -62,20 +64,35 @@ class TensorBoardWriter(NullWriter):
                 self.experiment.add_scalar(key, value, global_step=step)
 
     def image(self, tag: str, matrix: np.ndarray, step: int) -> None:
-        """A ``[rows, cols]`` matrix as a heatmap image."""
-        if self.experiment is not None:
-            self.experiment.add_image(tag, heatmap_rgb(matrix), global_step=step, dataformats="HWC")
+        """A ``[layers, heads]`` matrix as a labelled heatmap image, and its values as tensor ``<tag>/values``.
+
+        The values (no TensorBoard dashboard shows them) are what ``mechmon report`` draws from.
+        """
+        if self.experiment is None:
+            return
+        from mechmon.figures import heatmap_image
+
+        title = tag.split("/", 2)[-1]
+        self.experiment.add_image(tag, heatmap_image(matrix, title), global_step=step, dataformats="HWC")
+        if hasattr(self.experiment, "_get_file_writer"):  # torch's SummaryWriter (the file writer adds raw summaries)
+            import torch
+            from torch.utils.tensorboard.summary import tensor_proto
+
+            values = tensor_proto(f"{tag}/values", torch.as_tensor(np.asarray(matrix, dtype=np.float32)))
+            self.experiment._get_file_writer().add_summary(values, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """A markdown text entry."""
         if self.experiment is not None:
             self.experiment.add_text(tag, text, global_step=step)
 
-    def layout(self, keys: Iterable[str]) -> None:
-        """Write the custom-scalars layout once (best effort)."""
+    def layout(
+        self, keys: Iterable[str], headlines: Sequence[str] = (), levels: Mapping[str, float] | None = None
+    ) -> None:
+        """Write the custom-scalars layout once (best effort); see :func:`scalar_layout`."""
         if self._layout_written or self.experiment is None:
             return
-        self.experiment.add_custom_scalars(scalar_layout(keys))
+        self.experiment.add_custom_scalars(scalar_layout(keys, headlines, levels))
         self._layout_written = True
 
     def close(self) -> None:
@@ -115,17 +132,56 @@ def open_writer(
         return TensorBoardWriter(None, loggers, own_scalars=False) if loggers else NullWriter()
 
 
-def scalar_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
-    """Custom-scalars layout: one category per probe, one multiline chart per stat with its scopes.
+LEVEL = "alert_level"  # scope of the constant series carrying a threshold rule's level
 
-    ``mechmon/induction/score_max`` and ``mechmon/induction/score_max/L00`` share the chart
-    ``induction: score_max`` in the category ``mechmon/induction``.
+
+def _chart(key: str, levels: Mapping[str, float]) -> tuple[str, list]:
+    """``(title suffix, chart)`` for one series, as a ``Margin`` chart so that charts keep their order.
+
+    A key a threshold rule watches is shaded from its line to the alert level (the ``<key>/alert_level`` series);
+    any other key is its line alone (the band has no height).
     """
+    if key in levels:
+        return f" (shaded to the alert level {levels[key]:g})", ["Margin", [key, key, f"{key}/{LEVEL}"]]
+    return "", ["Margin", [key, key, key]]
+
+
+def scalar_layout(
+    keys: Iterable[str], headlines: Sequence[str] = (), levels: Mapping[str, float] | None = None
+) -> dict[str, dict[str, list]]:
+    """Custom-scalars layout: an overview of each probe's headline first, one category per probe, alerts last.
+
+    Args:
+        keys: every key the run logs (known at setup or first published).
+        headlines: each probe's headline key, charted in the overview category.
+        levels: key -> alert level of the threshold rules (their charts are shaded to the level).
+
+    In a probe's category each unscoped stat has its own chart and, when it has per-layer or per-group series, a
+    second chart ``<probe>: <stat> by scope`` with those (a stat logged per scope only gets that chart). The alerts
+    category is one chart of the markers that fired (1 at the step), so no chart waits for an alert.
+    """
+    keys, levels = set(keys), dict(levels or {})
+    stats = sorted({tuple(k.split("/")[:3]) for k in keys if k.count("/") >= 2 and k.split("/")[1] != "alerts"})
+    namespace = stats[0][0] if stats else "mechmon"
     layout: dict[str, dict[str, list]] = {}
-    for key in sorted(keys):
-        namespace, probe, stat = key.split("/")[:3]
-        category = layout.setdefault(f"{namespace}/{probe}", {})
-        category[f"{probe}: {stat}"] = ["Multiline", [rf"^{re.escape(f'{namespace}/{probe}/{stat}')}(/.*)?$"]]
+    overview = {}
+    for key in (k for k in headlines if k in keys):
+        suffix, chart = _chart(key, levels)
+        overview[f"{key.split('/')[1]}: {key.split('/')[2]}{suffix}"] = chart
+    if overview:
+        layout[f"{namespace} overview"] = overview
+    for ns, probe, stat in stats:
+        key = f"{ns}/{probe}/{stat}"
+        category = layout.setdefault(f"{ns}/{probe}", {})
+        scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}).+$"]]
+        if key in keys:
+            suffix, chart = _chart(key, levels)
+            category[f"{probe}: {stat}{suffix}"] = chart
+            if any(k.startswith(f"{key}/") and not k.endswith(LEVEL) for k in keys):
+                category[f"{probe}: {stat} by scope"] = scoped
+        else:  # a stat logged per group or parameter only
+            category[f"{probe}: {stat}"] = scoped
+    layout[f"{namespace}/alerts"] = {"alerts fired (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/"]]}
     return layout
 
 

@@ -56,12 +56,12 @@ def make_trainer(tmp_path, callbacks, max_steps: int = 6, **kwargs) -> pl.Traine
 
     kwargs.setdefault("logger", TensorBoardLogger(tmp_path, name="tb", version=0))
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("enable_progress_bar", False)
     return pl.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
         devices=1,
         callbacks=callbacks,
-        enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
         default_root_dir=tmp_path,

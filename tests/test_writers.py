@@ -1,28 +1,47 @@
+import re
+
 import numpy as np
 
+from mechmon.figures import best_cell, heatmap_image
 from mechmon.writers import heatmap_rgb, scalar_layout
 
-
-def test_layout_groups_scopes_under_one_chart_per_stat():
-    layout = scalar_layout(
-        [
-            "mechmon/induction/score_max",
-            "mechmon/induction/score_max/L01",
-            "mechmon/prev_token/score_max",
-            "mechmon/alerts/induction_emergence",
-        ]
-    )
-    assert set(layout) == {"mechmon/induction", "mechmon/prev_token", "mechmon/alerts"}
-    chart = layout["mechmon/induction"]["induction: score_max"]
-    assert chart[0] == "Multiline" and len(layout["mechmon/induction"]) == 1
-    import re
-
-    assert re.match(chart[1][0], "mechmon/induction/score_max/L01")
-    assert not re.match(chart[1][0], "mechmon/induction/score_max_other")
+KEYS = [
+    "mechmon/induction/score_max",
+    "mechmon/induction/score_max/alert_level",
+    "mechmon/induction/score_max/L01",
+    "mechmon/induction/loss_gap_nats",
+    "mechmon/prev_token/score_max",
+    "mechmon/alerts/induction_emergence",
+]
 
 
-def test_heatmap_shape_colors_and_nan():
+def test_layout_opens_on_an_overview_draws_levels_and_keeps_scopes_and_alerts_apart():
+    levels = {KEYS[0]: 0.3}
+    layout = scalar_layout(KEYS, headlines=[KEYS[0]], levels=levels)
+    assert list(layout) == ["mechmon overview", "mechmon/induction", "mechmon/prev_token", "mechmon/alerts"]
+    title = "induction: score_max (shaded to the alert level 0.3)"
+    assert layout["mechmon overview"] == {title: ["Margin", [KEYS[0], KEYS[0], KEYS[1]]]}  # line, band to the level
+    induction = layout["mechmon/induction"]
+    assert list(induction) == ["induction: loss_gap_nats", title, "induction: score_max by scope"]
+    [scoped] = induction["induction: score_max by scope"][1]
+    assert re.match(scoped, "mechmon/induction/score_max/L01") and not re.match(scoped, KEYS[1])
+    assert induction["induction: loss_gap_nats"] == ["Margin", [KEYS[3]] * 3]  # a line alone, in order
+    assert layout["mechmon/alerts"] == {"alerts fired (1 at the step)": ["Multiline", ["^mechmon/alerts/"]]}
+    per_group = scalar_layout(["mechmon/moe_pathway/edit_dist/json"])["mechmon/moe_pathway"]
+    assert list(per_group) == ["moe_pathway: edit_dist"]  # a stat logged per group only still has its chart
+
+
+def test_heatmap_cells_colours_and_nan():
     img = heatmap_rgb(np.array([[0.0, 1.0], [np.nan, 2.0]]), cell=3)
     assert img.shape == (6, 6, 3) and img.dtype == np.uint8
     assert tuple(img[0, 0]) == (68, 1, 84) and tuple(img[0, 3]) == (253, 231, 37)
     assert tuple(img[3, 0]) == (128, 128, 128) and tuple(img[3, 3]) == (253, 231, 37)  # clipped to vmax
+
+
+def test_labelled_heatmap_is_a_figure_and_names_the_best_head():
+    matrix = np.array([[0.1, 0.2, 0.3, 0.05], [0.9, np.nan, 0.4, 0.0]])
+    assert best_cell(matrix) == (1, 0, 0.9)
+    assert best_cell(np.full((2, 2), np.nan)) is None
+    img = heatmap_image(matrix, "induction/head_scores")
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert img.shape[0] > 100 and img.shape[1] > 200  # a figure with axes and a colour bar, not 2 x 4 cells

@@ -62,12 +62,16 @@ class MechMonitor(Callback, Integration):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        bar = trainer.progress_bar_callback
         self.engine.attach(
             pl_module,
             hook_optimizers=False,
             listeners=[lambda values, step: trainer.callback_metrics.update(_tensors(values))],
+            progress_bar=bar is not None,
             **self._sinks(trainer.loggers, trainer.is_global_zero, Path(trainer.default_root_dir) / "mechmon"),
         )
+        if bar is not None and self.engine.view is not None and not self.engine.view.live_enabled:
+            _show_in_bar(bar, self.engine.view)
 
     def _sinks(self, loggers: Sequence[Any], writes: bool, default_dir: str | Path) -> dict[str, Any]:
         """A TensorBoardLogger's writer when there is one (scalars through the loggers), else our own folder."""
@@ -101,6 +105,9 @@ class MechMonitor(Callback, Integration):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.engine.close()
+        bar = trainer.progress_bar_callback
+        if bar is not None and "get_metrics" in vars(bar):  # our wrapper: the bar's own method again
+            del bar.get_metrics
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -129,6 +136,18 @@ class MechMonitor(Callback, Integration):
         self.engine.load_state_dict(state_dict)
         if self.engine.adapter is not None and self._fabric_steps:  # Fabric: resumed after setup
             self.engine.begin_batch(self._fabric_steps + 1)
+
+
+def _show_in_bar(bar: Any, view: Any) -> None:
+    """Add the monitor's headline value and last alert to a Lightning progress bar's items (TQDM and Rich)."""
+    if "get_metrics" in vars(bar):  # already wrapped (a second fit with the same trainer)
+        return
+    own = bar.get_metrics
+
+    def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {**own(trainer, pl_module), **view.bar_items()}
+
+    bar.get_metrics = get_metrics
 
 
 def _tensors(values: dict[str, float]) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ class MonitorConfig:
     on_alert: list[Callable[[Alert], Any]]
     namespace: str
     log_dir: str | Path | None
-    console: bool
+    console: bool | None
 
     @classmethod
     def build(
@@ -52,7 +52,7 @@ class MonitorConfig:
         on_alert: Sequence[Callable[[Alert], Any]],
         namespace: str,
         log_dir: str | Path | None,
-        console: bool,
+        console: bool | None,
     ) -> MonitorConfig:
         """Validate every argument.
 
@@ -83,7 +83,7 @@ class MonitorConfig:
             on_alert=_items(owner, "on_alert", on_alert, callable, "callables taking an Alert"),
             namespace=namespace,
             log_dir=log_dir,
-            console=flag(owner, "console", console),
+            console=None if console is None else flag(owner, "console", console),
         )
 
 

@@ -31,7 +31,8 @@ class Integration:
         on_alert: callables receiving each :class:`~mechmon.alerts.Alert` on rank 0.
         namespace: first key segment (default ``"mechmon"``).
         log_dir: folder for mechmon's own TensorBoard event files (each integration says its default).
-        console: show a live rich table of the latest values (alerts are always printed).
+        console: the live console panel: ``None`` (default) in an interactive terminal, inside the progress bar
+            when one is drawn; ``True`` / ``False`` always / never. Alert lines are always printed.
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -48,7 +49,7 @@ class Integration:
         on_alert: Sequence[Callable[[Alert], Any]] = (),
         namespace: str = "mechmon",
         log_dir: str | Path | None = None,
-        console: bool = False,
+        console: bool | None = None,
     ) -> None:
         if model is not None and not isinstance(model, str):
             fail(type(self).__name__, "model", model, "a dotted submodule path such as 'student', or None", TypeError)

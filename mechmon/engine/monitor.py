@@ -58,7 +58,8 @@ class Monitor:
         on_alert: callables receiving each :class:`~mechmon.alerts.Alert` on rank 0.
         namespace: first key segment (default ``"mechmon"``).
         log_dir: folder of mechmon's own TensorBoard writer (plain loops: default ``runs/mechmon``).
-        console: show a live rich table of the latest values (alerts are always printed).
+        console: the live console panel: ``None`` (default) in an interactive terminal that no progress bar owns,
+            ``True`` / ``False`` always / never. Alert lines are always printed.
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -101,7 +102,7 @@ class Monitor:
         on_alert: Sequence[Callable[[Alert], Any]] = (),
         namespace: str = "mechmon",
         log_dir: str | Path | None = "runs/mechmon",
-        console: bool = False,
+        console: bool | None = None,
     ) -> None:
         self.config = MonitorConfig.build(
             "Monitor",
@@ -160,6 +161,7 @@ class Monitor:
         listeners: Sequence[Listener] = (),
         writes: bool | None = None,
         compiled_forward: bool = False,
+        progress_bar: bool = False,
     ) -> None:
         """Resolve the model, set the probes up and open the writer. Called once per run, on every rank.
 
@@ -176,6 +178,8 @@ class Monitor:
             writes: whether this process writes (default: rank 0 of the default process group).
             compiled_forward: the driver compiles the training forward itself (HF ``torch_compile=True``); a
                 compiled module inside ``root`` is found without it.
+            progress_bar: the driver draws a progress bar on the terminal (the live panel then stays off unless
+                ``console=True``; alert lines are written above the bar).
 
         Raises:
             RuntimeError: if no model is found or a probe needs a capture the model lacks.
@@ -191,8 +195,10 @@ class Monitor:
         self._waiting = [p for p in self.probes if getattr(p, "needs_batch", False)]
         writes = rank() == 0 if writes is None else writes
         writer = open_writer(experiment, loggers, log_dir) if writes else None
-        view = ConsoleView(live=self.config.console) if writes else None
-        self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners])
+        headlines = [p.key(p.headline) for p in self.probes if p.headline]
+        ns = self.config.namespace
+        view = ConsoleView(self.config.console, None, headlines, ns, progress_bar) if writes else None
+        self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners], headlines)
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())
         if compiled_forward or compiled(root):
@@ -495,6 +501,11 @@ class Monitor:
         if again:  # the user may have fixed what made them fail; if not, they fail again, with an alert
             rank_zero_warn(f"mechmon: probes {again} were disabled in the run this state comes from; they run again")
         self._pending = None
+
+    @property
+    def view(self) -> ConsoleView | None:
+        """The console view on the writing rank (None elsewhere, and before :meth:`attach`)."""
+        return self.publisher.view
 
     @property
     def last_step(self) -> int:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from rapidfuzz import process
 
-from mechmon.alerts import Alert, NonFinite, Rule
+from mechmon.alerts import Alert, NonFinite, Rule, Threshold
 from mechmon.console import ConsoleView
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
-from mechmon.writers import NullWriter
+from mechmon.writers import LEVEL, NullWriter
 
 __all__ = ["Publisher", "Listener", "RuleKeys", "declared_keys"]
 
@@ -46,6 +46,8 @@ class Publisher:
         self.listeners: list[Listener] = []
         self._nonfinite: dict[str, NonFinite] = {}
         self._layout_keys: list[str] = []
+        self._levels: dict[str, float] = {}
+        self._headlines: list[str] = []
         self._layout_written = False
 
     def open(
@@ -55,11 +57,16 @@ class Publisher:
         writer: NullWriter | None,
         view: ConsoleView | None,
         listeners: Sequence[Listener] = (),
+        headlines: Sequence[str] = (),
     ) -> None:
-        """Start a run: the rules in force, the keys known at setup, and (on the writing rank) writer and console."""
+        """Start a run: the rules in force, the keys known at setup, and (on the writing rank) writer and console.
+
+        ``headlines``: each probe's headline key, charted first in the TensorBoard overview.
+        """
         self.rules = rules
-        names = dict.fromkeys(n for r in rules for n in r.names)
-        self._layout_keys = list(layout_keys) + [metric_key("alerts", n, namespace=self.namespace) for n in names]
+        self._levels = {r.key: r.level for r in rules if isinstance(r, Threshold) and r.key.count("/") == 2}
+        self._layout_keys = list(layout_keys) + [f"{k}/{LEVEL}" for k in self._levels]
+        self._headlines = list(headlines)
         self.writer, self.view, self.listeners = writer or NullWriter(), view, list(listeners)
         self._layout_written = False
 
@@ -81,9 +88,10 @@ class Publisher:
         for listener in self.listeners:
             listener(values, step)
         if not self._layout_written:
-            self._write("layout", dict.fromkeys(self._layout_keys + list(scalars)))
+            self._write("layout", dict.fromkeys(self._layout_keys + list(scalars)), self._headlines, self._levels)
             self._layout_written = True
-        self._write("scalars", values, step)
+        levels = {f"{k}/{LEVEL}": level for k, level in self._levels.items() if k in scalars}  # drawn in the charts
+        self._write("scalars", {**values, **levels}, step)
         for key, matrix in images.items():
             self._write("image", key, matrix, step)
         if self.view is not None:

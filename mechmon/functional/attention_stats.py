@@ -22,7 +22,7 @@ def _rows(stats_BHQ4: Tensor, valid_BQ: Tensor, min_visible: int) -> Tensor:
 
 
 def head_max_logit(stats_BHQ4: Tensor, valid_BQ: Tensor) -> Tensor:
-    """Max attention logit per head ``[H]``: max over rows and visible keys of ``scale·q·k + bias`` (METRICS.md A6).
+    """Max attention logit per head ``[H]``: max over rows and visible keys of ``scale·q·k + bias`` (metrics A6).
 
     The max of Megatron-LM's ``max_attention_logit`` and of QK-Clip (Kimi K2, τ = 100). ``-inf`` for a head with no
     counted row. Unit: logit (unbounded).
@@ -37,7 +37,7 @@ def head_entropy_sums(stats_BHQ4: Tensor, valid_BQ: Tensor) -> Tensor:
     ``n_i`` is the number of keys query i sees (i + 1 for a causal row without padding; the Active-Dormant heads
     normalisation), so each term is in [0, 1], 1 for uniform attention; rows seeing one key are skipped (their
     entropy is 0 by construction). Zhai et al., *Stabilizing Transformer Training by Preventing Attention Entropy
-    Collapse* (ICML 2023); METRICS.md A7.
+    Collapse* (ICML 2023); docs/metrics.md A7.
     """
     rows = _rows(stats_BHQ4, valid_BQ, 2)
     normalised = stats_BHQ4[..., ENTROPY] / stats_BHQ4[..., VISIBLE].clamp_min(2).log()
@@ -48,7 +48,7 @@ def first_key_mass(stats_BHQ4: Tensor, valid_BQ: Tensor) -> Tensor:
     """α₀ per sample and head ``[B, H]``: the mean attention key 0 receives from the queries that see it.
 
     α_k = (1/(T−k))·Σ_{q≥k} A[q, k] with k = 0 (Gu et al., *When Attention Sink Emerges in Language Models*, ICLR
-    2025; ``sail-sg/Attention-Sink``); METRICS.md E2. In [0, 1]; NaN for a sample with no counted row.
+    2025; ``sail-sg/Attention-Sink``); docs/metrics.md E2. In [0, 1]; NaN for a sample with no counted row.
     """
     rows = _rows(stats_BHQ4, valid_BQ, 1)
     total = torch.where(rows, stats_BHQ4[..., FIRST_MASS], 0.0).sum(dim=-1)

@@ -1,4 +1,4 @@
-"""Representation-collapse formulas: mean pairwise cosine and effective rank of hidden states (METRICS.md C1, C2).
+"""Representation-collapse formulas: mean pairwise cosine and effective rank of hidden states (docs/metrics.md C1, C2).
 
 Legend: B batch, T positions, D hidden width, L layers. ``mask_BT`` marks the positions that enter a measure
 (padding, position 0 / BOS and any user exclusions already removed). A Gram "with ones" is

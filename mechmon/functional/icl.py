@@ -1,4 +1,4 @@
-"""In-context-learning score: the loss late in a context minus the loss early in it (METRICS.md D5).
+"""In-context-learning score: the loss late in a context minus the loss early in it (docs/metrics.md D5).
 
 Olsson et al., *In-context Learning and Induction Heads* (2022): ICL = ℓ(500) − ℓ(50), the mean loss on the 500th
 token minus that on the 50th (1-based; "the choice of token indices is arbitrary"), averaged over contexts.

@@ -1,4 +1,4 @@
-"""Induction-family formulas on the repeated-random-token batch (METRICS.md §3, D1, D2, D4).
+"""Induction-family formulas on the repeated-random-token batch (docs/metrics.md D1, D2, D4).
 
 Legend: B batch, H heads, Q query positions, K key positions, T sequence length, V vocabulary,
 n the period (length of one copy), s the BOS offset (1 with a BOS, else 0). Copy 1 occupies positions

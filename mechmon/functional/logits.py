@@ -1,4 +1,4 @@
-"""Numerical-stability formulas on logits (METRICS.md §2, A1-A3).
+"""Numerical-stability formulas on logits (docs/metrics.md A1-A3).
 
 Source: Prieto, Barsbey, Mediano, Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025);
 ``logger.py`` (``compute_softmax_collapse``, ``compute_zero_terms``) of the authors' code.
@@ -45,6 +45,20 @@ def softmax_collapse(logits_NV: Tensor, dtype: torch.dtype) -> Tensor:
     return s == 1
 
 
+def row_losses(logits_NV: Tensor, targets_N: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-row cross-entropy in nats, computed in ``dtype`` by ``F.cross_entropy`` (the training loss per token).
+
+    Args:
+        logits_NV: logits ``[N, V]``.
+        targets_N: int64 class ids ``[N]`` in [0, V).
+        dtype: the loss dtype τ.
+
+    Returns:
+        ``[N]`` in ``dtype``, >= 0.
+    """
+    return F.cross_entropy(logits_NV.to(dtype), targets_N, reduction="none")
+
+
 def zero_loss(logits_NV: Tensor, targets_N: Tensor, dtype: torch.dtype) -> Tensor:
     """Rows whose cross-entropy, computed in ``dtype`` by ``F.cross_entropy``, is exactly 0 (A2).
 
@@ -56,7 +70,7 @@ def zero_loss(logits_NV: Tensor, targets_N: Tensor, dtype: torch.dtype) -> Tenso
     Returns:
         bool ``[N]``.
     """
-    return F.cross_entropy(logits_NV.to(dtype), targets_N, reduction="none") == 0
+    return row_losses(logits_NV, targets_N, dtype) == 0
 
 
 def top2_gap(logits_NV: Tensor) -> Tensor:
@@ -66,7 +80,7 @@ def top2_gap(logits_NV: Tensor) -> Tensor:
 
 
 def log_partition(logits_NV: Tensor) -> Tensor:
-    """Log Z = logsumexp of each logit row ``[N]``, float32 (METRICS.md A8).
+    """Log Z = logsumexp of each logit row ``[N]``, float32 (docs/metrics.md A8).
 
     Wortsman et al. (2023): output-logit divergence is log Z drifting far from 0; the z-loss 1e-4·(log Z)² is its
     mitigation. Unit: nats; a model with all-zero logits has log Z = log V.
@@ -94,7 +108,7 @@ def absorption_gap(dtype: torch.dtype) -> float:
     """(p+1)·ln 2 for a dtype with p mantissa bits: the smallest top1-top2 gap at which absorption is possible.
 
     Equals ln(2/eps): 5.55 (bf16), 7.62 (fp16), 16.64 (fp32), 36.74 (fp64). Not a collapse threshold
-    (that depends on V and summation order, METRICS.md A1); only the lower bound used by ``gap_frac_absorbable``.
+    (that depends on V and summation order, docs/metrics.md A1); only the lower bound used by ``gap_frac_absorbable``.
     """
     return math.log(2.0 / torch.finfo(dtype).eps)
 
@@ -140,7 +154,7 @@ def measured_absorption_gap(vocab: int, dtype: torch.dtype, device: torch.device
     """Smallest top-logit gap at which a row with ``vocab - 1`` equal other logits collapses, measured here.
 
     Runs :func:`softmax_collapse` on a grid of gaps in ``dtype`` on ``device``, so it reflects this device's
-    summation order and this vocabulary size (METRICS.md A1: 16.6 to 27.5 nats in fp32 depending on both). Equal
+    summation order and this vocabulary size (docs/metrics.md A1: 16.6 to 27.5 nats in fp32 depending on both). Equal
     non-max logits are the slowest case: real rows can collapse at smaller gaps. No host sync.
 
     Args:

@@ -1,4 +1,4 @@
-"""Massive activations: the largest |h| of a block's output against its median (METRICS.md E1).
+"""Massive activations: the largest |h| of a block's output against its median (docs/metrics.md E1).
 
 Gallego-Feliciano et al., *Hidden Dynamics of Massive Activations in Transformer Training* (arXiv 2508.03616,
 2025); the "massive" criterion (|a| > 100 and |a| ≥ 1000 × median) is Sun et al., *Massive Activations in Large

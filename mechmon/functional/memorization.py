@@ -1,4 +1,4 @@
-"""Online memorization criterion of the grokking-pathway family (METRICS.md B1), host side, on numpy.
+"""Online memorization criterion of the grokking-pathway family (docs/metrics.md B1), host side, on numpy.
 
 Li, Fan & Zhou, *Where to find Grokking in LLM Pretraining? Monitor Memorization-to-Generalization without Test*
 (ICLR 2026), Sec. 3 and App. B.1. Offline, sample i is memorized from t*_i on if its mean token loss stays at most ε

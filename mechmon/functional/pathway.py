@@ -1,7 +1,7 @@
 """Grokking-pathway formulas on MoE routing: per-sample routing weights, pathways and their edit distance (B2).
 
 Li, Fan & Zhou, *Where to find Grokking in LLM Pretraining? Monitor Memorization-to-Generalization without Test*
-(ICLR 2026), Sec. 4.1-4.2; METRICS.md B2-B3. Legend: B samples, T tokens, E experts, L MoE layers, d width, N samples
+(ICLR 2026), Sec. 4.1-4.2; metrics B2-B3. Legend: B samples, T tokens, E experts, L MoE layers, d width, N samples
 of the probe set. The device half (:func:`sample_routing`, :func:`pathway_selection`, consistency) is vectorised and
 sync-free; the host half (:func:`serialize_pathways`, :func:`mean_edit_distance`) works on numpy copies and strings, off
 the training thread.
@@ -123,7 +123,7 @@ def routing_embeddings(weights_NLE: Tensor, router_LED: Tensor) -> Tensor:
 
 
 def pathway_consistency(embed_NLD: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
-    """Both forms of pathway consistency from adjacent-layer cosines of the routing embeddings (METRICS.md B3).
+    """Both forms of pathway consistency from adjacent-layer cosines of the routing embeddings (docs/metrics.md B3).
 
     With c_ℓ = cos(e^ℓ_i, e^{ℓ+1}_i) for ℓ = 1..L-1:
 

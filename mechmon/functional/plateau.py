@@ -1,7 +1,7 @@
 """Loss-plateau formulas: position selection, loss at positions, repetition frequency, attention progress.
 
 Source: Gopalani & Hu, *What Happens During the Loss Plateau? Understanding Abrupt Learning in Transformers*
-(NeurIPS 2025); METRICS.md C3, C4. Legend: B batch, T positions, G generated/output tokens, H heads,
+(NeurIPS 2025); docs/metrics.md C3, C4. Legend: B batch, T positions, G generated/output tokens, H heads,
 Q query positions, K key positions, V vocabulary. Pure functions: no hooks, no state, no host syncs; inputs are
 never mutated.
 """

@@ -1,4 +1,4 @@
-"""MoE routing health formulas: routing entropy and expert load (METRICS.md B4).
+"""MoE routing health formulas: routing entropy and expert load (docs/metrics.md B4).
 
 Legend: N tokens (B·T flattened, as HF routers return them), E experts, k experts selected per token, L MoE layers.
 Definitions match transformers' ``MoERouterHealthCallback`` and torchtitan's ``tokens_per_expert`` counters; Li,

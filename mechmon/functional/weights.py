@@ -1,4 +1,4 @@
-"""Weight-norm and gradient-weight alignment formulas (METRICS.md A4, A5).
+"""Weight-norm and gradient-weight alignment formulas (docs/metrics.md A4, A5).
 
 Source: Prieto, Barsbey, Mediano, Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025):
 ``logger.py`` (``compute_weights_l2``) for norms; naive loss minimization (NLM) for the alignment.

@@ -2,7 +2,7 @@
 
 Phenomenon: hidden progress during the loss plateau: the attention map moves toward the optimal one steadily while
 the loss stays flat, then the loss drops. Gopalani & Hu, *What Happens During the Loss Plateau? Understanding
-Abrupt Learning in Transformers* (NeurIPS 2025); METRICS.md C4. Only for tasks whose map Ω the user supplies
+Abrupt Learning in Transformers* (NeurIPS 2025); docs/metrics.md C4. Only for tasks whose map Ω the user supplies
 (moving-window sum: each output position attends to the two summands of the next output).
 
 Logged metrics (``<ns>`` = namespace, scope ``Lxx`` per layer):
@@ -68,6 +68,7 @@ class AttentionProgressProbe(FixedBatchProbe):
     """
 
     name = "apm"
+    headline = "score"
     requires = ("blocks.*.attn.hook_pattern",)
     higher_is_better = True
 

@@ -2,7 +2,7 @@
 
 Phenomenon: attention-entropy collapse, Zhai et al., *Stabilizing Transformer Training by Preventing Attention
 Entropy Collapse* (ICML 2023): pathologically low entropy goes with loss oscillation and divergence; Wortsman et
-al. (2023) reproduce it in small models at high learning rates. METRICS.md A7. Each causal row's entropy is divided
+al. (2023) reproduce it in small models at high learning rates. docs/metrics.md A7. Each causal row's entropy is divided
 by log of the number of keys it sees (Active-Dormant heads normalisation), so 1 is uniform and 0 one-hot; rows
 seeing a single key and padding are skipped. Snapshot probe on the fixed batch (see
 :mod:`mechmon.probes.attention_rows`).
@@ -44,7 +44,7 @@ __all__ = ["AttentionEntropyProbe"]
 
 @register_probe
 class AttentionEntropyProbe(AttentionRowsProbe):
-    """Normalised attention entropy per layer and head on the fixed batch (METRICS.md A7).
+    """Normalised attention entropy per layer and head on the fixed batch (docs/metrics.md A7).
 
     Args:
         batch: fixed batch (ids ``[B, T]`` or a mapping); ``None`` takes the first training batch.
@@ -67,6 +67,7 @@ class AttentionEntropyProbe(AttentionRowsProbe):
     """
 
     name = "attn_entropy"
+    headline = "mean"
     higher_is_better = True
 
     def __init__(

@@ -3,7 +3,7 @@
 Phenomenon: attention-logit growth, the first small-scale instability of Wortsman et al., *Small-scale proxies for
 large-scale Transformer training instabilities* (2023): logits grow until attention is one-hot and the loss
 diverges; qk-layernorm removes it. Megatron-LM logs ``max_attention_logit`` and clips it with QK-Clip (τ = 100,
-after Kimi K2's MuonClip). METRICS.md A6. Snapshot probe on the fixed batch, from each SDPA call's own q, k, scale,
+after Kimi K2's MuonClip). docs/metrics.md A6. Snapshot probe on the fixed batch, from each SDPA call's own q, k, scale,
 mask and biases (see :mod:`mechmon.probes.attention_rows`).
 
 Logged metrics (``<ns>`` = namespace, scope ``Lxx`` per layer):
@@ -42,7 +42,7 @@ __all__ = ["AttentionLogitProbe"]
 
 @register_probe
 class AttentionLogitProbe(AttentionRowsProbe):
-    """Max attention logit per layer and head on the fixed batch (METRICS.md A6).
+    """Max attention logit per layer and head on the fixed batch (docs/metrics.md A6).
 
     Args:
         batch: fixed batch (ids ``[B, T]`` or a mapping); ``None`` takes the first training batch.
@@ -64,6 +64,7 @@ class AttentionLogitProbe(AttentionRowsProbe):
     """
 
     name = "attn_logits"
+    headline = "max"
     higher_is_better = False
 
     def __init__(self, batch: Any = None, level: float = 100.0, patience: int = 1, **kwargs: Any) -> None:

@@ -2,7 +2,7 @@
 
 Phenomenon: attention sinks, Gu et al., *When Attention Sink Emerges in Language Models: An Empirical View* (ICLR
 2025; metric from ``sail-sg/Attention-Sink``); extreme-token phenomena and active/dormant heads, Guo et al. (2024).
-METRICS.md E2. α₀ = the mean attention key 0 receives from the queries that see it, per (sample, layer, head); a
+docs/metrics.md E2. α₀ = the mean attention key 0 receives from the queries that see it, per (sample, layer, head); a
 triple is a sink when α₀ > ε (0.3), and the sink rate is the share of sink triples (Gu et al.'s Sink^ε₁, on rows
 of T = 64 tokens). Snapshot probe on the fixed batch (see :mod:`mechmon.probes.attention_rows`).
 
@@ -42,7 +42,7 @@ __all__ = ["AttentionSinkProbe"]
 
 @register_probe
 class AttentionSinkProbe(AttentionRowsProbe):
-    """Attention-sink rate and first-token attention mass per layer and head (METRICS.md E2).
+    """Attention-sink rate and first-token attention mass per layer and head (docs/metrics.md E2).
 
     Args:
         batch: fixed batch (ids ``[B, T]`` or a mapping); ``None`` takes the first training batch.
@@ -65,6 +65,7 @@ class AttentionSinkProbe(AttentionRowsProbe):
     """
 
     name = "attn_sink"
+    headline = "sink_frac"
     higher_is_better = True
 
     def __init__(

@@ -2,7 +2,7 @@
 
 Phenomenon: during the loss plateau of abrupt learning, hidden states at different positions become nearly
 parallel (mean cosine ≈ 0.95 on the moving-window-sum task) and fall apart as the loss drops. Gopalani & Hu,
-*What Happens During the Loss Plateau? Understanding Abrupt Learning in Transformers* (NeurIPS 2025); METRICS.md C1,
+*What Happens During the Loss Plateau? Understanding Abrupt Learning in Transformers* (NeurIPS 2025); metrics C1,
 in its teacher-forced form on a fixed batch (see :class:`~mechmon.probes.fixed_batch.FixedBatchProbe`).
 
 Logged metrics (``<ns>`` = namespace, scope ``Lxx`` per layer):
@@ -71,6 +71,7 @@ class CollapseProbe(FixedBatchProbe):
     """
 
     name = "repr_collapse"
+    headline = "mean_cos"
     higher_is_better = False
 
     def __init__(

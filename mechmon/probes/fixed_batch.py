@@ -1,6 +1,6 @@
 """Base of the snapshot probes that read real data: a fixed batch given by the user or taken from training.
 
-The plateau family (METRICS.md §4) measures a model on a fixed batch of its own task or text. The batch is either
+The plateau family (metrics C1-C4) measures a model on a fixed batch of its own task or text. The batch is either
 passed to the probe (token ids ``[B, T]``, or a mapping with ``input_ids`` and optionally ``attention_mask``) or,
 by default, the first ``max_rows`` rows of the first training batch, copied once and kept on the model's device.
 Padding must be on the right, where the causal model never looks back at it.

@@ -1,7 +1,7 @@
 """In-context-learning probe: the loss on the 500th token of a real context minus the loss on the 50th.
 
 Phenomenon: in-context learning, which drops sharply when induction heads form and may creep back later ("ICL
-transience", Singh et al. 2023); Olsson et al., *In-context Learning and Induction Heads* (2022). METRICS.md D5.
+transience", Singh et al. 2023); Olsson et al., *In-context Learning and Induction Heads* (2022). docs/metrics.md D5.
 Snapshot probe on a fixed batch of long contexts: the first training rows with at least ``late + window`` real
 tokens (or a batch given), like the plateau probes; no attention probabilities are needed, so SDPA runs as it is.
 
@@ -39,7 +39,7 @@ __all__ = ["ICLProbe"]
 
 @register_probe
 class ICLProbe(FixedBatchProbe):
-    """ICL score ℓ(late) − ℓ(early) on a fixed batch of long real contexts (METRICS.md D5).
+    """ICL score ℓ(late) − ℓ(early) on a fixed batch of long real contexts (docs/metrics.md D5).
 
     Args:
         batch: fixed batch (ids ``[B, T]`` with ``T >= late + window``, or a mapping); ``None`` takes the first
@@ -64,6 +64,7 @@ class ICLProbe(FixedBatchProbe):
     """
 
     name = "icl"
+    headline = "score_nats"
     higher_is_better = False
 
     def __init__(

@@ -1,7 +1,7 @@
 """Induction probe: induction and previous-token scores per head, and the repeated-sequence loss.
 
 Phenomenon: induction heads, Olsson et al., *In-context Learning and Induction Heads* (Anthropic, 2022);
-METRICS.md D1, D2, D4. Snapshot probe on P-rep, a fixed seeded batch of ``batch_size`` sequences of ``period``
+docs/metrics.md D1, D2, D4. Snapshot probe on P-rep, a fixed seeded batch of ``batch_size`` sequences of ``period``
 random ids (without replacement) repeated twice, built in ``setup`` and kept on the model's device. Patterns
 ``[B, H, Q, K]`` are reduced to ``[2, H]`` inside the hook.
 
@@ -14,8 +14,6 @@ key                                        meaning                              
 ``<ns>/induction/score_topk_mean``         mean of the top-k head scores              [0, 1]        sum/n
 ``<ns>/induction/n_heads_ge_<t>``          heads at or above ``head_threshold``       count         sum/n
 ``<ns>/induction/score_max/Lxx``           max over the heads of layer xx             [0, 1]        sum/n
-``<ns>/induction/argmax_layer``            layer of the best head (information only)  index         -
-``<ns>/induction/argmax_head``             head of the best head (information only)   index         -
 ``<ns>/induction/head_scores``             ``[L, H]`` heatmap, slow cadence           [0, 1]        sum/n
 ``<ns>/induction/loss_first_nats``         loss on copy 1 (first token excluded)      nats          sum/n
 ``<ns>/induction/loss_rep_nats``           loss on copy 2 (first token excluded)      nats          sum/n
@@ -51,7 +49,7 @@ __all__ = ["InductionProbe"]
 
 @register_probe
 class InductionProbe(SnapshotProbe):
-    """Per-head induction and previous-token scores on a repeated random-token batch (METRICS.md D1, D2, D4).
+    """Per-head induction and previous-token scores on a repeated random-token batch (docs/metrics.md D1, D2, D4).
 
     Args:
         period: n, length of one random copy (>= 2).
@@ -76,6 +74,7 @@ class InductionProbe(SnapshotProbe):
     """
 
     name = "induction"
+    headline = "score_max"
     requires = ("blocks.*.attn.hook_pattern",)
     higher_is_better = True
 
@@ -129,14 +128,11 @@ class InductionProbe(SnapshotProbe):
         n = self.count.clamp_min(1)
         ind_LH, prev_LH, (first, rep) = self.induction_sum_LH / n, self.prev_sum_LH / n, self.loss_sum / n
         flat = ind_LH.flatten()
-        best = flat.argmax()
         tag = f"{self.head_threshold:g}".replace(".", "p")
         out = {
             self.key("score_max"): flat.max(),
             self.key("score_topk_mean"): flat.topk(min(self.top_k, flat.numel())).values.mean(),
             self.key(f"n_heads_ge_{tag}"): (flat >= self.head_threshold).sum().float(),
-            self.key("argmax_layer"): (best // ind_LH.shape[1]).float(),
-            self.key("argmax_head"): (best % ind_LH.shape[1]).float(),
             self.key("head_scores"): ind_LH,
             self.key("loss_first_nats"): first,
             self.key("loss_rep_nats"): rep,

@@ -1,7 +1,7 @@
 """Logits probe: softmax collapse, zero-loss fraction and logit scale from the training batch's own logits.
 
 Phenomenon: softmax collapse, Prieto, Barsbey, Mediano, Birdal, *Grokking at the Edge of Numerical Stability*
-(ICLR 2025); METRICS.md A1-A3. Streaming probe: no extra forward. The logits are read by a forward hook on the
+(ICLR 2025); docs/metrics.md A1-A3. Streaming probe: no extra forward. The logits are read by a forward hook on the
 model's output head (adapter name ``logits``) attached only for the micro-batches of a scheduled step, so a
 ``training_step`` that returns only the loss works unchanged. The targets come from the training batch:
 
@@ -18,6 +18,7 @@ key                                            meaning                          
                                                dtype τ (absorption test, A1)
 ``<ns>/logits/softmax_collapse_frac_fp64``     the same test in fp64 (≈ 0 unless semantic)  [0, 1]      sum
 ``<ns>/logits/zero_loss_frac``                 rows whose τ cross-entropy is exactly 0 (A2) [0, 1]      sum
+``<ns>/logits/loss_nats``                      mean τ cross-entropy: the training loss      nats >= 0   sum
 ``<ns>/logits/norm_mean``                      mean L2 norm of a logit row                 logit units sum
 ``<ns>/logits/norm_max``                       max L2 norm of a logit row                  logit units max
 ``<ns>/logits/max_mean``                       mean of the row maximum                     logit units sum
@@ -57,9 +58,9 @@ from mechmon.functional.logits import (
     loss_dtype_for,
     measured_absorption_gap,
     row_chunks,
+    row_losses,
     softmax_collapse,
     top2_gap,
-    zero_loss,
 )
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
@@ -88,7 +89,7 @@ def default_targets(batch: Any) -> tuple[Tensor, bool]:
 
 @register_probe
 class LogitsProbe(StreamingProbe):
-    """Softmax-collapse fraction, zero-loss fraction and logit scale on training logits (METRICS.md A1-A3).
+    """Softmax-collapse fraction, zero-loss fraction and logit scale on training logits (docs/metrics.md A1-A3).
 
     Args:
         loss_dtype: τ, the dtype in which the training loss computes its log-sum-exp; ``None`` infers it from the
@@ -117,6 +118,7 @@ class LogitsProbe(StreamingProbe):
     """
 
     name = "logits"
+    headline = "softmax_collapse_frac"
     requires = (LOGITS,)
     higher_is_better = False
 
@@ -148,7 +150,7 @@ class LogitsProbe(StreamingProbe):
         counts = ("rows", "collapsed", "collapsed_fp64", "zero_loss", "absorbable", "near_absorb", "correct")
         for name in counts:
             self.add_state(name, torch.zeros((), dtype=torch.int64), "sum")
-        for name in ("norm_sum", "max_sum", "gap_sum", "log_z_sum", "log_z_abs_sum"):
+        for name in ("norm_sum", "max_sum", "gap_sum", "log_z_sum", "log_z_abs_sum", "loss_sum"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("norm_max", torch.zeros(()), "max")
         self.add_state("log_z_abs_max", torch.zeros(()), "max")
@@ -178,7 +180,9 @@ class LogitsProbe(StreamingProbe):
         norm_R, gap_R = z_RV.float().norm(dim=-1), top2_gap(z_RV)
         self.collapsed += (softmax_collapse(z_RV, tau) & valid_R).sum()
         self.collapsed_fp64 += (softmax_collapse(z_RV, torch.float64) & valid_R).sum()
-        self.zero_loss += (zero_loss(z_RV, targets_R, tau) & valid_R).sum()
+        loss_R = row_losses(z_RV, targets_R, tau)
+        self.zero_loss += ((loss_R == 0) & valid_R).sum()
+        self.loss_sum += torch.where(valid_R, loss_R, 0).sum(dtype=torch.float64)
         self.absorbable += ((gap_R >= absorption_gap(tau)) & valid_R).sum()
         near = gap_R >= self._absorb_gap(z_RV.shape[-1], tau, z_RV.device) - self.margin
         self.near_absorb += (near & valid_R).sum()
@@ -206,6 +210,7 @@ class LogitsProbe(StreamingProbe):
             self.key("softmax_collapse_frac"): self.collapsed / rows,
             self.key("softmax_collapse_frac_fp64"): self.collapsed_fp64 / rows,
             self.key("zero_loss_frac"): self.zero_loss / rows,
+            self.key("loss_nats"): self.loss_sum / rows,
             self.key("norm_mean"): self.norm_sum / rows,
             self.key("norm_max"): torch.where(self.rows > 0, self.norm_max, float("nan")),
             self.key("max_mean"): self.max_sum / rows,

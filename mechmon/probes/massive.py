@@ -4,7 +4,7 @@ Phenomenon: massive activations, a few residual-stream entries 10²-10⁴ times 
 (Sun et al., *Massive Activations in Large Language Models*, 2024); their training dynamics (absent at
 initialisation, an early peak in shallow and deep layers, a log increase in the middle ones) are the subject of
 Gallego-Feliciano et al., *Hidden Dynamics of Massive Activations in Transformer Training* (arXiv 2508.03616,
-2025). METRICS.md E1. Snapshot probe on the fixed batch: per sequence, over every real position's entries of the
+2025). docs/metrics.md E1. Snapshot probe on the fixed batch: per sequence, over every real position's entries of the
 residual stream after block l, the k-th largest |h| (k = 1, 2, 3) over the median |h|, averaged over sequences.
 
 Logged metrics (``<ns>`` = namespace, scope ``Lxx`` per layer):
@@ -47,7 +47,7 @@ __all__ = ["MassiveActivationProbe"]
 
 @register_probe
 class MassiveActivationProbe(FixedBatchProbe):
-    """Top-1/2/3 |h| over the median |h| of every block output, and Sun et al.'s massive count (METRICS.md E1).
+    """Top-1/2/3 |h| over the median |h| of every block output, and Sun et al.'s massive count (docs/metrics.md E1).
 
     Args:
         batch: fixed batch (ids ``[B, T]`` or a mapping); ``None`` takes the first training batch.
@@ -68,6 +68,7 @@ class MassiveActivationProbe(FixedBatchProbe):
     """
 
     name = "massive_act"
+    headline = "ratio_max"
     requires = ("blocks.*.hook_resid_post",)
     higher_is_better = False
 

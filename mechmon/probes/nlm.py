@@ -2,7 +2,7 @@
 
 Phenomenon: past 100% training accuracy, gradients align with the direction that only scales the logits (for
 positively homogeneous networks, the weights themselves), which drives softmax collapse. Prieto, Barsbey, Mediano,
-Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025); METRICS.md A5. mechmon's sign convention:
+Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025); docs/metrics.md A5. mechmon's sign convention:
 positive means the descent direction grows the weights.
 
 Gradient form: c_p = ⟨-g_p, p⟩/(‖g_p‖‖p‖), read in ``on_before_optimizer_step`` (after accumulation and AMP
@@ -49,7 +49,7 @@ __all__ = ["NLMProbe"]
 
 @register_probe
 class NLMProbe(StreamingProbe):
-    """Gradient-weight and update-weight alignment cosines (METRICS.md A5).
+    """Gradient-weight and update-weight alignment cosines (docs/metrics.md A5).
 
     Args:
         params: globs over parameter names with their own keys (and the update form); default the output weight.
@@ -70,6 +70,7 @@ class NLMProbe(StreamingProbe):
     """
 
     name = "nlm"
+    headline = "cos_grad"
     requires = ()
     higher_is_better = False
 

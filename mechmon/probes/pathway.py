@@ -3,7 +3,7 @@
 Phenomenon: memorization turning into generalization, read from training data alone: the routes (pathways) that
 samples of one domain take through the experts first diverge while they are memorized, then converge as the model
 generalizes. Li, Fan & Zhou, *Where to find Grokking in LLM Pretraining? Monitor Memorization-to-Generalization
-without Test* (ICLR 2026); METRICS.md B1-B3. At scheduled steps one ``no_grad`` forward of the probe set runs under the
+without Test* (ICLR 2026); metrics B1-B3. At scheduled steps one ``no_grad`` forward of the probe set runs under the
 router hooks; each sample's token-mean routing weights ``[N, L, E]``, loss and consistency ride in the step's one
 transfer. On the host the online memorization criterion (B1) updates each sample's cohort; a worker thread builds the
 pathways (0.7-cumulative) and the mean pairwise Levenshtein distances (rapidfuzz) within each group, and the monitor
@@ -32,7 +32,7 @@ Smoothness and consistency need two or more MoE layers whose router module has a
 Alerts (info, per group): ``generalization_onset`` when ``edit_dist/<g>`` falls (Theil–Sen over 5 evaluations) while
 ``loss_nats/<g>`` has not improved by 1 % for 3 evaluations; ``generalization_in_progress`` when ``smoothness/<g>``
 rises (or falls, ``smoothness_mode="min"``) over 5 evaluations while the loss is flat. None on ``consistency_paper``
-(its sign is unsettled, METRICS.md B3).
+(its sign is unsettled, docs/metrics.md B3).
 """
 
 from __future__ import annotations
@@ -151,6 +151,7 @@ class PathwayProbe(FixedBatchProbe):
     """
 
     name = "moe_pathway"
+    headline = "edit_dist"
     requires = ("blocks.*.mlp.hook_router_logits",)
     higher_is_better = False
     late_stats = ("edit_dist", "memorized_frac", "revoked", "epsilon")

@@ -2,7 +2,7 @@
 
 Phenomenon: the prefix-matching half of an induction head, Olsson et al., *In-context Learning and Induction Heads*
 (2022); the score is Bansal et al.'s (*Rethinking the Role of Scale for In-Context Learning*, 2023,
-``amazon-science/llm-interpret``). METRICS.md D3. Snapshot probe on P-rep4: ``batch_size`` seeded sequences of
+``amazon-science/llm-interpret``). docs/metrics.md D3. Snapshot probe on P-rep4: ``batch_size`` seeded sequences of
 ``period`` random ids (without replacement) repeated four times, built in ``setup``. For a query in copy m >= 1, the
 score sums the attention to the successors of all m earlier occurrences, so a perfect head scores 1 and the
 induction score's thresholds do not transfer. Patterns ``[B, H, T, T]`` are reduced to ``[H]`` inside the hook.
@@ -48,7 +48,7 @@ COPIES = 4
 
 @register_probe
 class PrefixMatchingProbe(SnapshotProbe):
-    """Per-head prefix-matching scores on a four-times-repeated random-token batch (METRICS.md D3).
+    """Per-head prefix-matching scores on a four-times-repeated random-token batch (docs/metrics.md D3).
 
     Args:
         period: n, length of one copy (25, the reference's shortest).
@@ -72,6 +72,7 @@ class PrefixMatchingProbe(SnapshotProbe):
     """
 
     name = "prefix_match"
+    headline = "score_max"
     requires = ("blocks.*.attn.hook_pattern",)
 
     def __init__(

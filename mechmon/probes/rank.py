@@ -2,7 +2,7 @@
 
 Phenomenon: hidden states that span fewer and fewer directions. Garrido et al., *RankMe: Assessing the Downstream
 Performance of Pretrained Self-Supervised Representations by Their Rank* (ICML 2023), the effective rank of Roy &
-Vetterli (2007); METRICS.md C2. Streaming form: each forward adds the Gram matrix with ones of the selected tokens
+Vetterli (2007); docs/metrics.md C2. Streaming form: each forward adds the Gram matrix with ones of the selected tokens
 (``[K+1, K+1]`` per layer, one sum across ranks); its eigenvalues are taken in fp64 on the host copy that
 rides in the scheduled step's one transfer (CUDA eigensolvers would add a sync). RankMe is uncentered by
 default (``centered=True`` subtracts the mean); the participation ratio is always centered. Widths above
@@ -74,6 +74,7 @@ class RankProbe(FixedBatchProbe):
     """
 
     name = "repr_rank"
+    headline = "rankme"
     requires = ("blocks.*.hook_resid_post", FINAL_NORM)
     higher_is_better = True
 

@@ -2,7 +2,7 @@
 
 Phenomenon: during the loss plateau the model repeats tokens (repetition bias) far more than the data does; on the
 moving-window-sum task ρ rises from ≈ 0 to ≈ 0.8 within ~50 steps. Gopalani & Hu, *What Happens During the Loss
-Plateau? Understanding Abrupt Learning in Transformers* (NeurIPS 2025); METRICS.md C3. Each row of the fixed batch
+Plateau? Understanding Abrupt Learning in Transformers* (NeurIPS 2025); docs/metrics.md C3. Each row of the fixed batch
 is split into a prompt and its last ``gen_len`` tokens (the data's continuation); the model continues the prompt
 greedily, ``gen_len`` forwards without a KV cache (``teacher_forced=True``: one forward and the argmax at those
 positions, cheaper but not the paper's metric). Rows should be unpadded: padding counts as tokens.
@@ -66,6 +66,7 @@ class RepetitionProbe(FixedBatchProbe):
     """
 
     name = "repetition"
+    headline = "model_frac"
     higher_is_better = False
 
     def __init__(

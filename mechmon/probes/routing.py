@@ -2,7 +2,7 @@
 
 Phenomenon: routing collapse (a few experts take the load, or the router's softmax becomes peaked) and load
 imbalance. Health metrics of Li, Fan & Zhou, *Where to find Grokking in LLM Pretraining? Monitor
-Memorization-to-Generalization without Test* (ICLR 2026) App. E.5; METRICS.md B4; the definitions of transformers'
+Memorization-to-Generalization without Test* (ICLR 2026) App. E.5; docs/metrics.md B4; the definitions of transformers'
 ``MoERouterHealthCallback`` and torchtitan's ``tokens_per_expert``. The router is hooked at its gate module
 (``blocks.{l}.mlp.hook_router_logits`` / ``hook_expert_indices``), never through ``output_router_logits``, on the
 training micro-batches of scheduled steps only (the captures are views of tensors autograd keeps for the step anyway).
@@ -67,6 +67,7 @@ class RoutingProbe(StreamingProbe):
     """
 
     name = "moe_routing"
+    headline = "load_cv"
     requires = ("blocks.*.mlp.hook_router_logits", "blocks.*.mlp.hook_expert_indices")
     higher_is_better = True
 

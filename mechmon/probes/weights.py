@@ -1,7 +1,7 @@
 """Weight-norm probe: global and per-tensor L2 norms of the trainable weights and their growth.
 
 Phenomenon: unbounded weight-norm growth under naive loss minimization precedes softmax collapse, Prieto, Barsbey,
-Mediano, Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025); METRICS.md A4. Reads parameters only
+Mediano, Birdal, *Grokking at the Edge of Numerical Stability* (ICLR 2025); docs/metrics.md A4. Reads parameters only
 (cost ``weights``), once per scheduled step, right after the optimizer step.
 
 Logged metrics (``<ns>`` = namespace; ``<param>`` a tracked parameter name, default the output layer's weight):
@@ -34,7 +34,7 @@ __all__ = ["WeightsProbe"]
 
 @register_probe
 class WeightsProbe(StreamingProbe):
-    """Global and per-tensor weight norms (METRICS.md A4).
+    """Global and per-tensor weight norms (docs/metrics.md A4).
 
     Args:
         params: globs over parameter names whose norms get their own key; default the output layer's weight.
@@ -50,6 +50,7 @@ class WeightsProbe(StreamingProbe):
     """
 
     name = "weights"
+    headline = "norm"
     requires = ()
     higher_is_better = False
     replayable = True  # norms of the weights alone

@@ -47,7 +47,9 @@ def test_fit_writes_keys_images_alerts_to_tensorboard_and_csv(tmp_path):
         assert all(0 <= e.value <= 1 for e in acc.Scalars(f"mechmon/{key}"))
     assert scalar_steps(acc, "mechmon/alerts/test_marker") == [1]
     assert [e.step for e in acc.Images("mechmon/induction/head_scores")] == [1, 4]
-    assert acc.Images("mechmon/induction/head_scores")[0].width == 4 * 24  # [L=2, H=4] heatmap
+    assert acc.Images("mechmon/induction/head_scores")[0].width > 200  # a labelled figure, not 2 x 4 cells
+    [values, _] = acc.Tensors("mechmon/induction/head_scores/values")  # what `mechmon report` draws
+    assert [d.size for d in values.tensor_proto.tensor_shape.dim] == [2, 4]
     assert [e.step for e in acc.Tensors("mechmon/alerts/text_summary")] == [1]
     assert "custom_scalars__config__" in acc.Tags()["tensors"]  # the panel layout
     assert [a.rule for a in got] == ["test_marker"] and [a.rule for a in mon.alerts] == ["test_marker"]

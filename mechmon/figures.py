@@ -1,0 +1,119 @@
+"""Figures through matplotlib (the ``mechmon[report]`` extra): labelled ``[layer, head]`` heatmaps and metric panels.
+
+Only the object-oriented API with the Agg canvas is used (no pyplot state), so figures can be drawn from any thread.
+Without matplotlib, :func:`heatmap_image` falls back to plain coloured cells (:func:`mechmon.writers.heatmap_rgb`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["available", "heatmap_image", "draw_heatmap", "draw_series", "best_cell"]
+
+
+def available() -> bool:
+    """Whether matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def best_cell(matrix: np.ndarray) -> tuple[int, int, float] | None:
+    """``(layer, head, value)`` of the largest finite cell of a ``[L, H]`` matrix, or None when none is finite."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if not np.isfinite(m).any():
+        return None
+    index = int(np.nanargmax(np.where(np.isfinite(m), m, -np.inf)))
+    layer, head = divmod(index, m.shape[1])
+    return layer, head, float(m[layer, head])
+
+
+def colour_range(matrix: np.ndarray) -> tuple[float, float]:
+    """``[0, 1]`` for values inside it (scores, shares), else the finite range widened to include 0 or 1."""
+    finite = np.asarray(matrix, dtype=np.float64)[np.isfinite(matrix)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    return min(0.0, float(finite.min())), max(1.0, float(finite.max()))
+
+
+def draw_heatmap(ax, matrix: np.ndarray, title: str) -> None:
+    """Draw a ``[L, H]`` matrix on ``ax``: layers down, heads across, numbered, a colour bar, the best cell named."""
+    m = np.asarray(matrix, dtype=np.float64)
+    vmin, vmax = colour_range(m)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="0.6")  # NaN cells grey
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    layers, heads = m.shape
+    ax.set_xticks(range(heads), [str(h) for h in range(heads)] if heads <= 32 else None)
+    ax.set_yticks(range(layers), [str(layer) for layer in range(layers)] if layers <= 48 else None)
+    if heads > 32:
+        ax.set_xticks(range(0, heads, max(1, heads // 8)))
+    if layers > 48:
+        ax.set_yticks(range(0, layers, max(1, layers // 8)))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    best = best_cell(m)
+    ax.set_title(title + (f"\nmax {best[2]:.3g} at L{best[0]} H{best[1]}" if best else "\nno finite value"), fontsize=9)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def heatmap_image(matrix: np.ndarray, title: str) -> np.ndarray:
+    """A labelled heatmap of ``[L, H]`` values as an RGB image ``[height, width, 3]`` uint8 (for TensorBoard).
+
+    Without matplotlib: the plain coloured cells of :func:`mechmon.writers.heatmap_rgb` on the same colour range.
+    """
+    if not available():
+        from mechmon.writers import heatmap_rgb
+
+        return heatmap_rgb(matrix, *colour_range(matrix))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers, heads = np.asarray(matrix).shape
+    figure = Figure(figsize=(min(2.2 + 0.35 * heads, 12), min(1.6 + 0.3 * layers, 12)), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    draw_heatmap(figure.add_subplot(), matrix, title)
+    figure.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def draw_series(
+    ax,
+    series: Sequence[tuple[int, float]],
+    title: str,
+    level: float | None = None,
+    alerts: Sequence[tuple[int, str]] = (),
+) -> None:
+    """One statistic over steps: its line, the alert level dashed, each alert a red vertical line with its rule."""
+    steps = [s for s, _ in series]
+    values = [v for _, v in series]
+    ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, color="C0", label=title)
+    if level is not None:
+        ax.axhline(level, color="C3", linestyle="--", linewidth=1, label=f"alert level {level:g}")
+    for step, rule in alerts:
+        ax.axvline(step, color="C3", linewidth=1, alpha=0.7)
+        ax.annotate(
+            rule,
+            (step, 1.0),
+            xycoords=("data", "axes fraction"),
+            fontsize=7,
+            color="C3",
+            rotation=90,
+            ha="right",
+            va="top",
+        )
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        ax.text(0.5, 0.5, "not measured (NaN)", transform=ax.transAxes, ha="center", color="0.4")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if level is not None:
+        ax.legend(fontsize=7, loc="best")

@@ -77,7 +77,7 @@ def fit(
         enable_model_summary=False,
         log_every_n_steps=every,
     )
-    model = demo.ByteGPT(2, 128, 4, 128, 1e-3)
+    model = demo.ByteLM(2, 128, 4, 128, 1e-3)
     t0 = time.perf_counter()
     trainer.fit(model, data)
     return time.perf_counter() - t0, mon

@@ -106,10 +106,10 @@ def main() -> None:  # noqa: D103
     batch = mws.mws_batch(64, torch.Generator().manual_seed(1))
     outputs = list(range(mws.N + 1, 2 * mws.N))
     demo = load("stdlib_induction")
-    gpt = demo.ByteGPT(2, 128, 4, 128, 1e-3)
+    gpt = demo.ByteLM(2, 128, 4, 128, 1e-3)
     corpus = demo.read_corpus(None, 2_000_000)
     text = demo.text_windows(corpus, 8, 128, 1)
-    long_gpt = demo.ByteGPT(2, 128, 4, 512, 1e-3)
+    long_gpt = demo.ByteLM(2, 128, 4, 512, 1e-3)
     cases = [
         ("MWS 1L d256", mws_model, mws.adapter(mws_model), CollapseProbe(batch, positions=outputs, max_rows=64)),
         ("MWS 1L d256", mws_model, mws.adapter(mws_model), RankProbe(batch, positions=outputs, max_rows=64)),

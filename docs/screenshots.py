@@ -23,6 +23,7 @@ TABS = {"custom_scalars": "custom_scalars", "images": "images", "time_series": "
 
 
 def wait_for(url: str, seconds: float = 30) -> None:
+    """Return once ``url`` answers (TensorBoard loading its run), or exit after ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -34,6 +35,7 @@ def wait_for(url: str, seconds: float = 30) -> None:
 
 
 def main() -> None:
+    """Start TensorBoard on the run, open each tab in Chromium, write one screenshot per tab."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--tensorboard", default="tensorboard")

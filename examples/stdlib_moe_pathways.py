@@ -103,7 +103,7 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs"), help="TensorBoard root (default ./runs)")
-    p.add_argument("--no-live", action="store_true", help="no live console table")
+    p.add_argument("--panel", action="store_true", help="mechmon's live panel instead of Lightning's progress bar")
     return p.parse_args()
 
 
@@ -179,7 +179,7 @@ def main() -> None:  # noqa: D103
     monitor = MechMonitor(
         probes=[pathway, RoutingProbe()],
         schedule=args.every,
-        console=not args.no_live,
+        console=True if args.panel else None,
         on_alert=[lambda a: fired.append(f"{a.rule} at step {a.step} ({time.perf_counter() - start:.0f} s)")],
     )
     logger = TensorBoardLogger(args.out, name="stdlib_moe_pathways")
@@ -193,7 +193,7 @@ def main() -> None:  # noqa: D103
         val_check_interval=args.every,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        enable_progress_bar=args.no_live,
+        enable_progress_bar=not args.panel,
         enable_checkpointing=False,
         log_every_n_steps=args.every,
         enable_model_summary=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from rich import box
 from rich.console import Console, Group
@@ -46,7 +46,12 @@ class ConsoleView:
         headlines: the keys shown first in the panel (each probe's headline stat).
         namespace: first key segment, cut from the names shown.
         bar_owned: a progress bar draws on this terminal (the panel is then off unless ``live=True``).
+
+    ``printer``: where alert lines go; an integration whose progress bar has its own rich console (Lightning's
+    ``RichProgressBar``) sets it so the lines print above the bar instead of breaking it.
     """
+
+    printer: Callable[[], Console | None] = staticmethod(lambda: None)
 
     def __init__(
         self,
@@ -84,19 +89,19 @@ class ConsoleView:
         self._alerts.append(alert)
         style = _STYLE.get(alert.severity, "")
         line = f"[{style}]mechmon {alert.severity} at step {alert.step}: {alert.rule}[/] - {alert.reason}"
-        with _write_mode():
-            self.console.print(line, highlight=False)
+        owner = self.printer()
+        with _write_mode() if owner is None else contextlib.nullcontext():
+            (owner or self.console).print(line, highlight=False, soft_wrap=True)  # one line per alert, also in logs
         if self._live is not None:
             self._live.update(self.panel())
 
     def bar_items(self) -> dict[str, str]:
-        """Short items for a progress bar's postfix: the first headline's value and the last alert."""
+        """Short items for a progress bar's postfix: the last alert, then the first probe's headline value."""
         items = {}
-        shown = [k for k in self.headlines if k in self._latest][:1]
-        for key in shown:
-            items[key.removeprefix(self.prefix)] = f"{self._latest[key]:.3g}"
         if self._alerts:
             items["alert"] = f"{self._alerts[-1].rule}@{self._alerts[-1].step}"
+        for key in [k for k in self.headlines if k in self._latest][:1]:
+            items[key.removeprefix(self.prefix).split("/")[0]] = f"{self._latest[key]:.3g}"
         return items
 
     def _name(self, key: str) -> str:

@@ -194,6 +194,7 @@ class SnapshotProbe(Probe):
     kind: ClassVar[Kind] = "snapshot"
     needs_batch: bool = False
     probe_batch: Tensor
+    batch_key: object = None  # equal keys: the same batch, so probes can share one forward (None: never shared)
 
     def take_batch(self, batch: Any) -> None:
         """Build the probe batch from a training batch; called once, before the first evaluation, if ``needs_batch``."""

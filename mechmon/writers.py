@@ -92,7 +92,7 @@ class TensorBoardWriter(NullWriter):
         """Write the custom-scalars layout once (best effort); see :func:`scalar_layout`."""
         if self._layout_written or self.experiment is None:
             return
-        self.experiment.add_custom_scalars(scalar_layout(keys, headlines, levels))
+        self.experiment.add_custom_scalars(tensorboard_order(scalar_layout(keys, headlines, levels)))
         self._layout_written = True
 
     def close(self) -> None:
@@ -156,33 +156,39 @@ def scalar_layout(
         headlines: each probe's headline key, charted in the overview category.
         levels: key -> alert level of the threshold rules (their charts are shaded to the level).
 
-    In a probe's category each unscoped stat has its own chart and, when it has per-layer or per-group series, a
-    second chart ``<probe>: <stat> by scope`` with those (a stat logged per scope only gets that chart). The alerts
-    category is one chart of the markers that fired (1 at the step), so no chart waits for an alert.
+    A probe's category ``<ns>/<probe>`` has one chart per unscoped stat; its per-layer or per-group series go to
+    ``<ns>/<probe> by scope``, one chart per stat. The alerts category is one chart of the markers that fired (1 at
+    the step), so no chart waits for an alert. Dict order is the order a person reads the charts in.
     """
     keys, levels = set(keys), dict(levels or {})
     stats = sorted({tuple(k.split("/")[:3]) for k in keys if k.count("/") >= 2 and k.split("/")[1] != "alerts"})
     namespace = stats[0][0] if stats else "mechmon"
     layout: dict[str, dict[str, list]] = {}
-    overview = {}
     for key in (k for k in headlines if k in keys):
         suffix, chart = _chart(key, levels)
-        overview[f"{key.split('/')[1]}: {key.split('/')[2]}{suffix}"] = chart
-    if overview:
-        layout[f"{namespace} overview"] = overview
+        layout.setdefault(f"{namespace} overview", {})[f"{key.split('/')[1]}: {key.split('/')[2]}{suffix}"] = chart
     for ns, probe, stat in stats:
         key = f"{ns}/{probe}/{stat}"
-        category = layout.setdefault(f"{ns}/{probe}", {})
-        scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}).+$"]]
         if key in keys:
             suffix, chart = _chart(key, levels)
-            category[f"{probe}: {stat}{suffix}"] = chart
-            if any(k.startswith(f"{key}/") and not k.endswith(LEVEL) for k in keys):
-                category[f"{probe}: {stat} by scope"] = scoped
-        else:  # a stat logged per group or parameter only
-            category[f"{probe}: {stat}"] = scoped
+            layout.setdefault(f"{ns}/{probe}", {})[f"{probe}: {stat}{suffix}"] = chart
+        if any(k.startswith(f"{key}/") and not k.endswith(LEVEL) for k in keys):
+            scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}).+$"]]
+            layout.setdefault(f"{ns}/{probe} by scope", {})[f"{probe}: {stat} by scope"] = scoped
     layout[f"{namespace}/alerts"] = {"alerts fired (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/"]]}
     return layout
+
+
+def tensorboard_order(layout: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
+    """The layout as :meth:`SummaryWriter.add_custom_scalars` must receive it to show charts in ``layout`` order.
+
+    TensorBoard's Custom Scalars tab draws the margin charts of a category last-written first (seen in Chromium
+    with TensorBoard 2.21), so they are written reversed; categories and line charts keep their order.
+    """
+    return {
+        title: dict(reversed(charts.items())) if all(c[0] == "Margin" for c in charts.values()) else charts
+        for title, charts in layout.items()
+    }
 
 
 _STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)

@@ -3,7 +3,7 @@ import re
 import numpy as np
 
 from mechmon.figures import best_cell, heatmap_image
-from mechmon.writers import heatmap_rgb, scalar_layout
+from mechmon.writers import heatmap_rgb, scalar_layout, tensorboard_order
 
 KEYS = [
     "mechmon/induction/score_max",
@@ -18,17 +18,26 @@ KEYS = [
 def test_layout_opens_on_an_overview_draws_levels_and_keeps_scopes_and_alerts_apart():
     levels = {KEYS[0]: 0.3}
     layout = scalar_layout(KEYS, headlines=[KEYS[0]], levels=levels)
-    assert list(layout) == ["mechmon overview", "mechmon/induction", "mechmon/prev_token", "mechmon/alerts"]
+    assert list(layout) == [
+        "mechmon overview",
+        "mechmon/induction",
+        "mechmon/induction by scope",
+        "mechmon/prev_token",
+        "mechmon/alerts",
+    ]
     title = "induction: score_max (shaded to the alert level 0.3)"
     assert layout["mechmon overview"] == {title: ["Margin", [KEYS[0], KEYS[0], KEYS[1]]]}  # line, band to the level
     induction = layout["mechmon/induction"]
-    assert list(induction) == ["induction: loss_gap_nats", title, "induction: score_max by scope"]
-    [scoped] = induction["induction: score_max by scope"][1]
+    assert list(induction) == ["induction: loss_gap_nats", title]
+    assert induction["induction: loss_gap_nats"] == ["Margin", [KEYS[3]] * 3]  # a line alone
+    [scoped] = layout["mechmon/induction by scope"]["induction: score_max by scope"][1]
     assert re.match(scoped, "mechmon/induction/score_max/L01") and not re.match(scoped, KEYS[1])
-    assert induction["induction: loss_gap_nats"] == ["Margin", [KEYS[3]] * 3]  # a line alone, in order
     assert layout["mechmon/alerts"] == {"alerts fired (1 at the step)": ["Multiline", ["^mechmon/alerts/"]]}
-    per_group = scalar_layout(["mechmon/moe_pathway/edit_dist/json"])["mechmon/moe_pathway"]
-    assert list(per_group) == ["moe_pathway: edit_dist"]  # a stat logged per group only still has its chart
+    per_group = scalar_layout(["mechmon/moe_pathway/edit_dist/json"])
+    assert list(per_group["mechmon/moe_pathway by scope"]) == ["moe_pathway: edit_dist by scope"]
+    written = tensorboard_order(layout)  # margin charts reversed: TensorBoard draws them last-written first
+    assert list(written["mechmon/induction"]) == [title, "induction: loss_gap_nats"]
+    assert written["mechmon/induction by scope"] == layout["mechmon/induction by scope"]
 
 
 def test_heatmap_cells_colours_and_nan():

@@ -139,15 +139,18 @@ class MechMonitor(Callback, Integration):
 
 
 def _show_in_bar(bar: Any, view: Any) -> None:
-    """Add the monitor's headline value and last alert to a Lightning progress bar's items (TQDM and Rich)."""
+    """Show the last alert (first) and the monitor's headline value in a Lightning progress bar (TQDM and Rich)."""
     if "get_metrics" in vars(bar):  # already wrapped (a second fit with the same trainer)
         return
     own = bar.get_metrics
 
     def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        return {**own(trainer, pl_module), **view.bar_items()}
+        mine = view.bar_items()
+        first = {"alert": mine.pop("alert")} if "alert" in mine else {}  # an alert first: bars are cut at the width
+        return {**first, **own(trainer, pl_module), **mine}
 
     bar.get_metrics = get_metrics
+    view.printer = lambda: getattr(getattr(bar, "progress", None), "console", None)  # RichProgressBar's own console
 
 
 def _tensors(values: dict[str, float]) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ them); they are resharded here so that memory and the weight probes see the mode
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from mechmon.adapters import Adapter, resolve_adapter
 from mechmon.capture import attention_tap, capture, resolve_names
 from mechmon.params import reshard
-from mechmon.probe import Probe
+from mechmon.probe import Probe, SnapshotProbe
 
-__all__ = ["snapshot_forward", "evaluate", "reads_patterns"]
+__all__ = ["snapshot_forward", "shared_forward", "forward_groups", "run_group", "evaluate", "reads_patterns"]
 
 
 def reads_patterns(names: Sequence[str]) -> bool:
@@ -40,6 +40,22 @@ def _attention_mode(adapter: Adapter, names: Sequence[str]) -> contextlib.Abstra
     return adapter.sdpa_attention() if reads_logits(names) else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _probe_mode(adapter: Adapter, names: Sequence[str]):
+    """Eval mode, ``no_grad``, the attention mode and tap the captures need; mode and sharding restored after."""
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    tapped = reads_patterns(names) or reads_logits(names)
+    tap = attention_tap() if tapped else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), _attention_mode(adapter, names), tap, _uncompiled(model):
+            yield
+    finally:
+        model.train(was_training)
+        reshard(model)
+
+
 def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None = None) -> None:
     """Run ``probe``'s forward(s) under its hooks and feed it the captures; restores mode and sharding.
 
@@ -52,19 +68,72 @@ def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None
         RuntimeError: if a capture is missing or the attention gives no probabilities.
     """
     names = list(resolve_names(adapter, probe.requires) if names is None else names)
-    model = adapter.model
-    was_training = model.training
-    model.eval()
-    tapped = reads_patterns(names) or reads_logits(names)
-    tap = attention_tap() if tapped else contextlib.nullcontext()
-    try:
-        with torch.no_grad(), _attention_mode(adapter, names), tap, _uncompiled(model):
-            with capture(adapter, names, probe.reduce_capture) as caps:
-                caps.update(probe.snapshot(adapter))
-                probe.update(caps, None)
-    finally:
-        model.train(was_training)
-        reshard(model)
+    with _probe_mode(adapter, names), capture(adapter, names, probe.reduce_capture) as caps:
+        caps.update(probe.snapshot(adapter))
+        probe.update(caps, None)
+
+
+def _mode(names: Sequence[str]) -> str:
+    return "patterns" if reads_patterns(names) else "logits" if reads_logits(names) else "plain"
+
+
+def forward_groups(probes: Sequence[Probe], names: dict[str, list[str]]) -> list[list[Probe]]:
+    """Snapshot probes that can share one forward, in order; the others are groups of one.
+
+    Sharing needs the same batch (``batch_key``), the default single forward, and the same attention mode (eager for
+    patterns, SDPA for logit statistics).
+    """
+    groups: dict[Any, list[Probe]] = {}
+    for probe in probes:
+        key = getattr(probe, "batch_key", None)
+        single = key is None or type(probe).snapshot is not SnapshotProbe.snapshot
+        groups.setdefault(id(probe) if single else (key, _mode(names[probe.name])), []).append(probe)
+    return list(groups.values())
+
+
+def shared_forward(group: Sequence[Probe], adapter: Adapter, names: dict[str, list[str]]) -> dict[str, dict]:
+    """One forward of the group's common batch under every capture its probes read.
+
+    Each hook reduces its tensor once per probe that reads it (``reduce_capture``), so no probe sees another's
+    reduction. Returns probe name -> its captures (with the forward's logits), for the caller to pass to
+    ``probe.update``; a forward that raises updates nobody.
+    """
+    wanted = list(dict.fromkeys(n for p in group for n in names[p.name]))
+    readers = {n: [p for p in group if n in names[p.name]] for n in wanted}
+
+    def reduce(name: str, tensor: Tensor) -> list[Tensor]:
+        return [p.reduce_capture(name, tensor) for p in readers[name]]
+
+    with _probe_mode(adapter, wanted), capture(adapter, wanted, reduce) as caps:
+        output = group[0].snapshot(adapter)
+    out = {}
+    for probe in group:
+        own = {n: caps[n][readers[n].index(probe)] for n in names[probe.name] if n in caps}
+        out[probe.name] = {**own, **output}
+    return out
+
+
+def run_group(
+    group: Sequence[Probe], adapter: Adapter, names: dict[str, list[str]], guarded: Callable[..., Any]
+) -> None:
+    """Feed a group from :func:`forward_groups` with one shared forward, else each probe with its own.
+
+    Each probe runs alone when the group has one probe or the shared forward raised, so a failure is charged to the
+    probe that caused it.
+
+    ``guarded(probe, fn, *args)`` runs ``fn`` for ``probe`` and disables the probe if it raises (the monitor's).
+    """
+    if len(group) > 1:
+        try:
+            captures = shared_forward(group, adapter, names)
+        except Exception:  # caveat: find the failing probe by running each alone
+            captures = None
+        if captures is not None:
+            for probe in group:
+                guarded(probe, probe.update, captures[probe.name], None)
+            return
+    for probe in group:
+        guarded(probe, snapshot_forward, probe, adapter, names[probe.name])
 
 
 @contextlib.contextmanager

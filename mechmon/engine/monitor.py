@@ -27,7 +27,7 @@ from mechmon.checks import fail
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
 from mechmon.engine.config import MonitorConfig
-from mechmon.engine.forward import snapshot_forward
+from mechmon.engine.forward import forward_groups, run_group
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord, to_host
 from mechmon.engine.stream import Stream, compiled, model_inputs
@@ -376,10 +376,11 @@ class Monitor:
     # -- one scheduled step --------------------------------------------------------------------------------
     def _run(self, record: StepRecord) -> None:
         self._detach_streaming()
-        for probe in self._live(record.due):
-            if probe.kind == "snapshot":
-                self._guarded(probe, snapshot_forward, probe, self.adapter, self._names[probe.name])
-            else:
+        live = self._live(record.due)
+        for group in forward_groups([p for p in live if p.kind == "snapshot"], self._names):
+            run_group(group, self.adapter, self._names, self._guarded)
+        for probe in live:
+            if probe.kind != "snapshot":
                 self._guarded(probe, probe.evaluate)
         record.flags_WP, _ = reduce_states(record.due, self._failure_flags())  # collective: every rank, by step only
         self._collect(record)

@@ -8,7 +8,9 @@ Padding must be on the right, where the causal model never looks back at it.
 
 from __future__ import annotations
 
+import itertools
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ from mechmon.functional.plateau import loss_at_positions
 from mechmon.functional.stats import mean_or_nan
 from mechmon.probe import SnapshotProbe
 
-__all__ = ["FixedBatchProbe", "batch_tokens", "check_positions", "hidden_width", "usable_rows"]
+__all__ = ["FixedBatchProbe", "batch_fingerprint", "batch_tokens", "check_positions", "hidden_width", "usable_rows"]
 
 
 def batch_tokens(batch: Any, owner: str) -> tuple[Tensor, Tensor]:
@@ -70,10 +72,44 @@ def usable_rows(ids: Tensor, mask: Tensor, max_rows: int, min_tokens: int = 2) -
     return ids[rows], mask[rows]
 
 
+_TOKENS: dict[int, tuple[weakref.ref, int]] = {}  # id -> (weak reference, token) of device tensors seen
+_COUNT = itertools.count()
+
+
+def _token(tensor: Tensor) -> int:
+    """A number naming ``tensor`` while it lives (no reference kept: the loader's batch can be freed)."""
+    entry = _TOKENS.get(id(tensor))
+    if entry is None or entry[0]() is not tensor:
+        for key in [k for k, (ref, _) in _TOKENS.items() if ref() is None]:
+            del _TOKENS[key]
+        entry = _TOKENS[id(tensor)] = (weakref.ref(tensor), next(_COUNT))
+    return entry[1]
+
+
+def batch_fingerprint(ids: Tensor, mask: Tensor, *settings: object) -> tuple:
+    """What identifies a probe batch, to tell which snapshot probes can share one forward.
+
+    A CPU tensor by its content (no sync); a device tensor by the tensor object (no sync either): probes that take
+    their rows from the same training batch get one fingerprint. ``settings`` (rows kept, ...) are part of it.
+    """
+    if ids.device.type == "cpu":
+        content = (ids.dtype, tuple(ids.shape), hash(ids.numpy().tobytes()), hash(mask.numpy().tobytes()))
+        return ("content", *content, *settings)
+    return ("tensor", _token(ids), _token(mask), *settings)
+
+
 def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
-    """Last dimension of capture ``name``, read from a two-token ``no_grad`` forward (shapes only)."""
-    with torch.no_grad(), capture(adapter, [name]) as caps:
-        adapter.forward(torch.zeros((1, 2), dtype=torch.long, device=device))
+    """Last dimension of capture ``name``, read from a two-token ``no_grad`` forward (shapes only).
+
+    The forward runs in eval mode, so no dropout draws from the run's random stream.
+    """
+    model, was_training = adapter.model, adapter.model.training
+    model.eval()
+    try:
+        with torch.no_grad(), capture(adapter, [name]) as caps:
+            adapter.forward(torch.zeros((1, 2), dtype=torch.long, device=device))
+    finally:
+        model.train(was_training)
     return int(caps[name].shape[-1])
 
 
@@ -130,7 +166,8 @@ class FixedBatchProbe(SnapshotProbe):
         A batch with no row of two or more real tokens (all padding) is skipped with one warning and the probe waits
         for the next; reading the mask costs one host sync per batch taken or skipped.
         """
-        ids, mask = usable_rows(*batch_tokens(batch, type(self).__name__), self.max_rows, self.min_tokens)
+        source = batch_tokens(batch, type(self).__name__)
+        ids, mask = usable_rows(*source, self.max_rows, self.min_tokens)
         if ids.shape[0] == 0:
             if not self._skipped:
                 warnings.warn(
@@ -141,12 +178,17 @@ class FixedBatchProbe(SnapshotProbe):
                 )
             self._skipped = True
             return
-        self._use(ids, mask)
+        self._use(ids, mask, source)
 
-    def _use(self, ids: Tensor, mask: Tensor) -> None:
+    def _use(self, ids: Tensor, mask: Tensor, source: tuple[Tensor, Tensor] | None = None) -> None:
+        """Keep ``ids`` / ``mask`` as the probe batch; ``source``: the training batch they came from (for the key)."""
         self.probe_batch = ids.to(self._device).clone()
         self.attention_mask = mask.to(self._device).clone()
         self.prepare()
+        if source is not None and source[0].device.type != "cpu":  # the first usable rows of that batch
+            self.batch_key = batch_fingerprint(*source, self.min_tokens, tuple(self.probe_batch.shape))
+        else:
+            self.batch_key = batch_fingerprint(ids, mask, tuple(self.probe_batch.shape))
         self._ready = True
 
     def state_dict(self) -> dict[str, Tensor]:

@@ -1,5 +1,7 @@
 """The engine itself: panel layout known at setup, alert steps, the step record, inputs read from the model."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,65 @@ def test_the_record_packs_one_transfer_and_unpacks_by_probe():
 )
 def test_model_inputs_as_a_batch(args, kwargs, want):
     assert model_inputs(args, kwargs) == want
+
+
+def _eval_forwards(model):
+    """Count the model's eval-mode forwards of real rows (probe forwards, not the 2-token shape reads)."""
+    seen = {"n": 0}
+
+    def count(module, args, kwargs):
+        inputs = model_inputs(args, kwargs)
+        ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+        seen["n"] += not module.training and ids.shape[-1] > 2
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    return seen
+
+
+def test_probes_on_the_same_batch_share_one_forward_and_log_what_they_log_alone(tmp_path):
+    from mechmon import CollapseProbe, MassiveActivationProbe, RankProbe
+
+    text = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(1))
+
+    def run(probes, taken):
+        model = tiny_gpt2()  # with dropout: no probe may draw from the run's random stream
+        forwards = _eval_forwards(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = Monitor(model, optimizer=optimizer, probes=probes(taken), schedule=every(2), log_dir=None)
+        plain_run(monitor, model, optimizer, 2)
+        return monitor.latest, forwards["n"]
+
+    def together(taken):
+        batch = None if taken else text
+        return [CollapseProbe(batch), RankProbe(batch), MassiveActivationProbe(batch)]
+
+    for taken in (False, True):  # given the same rows, or all taking them from the first training batch
+        shared, forwards = run(together, taken)
+        assert forwards == 2 * 1  # steps 1 and 2, one forward each for the three probes
+        alone = {}
+        for i in range(3):
+            values, forwards = run(lambda t, i=i: [together(t)[i]], taken)
+            assert forwards == 2
+            alone.update(values)
+        assert shared.keys() == alone.keys()
+        for key, value in alone.items():
+            assert shared[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def test_a_probe_failing_in_a_shared_forward_is_the_only_one_disabled():
+    from mechmon import CollapseProbe, RankProbe
+
+    class Broken(RankProbe):
+        name = "broken_rank"
+
+        def reduce_capture(self, name, tensor):
+            raise RuntimeError("a bug in this probe")
+
+    text = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(1))
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[CollapseProbe(text), Broken(text)], log_dir=None)
+    with pytest.warns(UserWarning, match="probe 'broken_rank' raised RuntimeError"):
+        plain_run(monitor, model, optimizer, 1)
+    assert monitor.disabled == {"broken_rank"}
+    assert math.isfinite(monitor.latest["mechmon/repr_collapse/mean_cos"])

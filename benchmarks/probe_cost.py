@@ -2,14 +2,15 @@
 
     python benchmarks/probe_cost.py --repeats 20
 
-Also printed, for scale: one training step of the demo's GPT-2 (batch 32 x 128, forward, backward, AdamW) and one
+Also printed, for scale: one training step of the demo's model (batch 32 x 128, forward, backward, AdamW) and one
 ``LogitsProbe.update`` on that step's logits (a streaming probe's cost rides on the training step). The ICL probe
-needs 500-token contexts: it runs on the same GPT-2 with a 512-token context, 16 text rows.
+needs 500-token contexts: it runs on the same model with a 512-token context, 16 text rows. Last, the probes that
+share one forward in the monitor (same rows, same attention mode), evaluated together as the monitor runs them.
 
 One evaluation = the probe's forward(s) under its hooks (eager attention), ``update``, ``compute``, the one
 device-to-host transfer and any host-side ``finish`` (RankMe's eigenvalues). Models: the moving-window-sum model
-of examples/loss_plateau.py (1 layer, width 256, probe batch 64 x 33) and the stdlib demo's GPT-2 (2 layers,
-width 128, probe batch 8 x 128 text bytes). Prints the median and the minimum over ``repeats`` in milliseconds.
+of examples/loss_plateau.py (1 layer, width 256, probe batch 64 x 33) and the stdlib demo's Llama-style model (2
+layers, width 128, probe batch 8 x 128 text bytes). Prints the median and the minimum over ``repeats`` in milliseconds.
 """
 
 import argparse
@@ -37,6 +38,7 @@ from mechmon import (
 from mechmon.adapters import resolve_adapter
 from mechmon.capture import resolve_names
 from mechmon.engine import snapshot_forward, to_host
+from mechmon.engine.forward import forward_groups, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +50,9 @@ def load(name: str):
     return module
 
 
-def one_evaluation(probe, adapter, names) -> None:
-    snapshot_forward(probe, adapter, names)
+def one_evaluation(probe, adapter, names, forward=True) -> None:
+    if forward:
+        snapshot_forward(probe, adapter, names)
     tensors = [v for v in probe.compute().values() if v.ndim == 0]
     inputs = probe.host_inputs()
     host = to_host(tensors + list(inputs.values()))  # the monitor's one transfer
@@ -61,6 +64,24 @@ def time_probe(probe, model, adapter, repeats: int) -> tuple[float, float]:
     probe.setup(model, adapter, torch.device("cpu"))
     names = resolve_names(adapter, probe.requires)
     return timed(lambda: one_evaluation(probe, adapter, names), repeats)
+
+
+def time_shared(probes, model, adapter, repeats: int) -> tuple[float, float, int]:
+    """Milliseconds of the probes evaluated together (their shared forwards), and how many forwards that is."""
+    names = {}
+    for probe in probes:
+        probe.setup(model, adapter, torch.device("cpu"))
+        names[probe.name] = resolve_names(adapter, probe.requires)
+    groups = forward_groups(probes, names)
+
+    def together():
+        with torch.no_grad():
+            for group in groups:
+                run_group(group, adapter, names, lambda probe, fn, *args: fn(*args))
+            for probe in probes:
+                one_evaluation(probe, adapter, names[probe.name], forward=False)
+
+    return (*timed(together, repeats), len(groups))
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -93,7 +114,7 @@ def training_step_and_logits_update(gpt, corpus, text_windows, repeats: int) -> 
         ("LogitsProbe.update", lambda: probe.update({"logits": logits}, batch)),
     ):
         median, best = timed(fn, repeats)
-        print(f"{'GPT-2 2L d128':<15} {label:<24} {median:>10.1f} {best:>8.1f}")
+        print(f"{'demo 2L d128':<15} {label:<24} {median:>10.1f} {best:>8.1f}")
 
 
 def main() -> None:  # noqa: D103
@@ -120,22 +141,29 @@ def main() -> None:  # noqa: D103
             mws.adapter(mws_model),
             AttentionProgressProbe(mws.target_map(), batch, max_rows=64),
         ),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), CollapseProbe(text)),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), RankProbe(text)),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), RepetitionProbe(text)),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), InductionProbe()),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), PrefixMatchingProbe()),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), AttentionLogitProbe(text)),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), AttentionEntropyProbe(text)),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), AttentionSinkProbe(text)),
-        ("GPT-2 2L d128", gpt, resolve_adapter(gpt), MassiveActivationProbe(text)),
-        ("GPT-2 ctx 512", long_gpt, resolve_adapter(long_gpt), ICLProbe(demo.text_windows(corpus, 16, 512, 3))),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), CollapseProbe(text)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), RankProbe(text)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), RepetitionProbe(text)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), InductionProbe()),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), PrefixMatchingProbe()),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), AttentionLogitProbe(text)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), AttentionEntropyProbe(text)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), AttentionSinkProbe(text)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), MassiveActivationProbe(text)),
+        ("demo ctx 512", long_gpt, resolve_adapter(long_gpt), ICLProbe(demo.text_windows(corpus, 16, 512, 3))),
     ]
     print(f"{'model':<15} {'probe':<24} {'median ms':>10} {'min ms':>8}")
     training_step_and_logits_update(gpt, corpus, demo.text_windows, args.repeats)
     for label, model, adapter, probe in cases:
         median, best = time_probe(probe, model, adapter, args.repeats)
         print(f"{label:<15} {type(probe).__name__:<24} {median:>10.1f} {best:>8.1f}")
+    for probes in (
+        [CollapseProbe(text), RankProbe(text), MassiveActivationProbe(text)],
+        [AttentionLogitProbe(text), AttentionEntropyProbe(text), AttentionSinkProbe(text)],
+    ):
+        median, best, forwards = time_shared(probes, gpt, resolve_adapter(gpt), args.repeats)
+        label = "+".join(type(p).__name__.removesuffix("Probe") for p in probes)
+        print(f"{'demo 2L d128':<15} {label:<24} {median:>10.1f} {best:>8.1f}  ({forwards} forward)")
 
 
 if __name__ == "__main__":

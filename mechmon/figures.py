@@ -76,7 +76,7 @@ def heatmap_image(matrix: np.ndarray, title: str) -> np.ndarray:
     from matplotlib.figure import Figure
 
     layers, heads = np.asarray(matrix).shape
-    figure = Figure(figsize=(min(2.2 + 0.35 * heads, 12), min(1.6 + 0.3 * layers, 12)), dpi=100)
+    figure = Figure(figsize=(min(3.2 + 0.4 * heads, 12), min(2.4 + 0.3 * layers, 12)), dpi=100)  # room for labels
     canvas = FigureCanvasAgg(figure)
     draw_heatmap(figure.add_subplot(), matrix, title)
     figure.tight_layout()

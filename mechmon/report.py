@@ -62,7 +62,7 @@ def _thirds(items: list) -> list:
 
 
 def family_figures(run_dir: str | Path, namespace: str = "mechmon") -> dict[str, object]:
-    """One matplotlib ``Figure`` per probe family of the run: ``{probe: figure}`` in key order.
+    """One matplotlib ``Figure`` per probe family of the run: ``{probe: figure}``, those with alerts first.
 
     Raises:
         FileNotFoundError: if ``run_dir`` holds no event file.
@@ -75,6 +75,7 @@ def family_figures(run_dir: str | Path, namespace: str = "mechmon") -> dict[str,
     scalars, alerts = read_run(Path(run_dir), namespace)
     heatmaps = read_heatmaps(Path(run_dir), namespace)
     families = sorted({k.split("/")[1] for k in scalars if k.split("/")[1] != "alerts"})
+    families.sort(key=lambda probe: not _family_alerts(alerts, probe, namespace))  # families that alerted first
     figures: dict[str, object] = {}
     for probe in families:
         stats = _stats(scalars, probe, namespace)

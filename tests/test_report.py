@@ -21,7 +21,7 @@ def run(tmp_path_factory):
 
 def test_each_family_has_its_stats_levels_alerts_and_heatmaps(run):
     figures = family_figures(run)
-    assert list(figures) == ["induction", "logits", "prev_token"]
+    assert list(figures) == ["logits", "induction", "prev_token"]  # the family that alerted first
     titles = {ax.get_title(): ax for ax in figures["induction"].axes}
     score = titles["score_max"]
     assert [line.get_ydata()[0] for line in score.lines[1:]] == [pytest.approx(0.3)]  # the emergence level, dashed

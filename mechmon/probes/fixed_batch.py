@@ -72,7 +72,7 @@ def usable_rows(ids: Tensor, mask: Tensor, max_rows: int, min_tokens: int = 2) -
     return ids[rows], mask[rows]
 
 
-_TOKENS: dict[int, tuple[weakref.ref, int]] = {}  # id -> (weak reference, token) of device tensors seen
+_TOKENS: dict[int, tuple[weakref.ref, int]] = {}  # id -> (weak reference, token) of the batch tensors seen
 _COUNT = itertools.count()
 
 
@@ -86,16 +86,19 @@ def _token(tensor: Tensor) -> int:
     return entry[1]
 
 
-def batch_fingerprint(ids: Tensor, mask: Tensor, *settings: object) -> tuple:
-    """What identifies a probe batch, to tell which snapshot probes can share one forward.
+def batch_fingerprint(batch: Any, *settings: object) -> tuple:
+    """What names a probe batch's source, to tell which snapshot probes can share one forward (no sync, no copy).
 
-    A CPU tensor by its content (no sync); a device tensor by the tensor object (no sync either): probes that take
-    their rows from the same training batch get one fingerprint. ``settings`` (rows kept, ...) are part of it.
+    The tensor objects of ``batch`` (its ids and, when it has one, its mask) while they live, plus ``settings``:
+    probes given the same tensor, or taking their rows from the same training batch, get one fingerprint.
     """
-    if ids.device.type == "cpu":
-        content = (ids.dtype, tuple(ids.shape), hash(ids.numpy().tobytes()), hash(mask.numpy().tobytes()))
-        return ("content", *content, *settings)
-    return ("tensor", _token(ids), _token(mask), *settings)
+    if isinstance(batch, Mapping):
+        parts = (batch.get("input_ids"), batch.get("attention_mask"))
+    elif isinstance(batch, (tuple, list)) and batch:
+        parts = (batch[0], None)
+    else:
+        parts = (batch, None)
+    return tuple(_token(t) if isinstance(t, Tensor) else None for t in parts) + settings
 
 
 def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
@@ -139,6 +142,7 @@ class FixedBatchProbe(SnapshotProbe):
         self.max_rows = max_rows
         given = None if batch is None else batch_tokens(batch, type(self).__name__)
         self._given = None if given is None else usable_rows(*given, max_rows, self.min_tokens)
+        self._given_source = batch  # names the batch for sharing forwards (the user keeps it, or the key is unique)
         if self._given is not None and self._given[0].shape[0] == 0:
             raise ValueError(
                 f"{type(self).__name__}(batch=...) has no row with {self.min_tokens} or more real tokens: pass rows "
@@ -158,7 +162,7 @@ class FixedBatchProbe(SnapshotProbe):
         self._device, self._ready = device, False
         self._specs.clear()
         if self._given is not None:
-            self._use(*self._given)
+            self._use(*self._given, self._given_source)
 
     def take_batch(self, batch: Any) -> None:
         """Keep the first ``max_rows`` usable rows of a training batch (copied: no reference to the loader's tensor).
@@ -166,8 +170,7 @@ class FixedBatchProbe(SnapshotProbe):
         A batch with no row of two or more real tokens (all padding) is skipped with one warning and the probe waits
         for the next; reading the mask costs one host sync per batch taken or skipped.
         """
-        source = batch_tokens(batch, type(self).__name__)
-        ids, mask = usable_rows(*source, self.max_rows, self.min_tokens)
+        ids, mask = usable_rows(*batch_tokens(batch, type(self).__name__), self.max_rows, self.min_tokens)
         if ids.shape[0] == 0:
             if not self._skipped:
                 warnings.warn(
@@ -178,17 +181,14 @@ class FixedBatchProbe(SnapshotProbe):
                 )
             self._skipped = True
             return
-        self._use(ids, mask, source)
+        self._use(ids, mask, batch)
 
-    def _use(self, ids: Tensor, mask: Tensor, source: tuple[Tensor, Tensor] | None = None) -> None:
-        """Keep ``ids`` / ``mask`` as the probe batch; ``source``: the training batch they came from (for the key)."""
+    def _use(self, ids: Tensor, mask: Tensor, source: Any) -> None:
+        """Keep ``ids`` / ``mask`` as the probe batch; ``source``: the batch they were read from (names it)."""
         self.probe_batch = ids.to(self._device).clone()
         self.attention_mask = mask.to(self._device).clone()
         self.prepare()
-        if source is not None and source[0].device.type != "cpu":  # the first usable rows of that batch
-            self.batch_key = batch_fingerprint(*source, self.min_tokens, tuple(self.probe_batch.shape))
-        else:
-            self.batch_key = batch_fingerprint(ids, mask, tuple(self.probe_batch.shape))
+        self.batch_key = batch_fingerprint(source, self.min_tokens, tuple(self.probe_batch.shape))
         self._ready = True
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -201,7 +201,7 @@ class FixedBatchProbe(SnapshotProbe):
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Restore the probe batch first (its masks and states depend on it), then the states."""
         if self._given is None and "probe_batch" in state:
-            self._use(state["probe_batch"], state["attention_mask"].bool())
+            self._use(state["probe_batch"], state["attention_mask"].bool(), state["probe_batch"])
         super().load_state_dict(state)
 
     def prepare(self) -> None:

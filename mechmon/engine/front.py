@@ -33,6 +33,8 @@ class Integration:
         log_dir: folder for mechmon's own TensorBoard event files (each integration says its default).
         console: the live console panel: ``None`` (default) in an interactive terminal, inside the progress bar
             when one is drawn; ``True`` / ``False`` always / never. Alert lines are always printed.
+        budget: the largest share of wall time the monitor may take (``0.01``: 1 %), see
+            :class:`~mechmon.engine.Monitor`; ``None``: every scheduled step is evaluated.
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -50,12 +52,13 @@ class Integration:
         namespace: str = "mechmon",
         log_dir: str | Path | None = None,
         console: bool | None = None,
+        budget: float | None = None,
     ) -> None:
         if model is not None and not isinstance(model, str):
             fail(type(self).__name__, "model", model, "a dotted submodule path such as 'student', or None", TypeError)
         self.engine = Monitor(
             probes=probes, schedule=schedule, image_schedule=image_schedule, adapter=adapter, submodule=model,
-            rules=rules, on_alert=on_alert, namespace=namespace, log_dir=log_dir, console=console,
+            rules=rules, on_alert=on_alert, namespace=namespace, log_dir=log_dir, console=console, budget=budget,
         )  # fmt: skip
         self.probes, self.namespace, self.log_dir = self.engine.probes, namespace, log_dir
 

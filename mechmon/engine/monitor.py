@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from mechmon.capture import resolve_names
 from mechmon.checks import fail
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
+from mechmon.engine.budget import Budget
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import forward_groups, run_group
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
@@ -60,6 +62,9 @@ class Monitor:
         log_dir: folder of mechmon's own TensorBoard writer (plain loops: default ``runs/mechmon``).
         console: the live console panel: ``None`` (default) in an interactive terminal that no progress bar owns,
             ``True`` / ``False`` always / never. Alert lines are always printed.
+        budget: the largest share of wall time the monitor may take, in (0, 1) (``0.01``: 1 %); due evaluations are
+            thinned to keep under it (:mod:`mechmon.engine.budget`), and ``<ns>/monitor/overhead_frac`` and
+            ``<ns>/monitor/stride`` are logged. ``None`` (default): every scheduled step is evaluated.
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -103,6 +108,7 @@ class Monitor:
         namespace: str = "mechmon",
         log_dir: str | Path | None = "runs/mechmon",
         console: bool | None = None,
+        budget: float | None = None,
     ) -> None:
         self.config = MonitorConfig.build(
             "Monitor",
@@ -124,6 +130,7 @@ class Monitor:
         if optimizer is not None and model is None:
             fail("Monitor", "optimizer", optimizer, "given together with model=", ValueError)
         self.probes = self.config.probes
+        self.budget = None if budget is None else Budget(budget, "Monitor")
         self.publisher = Publisher(self.config.namespace, self.config.on_alert)
         self.latest: dict[str, float] = {}
         self.adapter: Adapter | None = None
@@ -205,6 +212,8 @@ class Monitor:
             self._refuse_compiled()
         if hook_optimizers:
             self._hook_optimizers(optimizer)
+        if self.budget is not None:
+            self.budget.restart_clock()
         if self._pending is not None:
             self.load_state_dict(self._pending)
 
@@ -288,6 +297,8 @@ class Monitor:
             self._detach_streaming()
         if self._stream is None:
             due = [p for p in self._due(step, step + steps - 1) if p.kind == "streaming"]
+            if due and self.budget is not None and not self.budget.admits():  # this due step will be skipped
+                due = []
             if due:
                 self._stream = Stream.open(
                     self.adapter, self._names, step, due, batch is None, self._update, self._fail
@@ -323,6 +334,9 @@ class Monitor:
             return
         first = max(step - steps + 1, self._last_step + 1)
         due = self._due(first, step)
+        if due and self.budget is not None and not self.budget.admits():
+            self.budget.skip()
+            due = []
         if not due:
             self._detach_streaming()
             return
@@ -375,6 +389,7 @@ class Monitor:
 
     # -- one scheduled step --------------------------------------------------------------------------------
     def _run(self, record: StepRecord) -> None:
+        started = time.perf_counter()
         self._detach_streaming()
         live = self._live(record.due)
         for group in forward_groups([p for p in live if p.kind == "snapshot"], self._names):
@@ -382,10 +397,11 @@ class Monitor:
         for probe in live:
             if probe.kind != "snapshot":
                 self._guarded(probe, probe.evaluate)
-        record.flags_WP, _ = reduce_states(record.due, self._failure_flags())  # collective: every rank, by step only
+        record.flags_WP, _ = reduce_states(record.due, self._flags())  # collective: every rank, by step only
         self._collect(record)
         metrics, inputs, flags_WP = record.unpack(to_host(record.tensors()))
-        gone = self._agree(flags_WP)  # probes that failed on any rank log nothing this step
+        gone = self._agree(flags_WP[:, : len(self.probes)])  # probes that failed on any rank log nothing this step
+        record.scalars.update(self._stretch(flags_WP[:, len(self.probes) :]))
         for name, values in metrics.items():
             if name not in gone:
                 record.scalars.update({k: v for k, v in values.items() if isinstance(v, float)})
@@ -400,6 +416,8 @@ class Monitor:
         for probe in record.due:
             probe.reset()
         self._publish_late()
+        if self.budget is not None:
+            self.budget.add(time.perf_counter() - started)
 
     def _collect(self, record: StepRecord) -> None:
         """Each live probe's metric tensors (0-d; 2-d at image steps) and host inputs, into the record."""
@@ -414,6 +432,23 @@ class Monitor:
     def _live(self, probes: list[Probe]) -> list[Probe]:
         """The probes that have not failed on this rank (under DDP a local failure is agreed at the next reduction)."""
         return [p for p in probes if p.name not in self._failed and p.name not in self.disabled]
+
+    def _stretch(self, times_W2: Any) -> dict[str, float]:
+        """With a budget: the next stride from the maxima over ranks of ``[spent, elapsed]`` (the same everywhere)."""
+        if self.budget is None:
+            return {}
+        spent, elapsed = times_W2.max(axis=0)
+        share = self.budget.agree(float(spent), float(elapsed))
+        ns = self.config.namespace
+        return {metric_key("monitor", "overhead_frac", namespace=ns): share,
+                metric_key("monitor", "stride", namespace=ns): float(self.budget.stride)}  # fmt: skip
+
+    def _flags(self) -> Tensor:
+        """The failure flags, then (with a budget) this rank's ``[spent, elapsed]`` seconds, for the collective."""
+        flags = self._failure_flags()
+        if self.budget is None:
+            return flags
+        return torch.cat([flags, self.budget.measured(self._device).to(flags.dtype)])
 
     def _failure_flags(self) -> Tensor:
         """This rank's failure flag per probe, ``[P]`` on the states' device (fill kernels: no host copy)."""
@@ -486,6 +521,7 @@ class Monitor:
             **self.publisher.state_dict(),
             "probes": {p.name: p.state_dict() for p in self.probes},
             "disabled": sorted(self.disabled),
+            **({"budget": self.budget.state_dict()} if self.budget is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -494,6 +530,8 @@ class Monitor:
             self._pending = state
             return
         self._last_step = int(state.get("last_step", self._last_step))
+        if self.budget is not None:
+            self.budget.load_state_dict(state.get("budget", {}))
         self.publisher.load_state_dict(state)
         for probe in self.probes:
             probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))

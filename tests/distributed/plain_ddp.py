@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -37,7 +38,7 @@ def counting(fn):
     return wrapper
 
 
-def worker(rank: int, port: int, out: Path) -> None:
+def worker(rank: int, port: int, out: Path, budget: float | None) -> None:
     import faulthandler
 
     faulthandler.dump_traceback_later(120, exit=True)  # a hang prints every stack and ends the worker
@@ -49,7 +50,9 @@ def worker(rank: int, port: int, out: Path) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     marker = Threshold("mechmon/logits/norm_mean", level=0.0, name="marker")
     probes = [InductionProbe(period=10, batch_size=2), LogitsProbe(), CollapseProbe()]
-    monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=every(2), rules=[marker], log_dir=out / "tb")
+    monitor = Monitor(
+        model, optimizer=optimizer, probes=probes, schedule=every(2), rules=[marker], log_dir=out / "tb", budget=budget
+    )
     data = torch.randint(1, VOCAB, (STEPS, 4, CTX + 1), generator=torch.Generator().manual_seed(rank))
     hooks = {}
     for step, row in enumerate(data, start=1):
@@ -61,6 +64,8 @@ def worker(rank: int, port: int, out: Path) -> None:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+        if budget is not None:
+            time.sleep(0.01 * rank)  # the ranks measure different times; their decisions must still agree
     monitor.close()
     calls: dict[str, int] = {}
     for step in CALLS:
@@ -85,7 +90,8 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(worker, args=(port, out), nprocs=2, join=True)
+    budget = float(sys.argv[2]) if len(sys.argv) > 2 else None  # with a budget: both ranks must thin alike
+    mp.spawn(worker, args=(port, out, budget), nprocs=2, join=True)
 
 
 if __name__ == "__main__":

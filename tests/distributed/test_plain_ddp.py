@@ -23,3 +23,18 @@ def test_plain_loop_under_ddp(tmp_path):
     assert "mechmon/repr_collapse/mean_cos" in r0["latest"] and "mechmon/induction/score_max" in r0["latest"]
     files = sorted(tmp_path.rglob("events.out.tfevents.*"))
     assert len(files) == 1 and files[0].name.split(".")[-2] == str(r0["pid"])
+
+
+def test_a_budget_thins_both_ranks_alike(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=SCRIPT.parents[2],
+    )  # ranks that disagreed would wait in different collectives: the timeout
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["collectives"] == r1["collectives"] and r0["latest"] == r1["latest"]
+    assert len(r0["collectives"]) < 4  # fewer than the 4 evaluations of every(2) over 6 steps
+    assert r0["latest"]["mechmon/monitor/stride"] >= 2

@@ -5,7 +5,8 @@
 
 For each shape a plain PyTorch loop (AdamW) trains on random tokens; each row is a fresh ``Monitor`` with one probe
 (or the defaults, or every probe) scheduled on every step, so each measured step pays one evaluation. "extra ms"
-is the median monitored step minus the median plain step of the same run; "extra MiB" is the peak of the bytes
+is the median difference between a monitored step and the plain step just before it (interleaved, so drift
+cancels; "share" divides it by the median plain step); "extra MiB" is the peak of the bytes
 that operators allocate during one monitored step minus that of one plain step (``tests/memory.py``'s accounting,
 which counts every storage, so it works on CPU). Text probes read 8 rows of the step's batch.
 """
@@ -93,17 +94,20 @@ def train_step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=False)  # gradients stay allocated, so the memory rows compare like with like
 
 
-def step_times(model, optimizer, batch, steps: int, monitor=None) -> list[float]:
-    times = []
-    for step in range(1, steps + 2):  # the first one warms up
+def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[float], list[float]]:
+    """Plain and monitored step times, interleaved (plain, monitored, plain, ...) so that drift cancels."""
+    plain, watched = [], []
+    for step in range(1, steps + 2):  # the first pair warms up
         start = time.perf_counter()
-        if monitor is None:
+        train_step(model, optimizer, batch)
+        middle = time.perf_counter()
+        with monitor.step(step, batch):
             train_step(model, optimizer, batch)
-        else:
-            with monitor.step(step, batch):
-                train_step(model, optimizer, batch)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+        end = time.perf_counter()
+        if step > 1:
+            plain.append(middle - start)
+            watched.append(end - middle)
+    return plain, watched
 
 
 def peak_bytes(model, optimizer, batch, monitor=None, step: int = 10_000) -> int:
@@ -124,17 +128,22 @@ def measure(name: str, steps: int) -> None:
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = torch.randint(1, config.vocab_size, (rows, ctx), generator=torch.Generator().manual_seed(0))
-    base = statistics.median(step_times(model, optimizer, batch, steps))
+    train_step(model, optimizer, batch)  # warm-up
+    start = time.perf_counter()
+    train_step(model, optimizer, batch)
+    base = time.perf_counter() - start
     base_peak = peak_bytes(model, optimizer, batch)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"\n{name}: {params:.1f}M parameters, batch {rows} x {ctx}: training step {base * 1000:.0f} ms median")
-    print(f"{'probes':<32} {'extra ms':>9} {'share':>7} {'extra MiB':>10}")
+    print(f"\n{name}: {params:.1f}M parameters, batch {rows} x {ctx}: training step {base * 1000:.0f} ms")
+    print(f"{'probes':<32} {'step ms':>8} {'extra ms':>9} {'share':>7} {'extra MiB':>10}")
     for label, probes in probe_sets(batch).items():
         monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, log_dir=None, console=False)
-        extra = statistics.median(step_times(model, optimizer, batch, steps, monitor)) - base
+        plain, watched = paired_times(model, optimizer, batch, steps, monitor)
+        step = statistics.median(plain)
+        extra = statistics.median(w - p for p, w in zip(plain, watched, strict=True))
         memory = (peak_bytes(model, optimizer, batch, monitor) - base_peak) / 2**20
         monitor.close()
-        print(f"{label:<32} {extra * 1000:>9.0f} {extra / base:>7.1%} {memory:>10.0f}")
+        print(f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {extra / step:>7.1%} {memory:>10.0f}")
 
 
 def main() -> None:  # noqa: D103

@@ -14,15 +14,17 @@ which counts every storage, so it works on CPU). Text probes read 8 rows of the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from transformers import AutoModelForCausalLM, GPT2Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from mechmon import (  # noqa: E402
     AttentionEntropyProbe,
@@ -40,21 +42,17 @@ from mechmon import (  # noqa: E402
 )
 from tests.memory import LiveBytes  # noqa: E402
 
+
+def demo_config():
+    """The stdlib demo's model config (examples/stdlib_induction.py)."""
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "stdlib_induction.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.byte_config("llama", 2, 128, 4, 128)
+
+
 SHAPES = {  # name -> (config, batch, context)
-    "demo": (
-        LlamaConfig(
-            vocab_size=256,
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=128,
-            tie_word_embeddings=True,
-        ),
-        32,
-        128,
-    ),
+    "demo": (demo_config(), 32, 128),
     "6x384": (
         GPT2Config(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6, bos_token_id=0, eos_token_id=0),
         4,

@@ -68,25 +68,29 @@ class WeightsProbe(StreamingProbe):
         self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=not sharded)
         self.to(device)
         self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
-        self.last_norm = torch.zeros((), dtype=torch.float64, device=device)
-        self._evaluations = 0  # host count (no sync): a growth needs two evaluations
+        self._evaluations = self._kept = 0  # host counts (no sync): evaluations made, and the one prev_norm holds
 
     def update(self, captures: Any, batch: Any) -> None:
         """Nothing per micro-batch: weights are read once, in :meth:`evaluate`."""
 
     def evaluate(self) -> None:
-        """Squared norms of every trainable tensor after this step's update; the previous global norm is kept."""
+        """Squared norms of every trainable tensor after this step's update."""
         self.sq_P.copy_(square_norms([local(p) for _, p in self.named]))
-        self.prev_norm.copy_(self.last_norm)
-        self.last_norm.copy_(self.sq_P.sum().sqrt())
         self._evaluations += 1
 
     def compute(self) -> dict[str, Tensor]:
-        """Global norm, tracked norms, growth since the previous evaluation (absent at the first)."""
+        """Global norm, tracked norms, growth since the previous evaluation (absent at the first).
+
+        The norm is taken from the reduced state (summed over shards), so under FSDP it is the whole model's; the
+        baseline moves once per evaluation (``compute`` at setup, before any, leaves it alone).
+        """
         norm = self.sq_P.sum().sqrt()
         out = {self.key("norm"): norm}
-        if self._evaluations >= 2:
-            out[self.key("norm_growth")] = (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300)
+        if self._evaluations > self._kept:  # a new evaluation
+            if self._kept:
+                out[self.key("norm_growth")] = (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300)
+            self.prev_norm.copy_(norm)
+            self._kept = self._evaluations
         for i in self.tracked:
             out[self.key("norm", self.named[i][0])] = self.sq_P[i].sqrt()
         return out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mechmon.events import Series, read_heatmaps, read_run
+from mechmon.events import RunEvents, Series, load_run
 from mechmon.figures import draw_heatmap, draw_series
 from mechmon.writers import LEVEL
 
@@ -68,12 +68,15 @@ def family_figures(run_dir: str | Path, namespace: str = "mechmon") -> dict[str,
         FileNotFoundError: if ``run_dir`` holds no event file.
         ImportError: without matplotlib (the message names the extra).
     """
+    return _figures(load_run(Path(run_dir), namespace), namespace)
+
+
+def _figures(run: RunEvents, namespace: str) -> dict[str, object]:
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError('mechmon report needs matplotlib: pip install "mechmon[report]"') from err
-    scalars, alerts = read_run(Path(run_dir), namespace)
-    heatmaps = read_heatmaps(Path(run_dir), namespace)
+    scalars, alerts, heatmaps = run.scalars, run.alerts, run.heatmaps
     families = sorted({k.split("/")[1] for k in scalars if k.split("/")[1] != "alerts"})
     families.sort(key=lambda probe: not _family_alerts(alerts, probe, namespace))  # families that alerted first
     figures: dict[str, object] = {}
@@ -117,12 +120,12 @@ def write_report(run_dir: str | Path, out: str | Path, *, as_html: bool = False,
     """
     import matplotlib.image
 
-    figures = family_figures(run_dir, namespace)
+    run = load_run(Path(run_dir), namespace)
     out = Path(out)
-    pngs = {probe: _png(fig) for probe, fig in figures.items()}
+    pngs = {probe: _png(fig) for probe, fig in _figures(run, namespace).items()}
     if as_html:
-        _, alerts = read_run(Path(run_dir), namespace)
-        rows = "".join(f"<tr><td>{s}</td><td>{html.escape(t)}</td></tr>" for s, t in alerts) or "<tr><td>none</td></tr>"
+        rows = "".join(f"<tr><td>{s}</td><td>{html.escape(t)}</td></tr>" for s, t in run.alerts)
+        rows = rows or "<tr><td>none</td></tr>"
         body = "".join(
             f'<h2 id="{p}">{namespace}/{p}</h2><img src="data:image/png;base64,{base64.b64encode(b).decode()}">'
             for p, b in pngs.items()

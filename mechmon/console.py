@@ -101,7 +101,7 @@ class ConsoleView:
         if self._alerts:
             items["alert"] = f"{self._alerts[-1].rule}@{self._alerts[-1].step}"
         for key in [k for k in self.headlines if k in self._latest][:1]:
-            items[key.removeprefix(self.prefix).split("/")[0]] = f"{self._latest[key]:.3g}"
+            items[self._name(key).split("/")[0]] = f"{self._latest[key]:.3g}"
         return items
 
     def _name(self, key: str) -> str:

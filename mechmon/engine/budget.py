@@ -16,9 +16,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from mechmon.checks import number
 
 __all__ = ["Budget"]
@@ -51,11 +48,9 @@ class Budget:
         """A schedule-due step that was not evaluated."""
         self.skipped += 1
 
-    def measured(self, device: torch.device) -> Tensor:
-        """``[spent, elapsed]`` seconds of this rank, for the step's collective (fill kernels: no sync)."""
-        out = torch.zeros(2, device=device, dtype=torch.float64 if device.type != "mps" else torch.float32)
-        out[0], out[1] = self.spent, time.perf_counter() - self._start
-        return out
+    def measured(self) -> tuple[float, float]:
+        """``(spent, elapsed)`` seconds of this rank, for the step's collective."""
+        return self.spent, time.perf_counter() - self._start
 
     def agree(self, spent: float, elapsed: float) -> float:
         """After an evaluation, with the maxima over ranks: set the stride; returns the share spent so far."""

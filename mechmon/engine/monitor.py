@@ -444,18 +444,16 @@ class Monitor:
                 metric_key("monitor", "stride", namespace=ns): float(self.budget.stride)}  # fmt: skip
 
     def _flags(self) -> Tensor:
-        """The failure flags, then (with a budget) this rank's ``[spent, elapsed]`` seconds, for the collective."""
-        flags = self._failure_flags()
-        if self.budget is None:
-            return flags
-        return torch.cat([flags, self.budget.measured(self._device).to(flags.dtype)])
+        """This rank's failure flag per probe, then (with a budget) its ``[spent, elapsed]`` seconds: ``[P (+ 2)]``.
 
-    def _failure_flags(self) -> Tensor:
-        """This rank's failure flag per probe, ``[P]`` on the states' device (fill kernels: no host copy)."""
-        flags = torch.zeros(len(self.probes), device=self._device)
+        On the states' device, filled by fill kernels (no host copy), for the step's collective.
+        """
+        flags = torch.zeros(len(self.probes) + (2 if self.budget is not None else 0), device=self._device)
         for i, probe in enumerate(self.probes):
             if probe.name in self._failed:
                 flags[i] = 1.0
+        if self.budget is not None:
+            flags[-2], flags[-1] = self.budget.measured()
         return flags
 
     def _agree(self, flags_WP: Any) -> set[str]:

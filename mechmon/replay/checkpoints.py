@@ -54,7 +54,8 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def _read(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and containers only: no code runs
+    # tensors and containers only (no code runs); memory-mapped: reading a step pages in no weights
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def describe(path: Path) -> Checkpoint:

@@ -145,7 +145,10 @@ def _show_in_bar(bar: Any, view: Any) -> None:
     own = bar.get_metrics
 
     def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        mine = view.bar_items()
+        try:
+            mine = view.bar_items()
+        except Exception:  # caveat: the bar refreshes inside the training loop; ours must never break it
+            mine = {}
         first = {"alert": mine.pop("alert")} if "alert" in mine else {}  # an alert first: bars are cut at the width
         return {**first, **own(trainer, pl_module), **mine}
 

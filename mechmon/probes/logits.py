@@ -16,7 +16,8 @@ key                                            meaning                          
 =============================================  ==========================================  ==========  ======
 ``<ns>/logits/softmax_collapse_frac``          rows whose exp-sum rounds to 1 in the loss   [0, 1]      sum
                                                dtype τ (absorption test, A1)
-``<ns>/logits/softmax_collapse_frac_fp64``     the same test in fp64 (≈ 0 unless semantic)  [0, 1]      sum
+``<ns>/logits/softmax_collapse_frac_fp64``     1 + (non-max terms) == 1 in fp64 (≈ 0        [0, 1]      sum
+                                               unless semantic)
 ``<ns>/logits/zero_loss_frac``                 rows whose τ cross-entropy is exactly 0 (A2) [0, 1]      sum
 ``<ns>/logits/loss_nats``                      mean τ cross-entropy: the training loss      nats >= 0   sum
 ``<ns>/logits/norm_mean``                      mean L2 norm of a logit row                 logit units sum
@@ -54,13 +55,10 @@ from mechmon.checks import fail, integer, number
 from mechmon.functional.logits import (
     absorption_gap,
     flatten_rows,
-    log_partition,
     loss_dtype_for,
     measured_absorption_gap,
     row_chunks,
-    row_losses,
-    softmax_collapse,
-    top2_gap,
+    row_stats,
 )
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
@@ -162,8 +160,9 @@ class LogitsProbe(StreamingProbe):
     def update(self, captures: Mapping[str, Tensor], batch: Any) -> None:
         """Accumulate counts and sums from one micro-batch's logits and targets, a chunk of rows at a time.
 
-        The logits are read as a view; each chunk's temporaries (its float32 and float64 copies) stay within 64 MiB
-        plus 10 % of the logits' bytes (:func:`~mechmon.functional.logits.row_chunks`).
+        The logits are read as a view; each chunk's statistics come from one exponential pass
+        (:func:`~mechmon.functional.logits.row_stats`) whose temporaries stay within 64 MiB plus 10 % of the logits'
+        bytes (:func:`~mechmon.functional.logits.row_chunks`).
         """
         targets, shift = self.targets(batch)
         logits_NV, targets_N, valid_N = flatten_rows(captures[LOGITS], targets, shift, self.ignore_index)
@@ -176,22 +175,20 @@ class LogitsProbe(StreamingProbe):
             self._update_rows(logits_NV[rows], targets_N[rows], valid_N[rows], tau)
 
     def _update_rows(self, logits_RV: Tensor, targets_R: Tensor, valid_R: Tensor, tau: torch.dtype) -> None:
-        z_RV = logits_RV if logits_RV.dtype in (torch.float32, torch.float64) else logits_RV.float()  # one copy
-        norm_R, gap_R = z_RV.float().norm(dim=-1), top2_gap(z_RV)
-        self.collapsed += (softmax_collapse(z_RV, tau) & valid_R).sum()
-        self.collapsed_fp64 += (softmax_collapse(z_RV, torch.float64) & valid_R).sum()
-        loss_R = row_losses(z_RV, targets_R, tau)
-        self.zero_loss += ((loss_R == 0) & valid_R).sum()
-        self.loss_sum += torch.where(valid_R, loss_R, 0).sum(dtype=torch.float64)
+        row = row_stats(logits_RV, targets_R, tau)
+        gap_R, norm_R, log_z_R = row["gap"], torch.where(valid_R, row["norm"], 0), torch.where(valid_R, row["log_z"], 0)
+        self.collapsed += (row["collapsed"] & valid_R).sum()
+        self.collapsed_fp64 += (row["collapsed_fp64"] & valid_R).sum()
+        self.zero_loss += ((row["loss"] == 0) & valid_R).sum()
+        self.loss_sum += torch.where(valid_R, row["loss"], 0).sum(dtype=torch.float64)
         self.absorbable += ((gap_R >= absorption_gap(tau)) & valid_R).sum()
-        near = gap_R >= self._absorb_gap(z_RV.shape[-1], tau, z_RV.device) - self.margin
+        near = gap_R >= self._absorb_gap(logits_RV.shape[-1], tau, logits_RV.device) - self.margin
         self.near_absorb += (near & valid_R).sum()
-        self.correct += ((z_RV.argmax(dim=-1) == targets_R) & valid_R).sum()
-        self.norm_sum += torch.where(valid_R, norm_R, 0).sum(dtype=torch.float64)
-        self.max_sum += torch.where(valid_R, z_RV.amax(dim=-1).float(), 0).sum(dtype=torch.float64)
+        self.correct += (row["correct"] & valid_R).sum()
+        self.norm_sum += norm_R.sum(dtype=torch.float64)
+        self.max_sum += torch.where(valid_R, row["max"], 0).sum(dtype=torch.float64)
         self.gap_sum += torch.where(valid_R, gap_R, 0).sum(dtype=torch.float64)
-        self.norm_max.copy_(torch.maximum(self.norm_max, torch.where(valid_R, norm_R, 0).amax()))
-        log_z_R = torch.where(valid_R, log_partition(z_RV), 0)
+        self.norm_max.copy_(torch.maximum(self.norm_max, norm_R.amax()))
         self.log_z_sum += log_z_R.sum(dtype=torch.float64)
         self.log_z_abs_sum += log_z_R.abs().sum(dtype=torch.float64)
         self.log_z_abs_max.copy_(torch.maximum(self.log_z_abs_max, log_z_R.abs().amax()))

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from mechmon.functional.logits import absorption_gap, flatten_rows, softmax_collapse, top2_gap, zero_loss
+from mechmon.functional.logits import (
+    absorption_gap,
+    flatten_rows,
+    log_partition,
+    row_losses,
+    row_stats,
+    softmax_collapse,
+    top2_gap,
+    zero_loss,
+)
 
 DTYPES = [torch.float16, torch.float32, torch.float64]
 # (p+1)·ln2, and the V=113 "max last" sequential threshold (p+1)·ln2 + ln(112) from METRICS.md A1.
@@ -105,3 +114,30 @@ def test_inputs_are_not_mutated():
     zero_loss(logits, torch.zeros(4, dtype=torch.long), torch.float16)
     top2_gap(logits)
     assert torch.equal(logits, before)
+
+
+@pytest.mark.parametrize("logits_dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("tau", [torch.float32, torch.float16])
+def test_row_stats_equal_the_one_formula_functions(logits_dtype, tau):
+    # rows on both sides of the float32 and float64 thresholds, a tie, and ordinary rows; targets right and wrong
+    f32, f64 = torch.float32, torch.float64
+    gaps = [LOWER[f32] - 1, UPPER_V113[f32] + 1, LOWER[f64] - 2, UPPER_V113[f64] + 2]
+    rows = torch.cat([v113_rows(torch.float64, gaps, seed=5), torch.randn(6, 113, dtype=torch.float64) * 4])
+    rows[-1, :2] = rows[-1].max() + 1  # two equal maxima: never collapsed, gap 0
+    rows = rows.to(logits_dtype)
+    top = rows.float().argmax(-1)
+    targets = torch.where(torch.arange(10) % 3 == 0, (top + 1) % 113, top)
+    got = row_stats(rows, targets, tau)
+    assert got["collapsed"].tolist() == softmax_collapse(rows, tau).tolist()
+    assert got["collapsed_fp64"].tolist() == softmax_collapse(rows, torch.float64).tolist()
+    if logits_dtype != torch.float64:
+        assert got["collapsed_fp64"].tolist()[:4] == [False, False, False, True]
+    ref_loss = row_losses(rows.float() if logits_dtype == torch.bfloat16 else rows, targets, tau)
+    torch.testing.assert_close(got["loss"].double(), ref_loss.double(), rtol=1e-3, atol=1e-6)
+    assert (got["loss"] == 0).tolist() == (ref_loss == 0).tolist()
+    torch.testing.assert_close(got["gap"], top2_gap(rows))
+    torch.testing.assert_close(got["log_z"], log_partition(rows))
+    torch.testing.assert_close(got["norm"], rows.float().norm(dim=-1))
+    torch.testing.assert_close(got["max"], rows.float().amax(dim=-1))
+    assert got["correct"][:-1].tolist() == (rows.float().argmax(-1) == targets)[:-1].tolist()  # a tie: either max
+    assert got["gap"][-1] == 0 and not got["collapsed"][-1]

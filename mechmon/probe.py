@@ -189,6 +189,10 @@ class SnapshotProbe(Probe):
     ``needs_batch`` and build it in :meth:`take_batch` from the first training batch. The monitor runs
     :meth:`snapshot` with eager attention under the probe's hooks and passes the captures plus what
     :meth:`snapshot` returns (``"logits"`` ``[B, T, V]`` by default) to :meth:`update`; ``batch`` is ``None``.
+
+    Memory: :meth:`reduce_capture` runs inside each hook, so a layer's capture is reduced as it is produced; an
+    evaluation's extra peak is at most that of one eager ``no_grad`` forward of ``probe_batch`` plus 1 MiB for the
+    built-in probes (``tests/probes/test_snapshot_memory.py``). A subclass that keeps whole captures breaks that.
     """
 
     kind: ClassVar[Kind] = "snapshot"

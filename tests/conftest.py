@@ -13,12 +13,12 @@ torch.set_num_threads(2)
 VOCAB, CTX = 64, 48
 
 
-def tiny_gpt2(attn: str = "sdpa", layers: int = 2, heads: int = 4, width: int = 32):
+def tiny_gpt2(attn: str = "sdpa", layers: int = 2, heads: int = 4, width: int = 32, ctx: int = CTX):
     from transformers import AutoModelForCausalLM, GPT2Config
 
     cfg = GPT2Config(
         vocab_size=VOCAB,
-        n_positions=CTX,
+        n_positions=ctx,
         n_embd=width,
         n_layer=layers,
         n_head=heads,

@@ -154,14 +154,17 @@ def sdpa_row_stats(
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
-    chunk: int = 128,
+    chunk: int | None = None,
 ) -> Tensor:
     """:func:`row_stats` of one SDPA call, computed ``chunk`` queries at a time.
 
     At most one ``[B, H, chunk, K]`` float32 block of logits (and its softmax) exists at a time, never the whole
-    ``[B, H, Q, K]``. Arguments as in :func:`sdpa_probabilities`. Returns ``[B, H, Q, 4]``.
+    ``[B, H, Q, K]``. ``chunk`` defaults to Q/8 rounded down, between 1 and 128, so the block's temporaries (about
+    five copies) stay below the two ``[B, H, Q, K]`` tensors an eager attention layer holds. Arguments as in
+    :func:`sdpa_probabilities`. Returns ``[B, H, Q, 4]``.
     """
     Q = query_BHQD.shape[-2]
+    chunk = chunk or min(128, max(1, Q // 8))
     parts = [
         row_stats(sdpa_scores(query_BHQD, key_BHkKD, attn_mask, is_causal, scale, enable_gqa, slice(i, i + chunk)))
         for i in range(0, Q, chunk)

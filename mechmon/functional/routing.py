@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechmon.functional.logits import row_chunks
+
 __all__ = ["routing_entropy", "expert_counts", "load_stats"]
 
 
@@ -21,19 +23,29 @@ def routing_entropy(router_logits_NE: Tensor) -> Tensor:
     """Sum over tokens of the normalised entropy of the full routing softmax, and the token count, fp32 ``[2]``.
 
     H_t = −Σ_e g_e log g_e / log E with g = softmax(logits) in fp32; the mean is ``sum / count`` in [0, 1]
-    (1 = uniform routing, 0 = one expert takes all the weight).
+    (1 = uniform routing, 0 = one expert takes all the weight). Rows are taken a chunk at a time, so the
+    temporaries stay within 64 MiB plus 10 % of the logits' bytes (:func:`~mechmon.functional.logits.row_chunks`).
 
     Args:
         router_logits_NE: pre-softmax router logits ``[N, E]``, ``E >= 2``.
     """
-    logp = F.log_softmax(router_logits_NE.float(), dim=-1)
-    h_N = -(logp.exp() * logp).sum(dim=-1) / math.log(router_logits_NE.shape[-1])
-    return torch.stack([h_N.sum(), h_N.new_full((), h_N.numel())])  # new_full: a fill kernel, no host copy
+    N, E = router_logits_NE.shape
+    step = row_chunks(N, E, router_logits_NE.numel() * router_logits_NE.element_size())
+    total = router_logits_NE.new_zeros((), dtype=torch.float32)
+    for start in range(0, N, step):
+        logp = F.log_softmax(router_logits_NE[start : start + step].float(), dim=-1)
+        total = total + (logp.exp() * logp).sum()
+    return torch.stack([-total / math.log(E), total.new_full((), N)])  # new_full: a fill kernel, no host copy
 
 
 def expert_counts(indices_Nk: Tensor, n_experts: int) -> Tensor:
-    """Tokens routed to each expert, int64 ``[E]``, from the router's selected indices ``[N, k]``."""
-    return F.one_hot(indices_Nk.long().flatten(), n_experts).sum(dim=0)
+    """Tokens routed to each expert, int64 ``[E]``, from the router's selected indices ``[N, k]``.
+
+    Added in place into ``[E]`` from an expanded (zero-stride) source, so nothing of size ``N·k·E`` is built.
+    """
+    flat = indices_Nk.reshape(-1).long()
+    ones = torch.ones((), dtype=torch.int64, device=flat.device).expand(flat.numel())
+    return torch.zeros(n_experts, dtype=torch.int64, device=flat.device).index_add_(0, flat, ones)
 
 
 def load_stats(counts_LE: Tensor) -> dict[str, Tensor]:

@@ -1,5 +1,7 @@
 """RoutingProbe on HF MoE models built from small configs (never downloaded), hooked at the gate module."""
 
+import math
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from tests.conftest import VOCAB, TinyLM, hook_count, make_trainer, tiny_gpt2, t
 E, K = 8, 2
 
 
-def tiny_moe(kind: str):
+def tiny_moe(kind: str, experts: int = E):
     from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig
 
     common = dict(
@@ -29,7 +31,7 @@ def tiny_moe(kind: str):
         pad_token_id=0,
     )
     configs = {
-        "olmoe": lambda: OlmoeConfig(num_experts=E, **common),
+        "olmoe": lambda: OlmoeConfig(num_experts=experts, **common),
         "mixtral": lambda: MixtralConfig(num_local_experts=E, **common),
         "qwen2_moe": lambda: Qwen2MoeConfig(
             num_experts=E, moe_intermediate_size=32, shared_expert_intermediate_size=32, **common
@@ -130,3 +132,25 @@ def test_custom_moe_layer_through_module_adapter():
         model(torch.randint(0, 16, (2, 5)))
         probe.update(caps)
     assert probe.counts_LE.sum().item() == 10 and 0 <= probe.compute()["mechmon/moe_routing/entropy"].item() <= 1
+
+
+def test_the_extra_peak_memory_of_an_update_is_bounded_by_64_mib_plus_a_tenth_of_the_captures():
+    from mechmon.adapters.base import expert_indices_name, router_name
+    from tests.memory import LiveBytes
+
+    N, E_, k = 2**18, 64, 4  # a one-hot of the indices alone would be N·k·E·8 bytes = 512 MiB
+    model = tiny_moe("olmoe", experts=E_)
+    probe = RoutingProbe()
+    probe.setup(model, HFAdapter(model), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(N, E_, generator=gen)
+    indices = torch.randint(0, E_, (N, k), generator=gen)
+    caps = {router_name(i): logits for i in range(2)} | {expert_indices_name(i): indices for i in range(2)}
+    with LiveBytes([logits, indices, probe.entropy_L2, probe.counts_LE]) as mode:
+        probe.update(caps)
+    read = 2 * (logits.numel() * 4 + indices.numel() * 8)
+    assert 0 < mode.peak <= 64 * 2**20 + read // 10, mode.peak / 2**20
+    assert probe.counts_LE[0].tolist() == torch.bincount(indices.flatten(), minlength=E_).tolist()
+    log_p = torch.log_softmax(logits.double(), dim=-1)
+    entropy = -(log_p.exp() * log_p).sum() / math.log(E_)
+    assert probe.entropy_L2[0].tolist() == pytest.approx([entropy.item(), N], rel=1e-4)

@@ -22,7 +22,7 @@ class Integration:
     Args:
         probes: probe instances; default ``[InductionProbe(), LogitsProbe()]``.
         schedule: an int ``n`` (``every(n)``, plus step 1) or a :mod:`mechmon.schedule` predicate on the optimizer
-            step. Probes may override it.
+            step; ``None`` (default): ``every(50)`` under the default budget. Probes may override it.
         image_schedule: when to write ``[L, H]`` heatmaps; default every 5th evaluation of an ``every(n)`` schedule.
         adapter: an :class:`~mechmon.adapters.Adapter`, a factory ``fn(module) -> Adapter``, or ``None`` to discover
             the model (any HF decoder, TransformerLens, a decoder module with a block list).
@@ -34,7 +34,8 @@ class Integration:
         console: the live console panel: ``None`` (default) in an interactive terminal, inside the progress bar
             when one is drawn; ``True`` / ``False`` always / never. Alert lines are always printed.
         budget: the largest share of wall time the monitor may take (``0.01``: 1 %), see
-            :class:`~mechmon.engine.Monitor`; ``None``: every scheduled step is evaluated.
+            :class:`~mechmon.engine.Monitor`; ``"auto"`` (default): 1 % when ``schedule`` is left at its default,
+            off when one is given; ``None``: every scheduled step is evaluated.
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -43,7 +44,7 @@ class Integration:
     def __init__(
         self,
         probes: Sequence[Probe] | None = None,
-        schedule: Schedule | int = 50,
+        schedule: Schedule | int | None = None,
         image_schedule: Schedule | int | None = None,
         adapter: AdapterSpec = None,
         model: str | None = None,
@@ -52,7 +53,7 @@ class Integration:
         namespace: str = "mechmon",
         log_dir: str | Path | None = None,
         console: bool | None = None,
-        budget: float | None = None,
+        budget: float | str | None = "auto",
     ) -> None:
         if model is not None and not isinstance(model, str):
             fail(type(self).__name__, "model", model, "a dotted submodule path such as 'student', or None", TypeError)

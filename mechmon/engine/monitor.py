@@ -27,7 +27,7 @@ from mechmon.capture import resolve_names
 from mechmon.checks import fail
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
-from mechmon.engine.budget import Budget
+from mechmon.engine.budget import resolve_budget
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import forward_groups, run_group
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
@@ -40,6 +40,8 @@ from mechmon.writers import open_writer
 
 __all__ = ["Monitor"]
 
+DEFAULT_SCHEDULE = 50
+
 
 class Monitor:
     r"""Live mechanistic monitoring of any PyTorch training loop.
@@ -51,7 +53,7 @@ class Monitor:
             ``None`` hooks every optimizer that holds the model's parameters (torch's global step hooks).
         probes: probe instances; default ``[InductionProbe(), LogitsProbe()]``.
         schedule: an int ``n`` (``every(n)``, plus step 1) or a :mod:`mechmon.schedule` predicate on the optimizer
-            step. Probes may override it.
+            step; ``None`` (default): ``every(50)`` under the default budget. Probes may override it.
         image_schedule: when to write ``[L, H]`` heatmaps; default every 5th evaluation of an ``every(n)`` schedule.
         adapter: an :class:`~mechmon.adapters.Adapter`, a factory ``fn(root) -> Adapter``, or ``None`` to discover
             the model (any HF decoder, TransformerLens, a decoder module with a block list).
@@ -64,7 +66,8 @@ class Monitor:
             ``True`` / ``False`` always / never. Alert lines are always printed.
         budget: the largest share of wall time the monitor may take, in (0, 1) (``0.01``: 1 %); due evaluations are
             thinned to keep under it (:mod:`mechmon.engine.budget`), and ``<ns>/monitor/overhead_frac`` and
-            ``<ns>/monitor/stride`` are logged. ``None`` (default): every scheduled step is evaluated.
+            ``<ns>/monitor/stride`` are logged. ``"auto"`` (default): 1 % when ``schedule`` is left at its default,
+            off when a schedule is given; ``None``: every scheduled step is evaluated.
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
@@ -99,7 +102,7 @@ class Monitor:
         *,
         optimizer: torch.optim.Optimizer | None = None,
         probes: Sequence[Probe] | None = None,
-        schedule: Schedule | int = 50,
+        schedule: Schedule | int | None = None,
         image_schedule: Schedule | int | None = None,
         adapter: AdapterSpec = None,
         submodule: str | None = None,
@@ -108,12 +111,12 @@ class Monitor:
         namespace: str = "mechmon",
         log_dir: str | Path | None = "runs/mechmon",
         console: bool | None = None,
-        budget: float | None = None,
+        budget: float | str | None = "auto",
     ) -> None:
         self.config = MonitorConfig.build(
             "Monitor",
             probes,
-            schedule,
+            DEFAULT_SCHEDULE if schedule is None else schedule,
             image_schedule,
             adapter,
             submodule,
@@ -130,7 +133,7 @@ class Monitor:
         if optimizer is not None and model is None:
             fail("Monitor", "optimizer", optimizer, "given together with model=", ValueError)
         self.probes = self.config.probes
-        self.budget = None if budget is None else Budget(budget, "Monitor")
+        self.budget = resolve_budget(budget, schedule is not None, "Monitor")
         self.publisher = Publisher(self.config.namespace, self.config.on_alert)
         self.latest: dict[str, float] = {}
         self.adapter: Adapter | None = None

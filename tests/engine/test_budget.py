@@ -36,7 +36,8 @@ def test_a_budget_stretches_the_cadence_and_logs_it():
     strides = [v["mechmon/monitor/stride"] for _, v in evaluated]
     assert strides[-1] >= 4 and all(b in (a / 2, a, a * 2) for a, b in zip(strides, strides[1:], strict=False))
     shares = [v["mechmon/monitor/overhead_frac"] for _, v in evaluated]
-    assert 0 < shares[-1] < shares[1]  # the share falls once the stride grows
+    assert shares[:2] == [0, 0]  # the first evaluation is the baseline, not counted (it shows from the next one)
+    assert 0 < shares[-1] < max(shares)  # the share falls once the stride has grown
     gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
     assert gaps[-1] > 1  # every evaluation of a stretched cadence still runs whole (hooks on that step only)
     assert all(len(v) > 10 for _, v in evaluated)
@@ -54,6 +55,26 @@ def test_the_stride_follows_the_agreed_share():
     restored = Budget(0.1)
     restored.load_state_dict({**budget.state_dict(), "stride": 8})
     assert restored.stride == 8
+
+
+def test_the_first_evaluation_is_the_baseline_and_not_counted():
+    budget = Budget(0.1)
+    budget.add(5.0)  # step 1: one-time costs, one step into the run
+    budget.add(0.5)
+    assert budget.measured()[0] == 0.5
+    restored = Budget(0.1)
+    restored.load_state_dict(budget.state_dict())
+    restored.add(0.25)  # a resumed run counts from its first evaluation on
+    assert restored.measured()[0] == 0.75
+
+
+def test_the_default_budget_is_one_percent_unless_a_schedule_is_given():
+    assert Monitor(log_dir=None).budget.share == 0.01
+    assert Monitor(log_dir=None, schedule=10).budget is None
+    assert Monitor(log_dir=None, schedule=10, budget=0.02).budget.share == 0.02
+    assert Monitor(log_dir=None, budget=None).budget is None
+    with pytest.raises(ValueError, match=r"Monitor\(budget=\.\.\.\) must be 'auto', None"):
+        Monitor(budget="fast")
 
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1])

@@ -1,14 +1,21 @@
 """The monitor's cost at three model shapes: one training step, and each probe's extra time and peak memory.
 
-    python benchmarks/scale.py                          # demo, 6 x 384, GPT-2 124M (several minutes on 2 cores)
-    python benchmarks/scale.py --shapes demo 6x384 --steps 3
+    python benchmarks/scale.py                          # demo, 6 x 384, GPT-2 124M (about an hour on 2 cores)
+    python benchmarks/scale.py --shapes demo 6x384 --steps 5
+    python benchmarks/scale.py --shapes gpt2-124M --rows defaults Logits Collapse Rank all --steps 3
 
 For each shape a plain PyTorch loop (AdamW) trains on random tokens; each row is a fresh ``Monitor`` with one probe
 (or the defaults, or every probe) scheduled on every step, so each measured step pays one evaluation. "extra ms"
 is the median difference between a monitored step and the plain step just before it (interleaved, so drift
-cancels; "share" divides it by the median plain step); "extra MiB" is the peak of the bytes
+cancels; "share" divides it by the median plain step; "at every(50)" is that share spread over the default
+schedule's 50 steps, the monitor's share of a run at its defaults); "extra MiB" is the peak of the bytes
 that operators allocate during one monitored step minus that of one plain step (``tests/memory.py``'s accounting,
-which counts every storage, so it works on CPU). Text probes read 8 rows of the step's batch.
+which counts every storage, so it works on CPU; on a GPU, ``--device cuda``, the CUDA allocator's peak). Text
+probes read 8 rows of the step's batch.
+
+``--budget-steps N`` then trains N more steps under a default ``Monitor()`` (default probes, ``every(50)``, the
+default 1 % budget) and prints the steps it evaluated and the share of wall time it measured itself
+(``mechmon/monitor/overhead_frac``: its evaluations after the first, over the run's elapsed time).
 """
 
 from __future__ import annotations
@@ -92,16 +99,23 @@ def train_step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=False)  # gradients stay allocated, so the memory rows compare like with like
 
 
+def clock(device: torch.device) -> float:
+    """``perf_counter`` after the device's queued work (a benchmark may sync; the monitor never does here)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[float], list[float]]:
     """Plain and monitored step times, interleaved (plain, monitored, plain, ...) so that drift cancels."""
     plain, watched = [], []
     for step in range(1, steps + 2):  # the first pair warms up
-        start = time.perf_counter()
+        start = clock(batch.device)
         train_step(model, optimizer, batch)
-        middle = time.perf_counter()
+        middle = clock(batch.device)
         with monitor.step(step, batch):
             train_step(model, optimizer, batch)
-        end = time.perf_counter()
+        end = clock(batch.device)
         if step > 1:
             plain.append(middle - start)
             watched.append(end - middle)
@@ -109,48 +123,89 @@ def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[flo
 
 
 def peak_bytes(model, optimizer, batch, monitor=None, step: int = 10_000) -> int:
-    known = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
-    known += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
-    with LiveBytes(known) as live:
+    """Peak bytes one step allocates: the CUDA allocator's peak on a GPU, else ``tests/memory.py``'s accounting."""
+
+    def one():
         if monitor is None:
             train_step(model, optimizer, batch)
         else:
             with monitor.step(step, batch):
                 train_step(model, optimizer, batch)
+
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize(batch.device)
+        torch.cuda.reset_peak_memory_stats(batch.device)
+        before = torch.cuda.memory_allocated(batch.device)
+        one()
+        torch.cuda.synchronize(batch.device)
+        return torch.cuda.max_memory_allocated(batch.device) - before
+    known = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
+    known += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    with LiveBytes(known) as live:
+        one()
     return live.peak
 
 
-def measure(name: str, steps: int) -> None:
+def default_run(model, optimizer, batch, steps: int) -> None:
+    """``steps`` steps under a default ``Monitor()``: the steps it evaluated and the share it measured."""
+    monitor = Monitor(model, optimizer=optimizer, log_dir=None, console=False)
+    evaluated: list[tuple[int, float, float]] = []
+
+    def listen(values, step):
+        if "mechmon/monitor/overhead_frac" in values:
+            evaluated.append((step, values["mechmon/monitor/overhead_frac"], values["mechmon/monitor/stride"]))
+
+    monitor.publisher.listeners.append(listen)
+    start = clock(batch.device)
+    for step in range(1, steps + 1):
+        with monitor.step(step, batch):
+            train_step(model, optimizer, batch)
+    wall = clock(batch.device) - start
+    monitor.close()
+    step, share, stride = evaluated[-1]
+    print(f"default Monitor(), {steps} steps in {wall:.0f} s: evaluated at steps {[s for s, _, _ in evaluated]}; ")
+    print(f"  measured share at step {step}: {share:.2%} (budget 1 %), stride {stride:.0f}")
+
+
+def measure(name: str, steps: int, only: list[str] | None, device: str = "cpu", budget_steps: int = 0) -> None:
     config, rows, ctx = SHAPES[name]
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = torch.randint(1, config.vocab_size, (rows, ctx), generator=torch.Generator().manual_seed(0))
+    batch = torch.randint(1, config.vocab_size, (rows, ctx), generator=torch.Generator().manual_seed(0)).to(device)
     train_step(model, optimizer, batch)  # warm-up
-    start = time.perf_counter()
+    start = clock(batch.device)
     train_step(model, optimizer, batch)
-    base = time.perf_counter() - start
+    base = clock(batch.device) - start
     base_peak = peak_bytes(model, optimizer, batch)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"\n{name}: {params:.1f}M parameters, batch {rows} x {ctx}: training step {base * 1000:.0f} ms")
-    print(f"{'probes':<32} {'step ms':>8} {'extra ms':>9} {'share':>7} {'extra MiB':>10}")
+    print(f"{'probes':<32} {'step ms':>8} {'extra ms':>9} {'share':>7} {'at every(50)':>12} {'extra MiB':>10}")
     for label, probes in probe_sets(batch).items():
+        if only and not any(r.lower() in label.lower() for r in only):
+            continue
         monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, log_dir=None, console=False)
         plain, watched = paired_times(model, optimizer, batch, steps, monitor)
         step = statistics.median(plain)
         extra = statistics.median(w - p for p, w in zip(plain, watched, strict=True))
         memory = (peak_bytes(model, optimizer, batch, monitor) - base_peak) / 2**20
         monitor.close()
-        print(f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {extra / step:>7.1%} {memory:>10.0f}")
+        share = extra / step
+        print(f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {share:>7.1%} {share / 50:>12.2%} {memory:>10.0f}")
+    if budget_steps:
+        default_run(model, optimizer, batch, budget_steps)
 
 
 def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--steps", type=int, default=3, help="measured steps per row (after one warm-up)")
+    p.add_argument("--rows", nargs="+", help="only rows whose label contains one of these (e.g. defaults Logits all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (memory then from the CUDA allocator's peak)")
+    p.add_argument("--budget-steps", type=int, default=0, help="then this many steps under a default Monitor()")
     args = p.parse_args()
     for name in args.shapes:
-        measure(name, args.steps)
+        measure(name, args.steps, args.rows, args.device, args.budget_steps)
 
 
 if __name__ == "__main__":

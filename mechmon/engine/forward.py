@@ -80,14 +80,20 @@ def _mode(names: Sequence[str]) -> str:
 def forward_groups(probes: Sequence[Probe], names: dict[str, list[str]]) -> list[list[Probe]]:
     """Snapshot probes that can share one forward, in order; the others are groups of one.
 
-    Sharing needs the same batch (``batch_key``), the default single forward, and the same attention mode (eager for
-    patterns, SDPA for logit statistics).
+    Sharing needs the same batch (``batch_key``) and the default single forward. Probes that read attention patterns
+    (eager attention) and probes that read attention-logit statistics (SDPA calls tapped) need different forwards;
+    the other probes of the batch join the SDPA forward when there is one (the model's own attention, so their
+    values are unchanged), else the eager one.
     """
     groups: dict[Any, list[Probe]] = {}
     for probe in probes:
         key = getattr(probe, "batch_key", None)
         single = key is None or type(probe).snapshot is not SnapshotProbe.snapshot
         groups.setdefault(id(probe) if single else (key, _mode(names[probe.name])), []).append(probe)
+    for key in [k for k in groups if isinstance(k, tuple) and k[1] == "plain"]:
+        host = next(((key[0], m) for m in ("logits", "patterns") if (key[0], m) in groups), None)
+        if host is not None:
+            groups[host] += groups.pop(key)
     return list(groups.values())
 
 

@@ -92,7 +92,7 @@ def _eval_forwards(model):
 
 
 def test_probes_on_the_same_batch_share_one_forward_and_log_what_they_log_alone(tmp_path):
-    from mechmon import CollapseProbe, MassiveActivationProbe, RankProbe
+    from mechmon import AttentionEntropyProbe, CollapseProbe, MassiveActivationProbe, RankProbe
 
     text = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(1))
 
@@ -106,19 +106,36 @@ def test_probes_on_the_same_batch_share_one_forward_and_log_what_they_log_alone(
 
     def together(taken):
         batch = None if taken else text
-        return [CollapseProbe(batch), RankProbe(batch), MassiveActivationProbe(batch)]
+        return [CollapseProbe(batch), RankProbe(batch), MassiveActivationProbe(batch), AttentionEntropyProbe(batch)]
 
     for taken in (False, True):  # given the same rows, or all taking them from the first training batch
         shared, forwards = run(together, taken)
-        assert forwards == 2 * 1  # steps 1 and 2, one forward each for the three probes
+        assert forwards == 2 * 1  # steps 1 and 2, one forward each for the four probes (the plain three join SDPA's)
         alone = {}
-        for i in range(3):
+        for i in range(4):
             values, forwards = run(lambda t, i=i: [together(t)[i]], taken)
             assert forwards == 2
             alone.update(values)
         assert shared.keys() == alone.keys()
         for key, value in alone.items():
             assert shared[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def test_plain_readers_join_the_sdpa_forward_of_their_batch_and_other_batches_run_alone():
+    from mechmon import AttentionLogitProbe, CollapseProbe, InductionProbe
+    from mechmon.capture import resolve_names
+    from mechmon.engine.forward import forward_groups
+
+    text = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(1))
+    model = tiny_gpt2()
+    monitor = Monitor(model, probes=[CollapseProbe(text), AttentionLogitProbe(text), InductionProbe(period=10)])
+    probes = monitor.probes
+    names = {p.name: resolve_names(monitor.adapter, p.requires) for p in probes}
+    assert [[p.name for p in g] for g in forward_groups(probes, names)] == [
+        ["attn_logits", "repr_collapse"],
+        ["induction"],
+    ]
+    monitor.close()
 
 
 def test_a_probe_failing_in_a_shared_forward_is_the_only_one_disabled():

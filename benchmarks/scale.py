@@ -7,11 +7,13 @@
 For each shape a plain PyTorch loop (AdamW) trains on random tokens; each row is a fresh ``Monitor`` with one probe
 (or the defaults, or every probe) scheduled on every step, so each measured step pays one evaluation. "extra ms"
 is the median difference between a monitored step and the plain step just before it (interleaved, so drift
-cancels; "share" divides it by the median plain step; "at every(50)" is that share spread over the default
-schedule's 50 steps, the monitor's share of a run at its defaults); "extra MiB" is the peak of the bytes
-that operators allocate during one monitored step minus that of one plain step (``tests/memory.py``'s accounting,
-which counts every storage, so it works on CPU; on a GPU, ``--device cuda``, the CUDA allocator's peak). Text
-probes read 8 rows of the step's batch.
+cancels; "share" divides it by the median plain step); "own ms" is the median host time spent inside the
+monitor's step methods (its hooks, the streaming updates, the evaluation: the same work, without the noise of a
+whole step; on a GPU, launch time only), "own share" divides it by the plain step, and "at every(50)" spreads that
+share over the default schedule's 50 steps (the monitor's share of a run at its defaults); "extra MiB" is the
+peak of the bytes that operators allocate during one monitored step minus that of one plain step
+(``tests/memory.py``'s accounting, which counts every storage, so it works on CPU; on a GPU, ``--device cuda``,
+the CUDA allocator's peak). Text probes read 8 rows of the step's batch.
 
 ``--budget-steps N`` then trains N more steps under a default ``Monitor()`` (default probes, ``every(50)``, the
 default 1 % budget) and prints the steps it evaluated and the share of wall time it measured itself
@@ -106,20 +108,44 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[float], list[float]]:
-    """Plain and monitored step times, interleaved (plain, monitored, plain, ...) so that drift cancels."""
-    plain, watched = [], []
+class OwnTime:
+    """Host seconds spent inside the monitor's per-step methods (its hooks' own work), for one monitor."""
+
+    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step")
+
+    def __init__(self, monitor) -> None:
+        self.seconds = 0.0
+        for name in self.METHODS:  # instance attributes: the monitor's own calls go through them too
+            setattr(monitor, name, self._timed(getattr(monitor, name)))
+
+    def _timed(self, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[float], list[float], list[float]]:
+    """Plain and monitored step times, interleaved (plain, monitored, ...) so that drift cancels, and own times."""
+    plain, watched, own = [], [], []
+    timer = OwnTime(monitor)
     for step in range(1, steps + 2):  # the first pair warms up
         start = clock(batch.device)
         train_step(model, optimizer, batch)
         middle = clock(batch.device)
+        timer.seconds = 0.0
         with monitor.step(step, batch):
             train_step(model, optimizer, batch)
         end = clock(batch.device)
         if step > 1:
             plain.append(middle - start)
             watched.append(end - middle)
-    return plain, watched
+            own.append(timer.seconds)
+    return plain, watched, own
 
 
 def peak_bytes(model, optimizer, batch, monitor=None, step: int = 10_000) -> int:
@@ -180,18 +206,22 @@ def measure(name: str, steps: int, only: list[str] | None, device: str = "cpu", 
     base_peak = peak_bytes(model, optimizer, batch)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"\n{name}: {params:.1f}M parameters, batch {rows} x {ctx}: training step {base * 1000:.0f} ms")
-    print(f"{'probes':<32} {'step ms':>8} {'extra ms':>9} {'share':>7} {'at every(50)':>12} {'extra MiB':>10}")
+    print(f"{'probes':<32} {'step ms':>8} {'extra ms':>9} {'share':>7} {'own ms':>7} {'own share':>9} "
+          f"{'at every(50)':>12} {'extra MiB':>10}")  # fmt: skip
     for label, probes in probe_sets(batch).items():
         if only and not any(r.lower() in label.lower() for r in only):
             continue
         monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, log_dir=None, console=False)
-        plain, watched = paired_times(model, optimizer, batch, steps, monitor)
-        step = statistics.median(plain)
+        plain, watched, own = paired_times(model, optimizer, batch, steps, monitor)
+        step, own = statistics.median(plain), statistics.median(own)
         extra = statistics.median(w - p for p, w in zip(plain, watched, strict=True))
         memory = (peak_bytes(model, optimizer, batch, monitor) - base_peak) / 2**20
         monitor.close()
         share = extra / step
-        print(f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {share:>7.1%} {share / 50:>12.2%} {memory:>10.0f}")
+        print(
+            f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {share:>7.1%} {own * 1000:>7.0f} "
+            f"{own / step:>9.1%} {own / step / 50:>12.2%} {memory:>10.0f}"
+        )
     if budget_steps:
         default_run(model, optimizer, batch, budget_steps)
 

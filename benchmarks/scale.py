@@ -173,8 +173,9 @@ def peak_bytes(model, optimizer, batch, monitor=None, step: int = 10_000) -> int
 
 
 def default_run(model, optimizer, batch, steps: int) -> None:
-    """``steps`` steps under a default ``Monitor()``: the steps it evaluated and the share it measured."""
+    """``steps`` steps under a default ``Monitor()``: the steps it evaluated, the share it measured, its own time."""
     monitor = Monitor(model, optimizer=optimizer, log_dir=None, console=False)
+    timer = OwnTime(monitor)
     evaluated: list[tuple[int, float, float]] = []
 
     def listen(values, step):
@@ -189,8 +190,10 @@ def default_run(model, optimizer, batch, steps: int) -> None:
     wall = clock(batch.device) - start
     monitor.close()
     step, share, stride = evaluated[-1]
-    print(f"default Monitor(), {steps} steps in {wall:.0f} s: evaluated at steps {[s for s, _, _ in evaluated]}; ")
-    print(f"  measured share at step {step}: {share:.2%} (budget 1 %), stride {stride:.0f}")
+    print(f"default Monitor(), {steps} steps in {wall:.0f} s: evaluated at steps {[s for s, _, _ in evaluated]}")
+    print(f"  overhead_frac logged at step {step}: {share:.2%} (budget 1 %; up to the previous evaluation), stride")
+    print(f"  {stride:.0f}; the monitor's own time over the run's wall time: {timer.seconds / wall:.2%} (all")
+    print("  evaluations, the first included)")
 
 
 def measure(name: str, steps: int, only: list[str] | None, device: str = "cpu", budget_steps: int = 0) -> None:

@@ -306,6 +306,8 @@ class Monitor:
                 self._stream = Stream.open(
                     self.adapter, self._names, step, due, batch is None, self._update, self._fail
                 )
+        if self._stream is not None:
+            self._stream.next_batch(batch)
 
     def _update(self, probe: Probe, caps: dict[str, Tensor], batch: Any) -> None:
         if self._live([probe]):
@@ -317,9 +319,10 @@ class Monitor:
             self._guarded(probe, _reraise, error)
 
     def end_batch(self, batch: Any = None) -> None:
-        """After a micro-batch: feed the streaming probes its captures (``batch`` as in :meth:`begin_batch`)."""
-        if self._stream is not None and not self._stream.tap:
-            self._stream.feed(batch)
+        """After a micro-batch: feed the streaming probes what its training forward did not (they are fed right after
+        the model's forward, so no capture lives into the backward); ``batch`` is :meth:`begin_batch`'s, unused."""
+        if self._stream is not None:
+            self._stream.end_batch()
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Before the optimizer step (after backward and accumulation): the gradient probes of a scheduled step."""

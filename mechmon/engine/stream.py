@@ -1,8 +1,9 @@
 """The hooks of one scheduled step's streaming probes, and the batch read from a model's own inputs.
 
 A :class:`Stream` lives from the first micro-batch of a scheduled step to its optimizer step: capture hooks for the
-due streaming probes and, when the driver hands over no batch (Fabric, the HF ``Trainer``), a forward pre-hook that
-reads the model's inputs and a forward hook that feeds the probes after each training forward.
+due streaming probes, a forward hook that feeds the probes right after each training forward (so no capture, the
+logits above all, is kept alive through the backward), and, when the driver hands over no batch (Fabric, the HF
+``Trainer``), a forward pre-hook that reads the model's inputs.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class Stream:
     Args:
         step: the optimizer step the hooks serve.
         due: the streaming probes due at that step.
-        tap: read the batch from the model's inputs (the driver hands over none) and feed the probes after each
-            training forward; otherwise the driver calls :meth:`feed` with its batch.
+        tap: read the batch from the model's inputs (the driver hands over none); otherwise the driver hands each
+            micro-batch's batch to :meth:`next_batch`. Either way the probes are fed after each training forward, or
+            at :meth:`end_batch` when no training forward of the model ran (a driver calling a submodule).
         names: probe name -> its capture names.
         update: ``fn(probe, captures, batch)``, the engine's guarded probe update.
         fail: ``fn(probe, error)`` for a probe whose capture hook failed inside the training forward.
@@ -42,6 +44,8 @@ class Stream:
         self, step: int, due: list[Probe], tap: bool, names: dict[str, list[str]], update: Updater, fail: Failer
     ) -> None:
         self.step, self.due, self.tap, self.names, self._update, self._fail = step, due, tap, names, update, fail
+        self.batch: Any = None  # the driver's batch of the current micro-batch (without ``tap``)
+        self.fed = False  # the current micro-batch's captures were fed after its forward
         self.stack = contextlib.ExitStack()
         self.caps: dict[str, Tensor] = {}
         self.errors: dict[str, Exception] = {}  # capture hooks that failed inside the training forward
@@ -65,15 +69,31 @@ class Stream:
         stream = cls(step, due, tap, names, update, fail)
         wanted = sorted({n for p in due for n in names[p.name]})
         stream.caps = stream.stack.enter_context(capture(adapter, wanted, errors=stream.errors))
-        if tap:  # the batch is the model's own input: read it before, feed the probes after each training forward
-            inputs: list[Any] = [None]
+        if tap:  # the batch is the model's own input: read it before each training forward
             pre = adapter.model.register_forward_pre_hook(
-                lambda m, a, k: inputs.__setitem__(0, model_inputs(a, k)), with_kwargs=True
+                lambda m, a, k: setattr(stream, "batch", model_inputs(a, k)), with_kwargs=True
             )
-            post = adapter.model.register_forward_hook(lambda m, a, o: stream.feed(inputs[0]) if m.training else None)
             stream.stack.callback(pre.remove)
+        if tap or wanted:  # feed right after the forward: no capture outlives it into the backward
+            post = adapter.model.register_forward_hook(lambda m, a, o: stream._after_forward() if m.training else None)
             stream.stack.callback(post.remove)
         return stream
+
+    def next_batch(self, batch: Any) -> None:
+        """A new micro-batch, with the driver's batch (ignored with ``tap``: the model's inputs are read)."""
+        if not self.tap:
+            self.batch = batch
+        self.fed = False
+
+    def _after_forward(self) -> None:
+        self.feed(self.batch)
+        self.fed = True
+
+    def end_batch(self) -> None:
+        """After a micro-batch: feed what no training forward fed (then drop the captures)."""
+        if not self.fed and not self.tap:
+            self.feed(self.batch)
+        self.caps.clear()
 
     def feed(self, batch: Any) -> None:
         """Update every probe whose captures are all there; the captures are dropped right after."""

@@ -128,3 +128,37 @@ def test_the_extra_peak_memory_of_an_update_is_bounded_by_64_mib_plus_a_tenth_of
     assert out["mechmon/logits/norm_mean"].item() == pytest.approx(
         logits[0, :-1].float().norm(dim=-1).mean().item(), rel=1e-4
     )
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["batch given", "batch read from the model's inputs"])
+def test_a_monitored_step_keeps_no_logits_alive_into_the_backward(given):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from mechmon import Monitor
+
+    V = 32768  # [4, 256, V] float32 logits: 128 MiB, twice the allowance
+    cfg = GPT2Config(vocab_size=V, n_positions=256, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    batch = torch.randint(1, V, (4, 256), generator=torch.Generator().manual_seed(0))
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=1, log_dir=None, console=False)
+
+    def step(n=None):
+        known = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None), batch]
+        with LiveBytes(known) as live:
+            if n is None:
+                model(input_ids=batch, labels=batch).loss.backward()
+            else:
+                with monitor.step(n, batch if given else None):
+                    model(input_ids=batch, labels=batch).loss.backward()
+                    optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        return live.peak
+
+    step(1), step()  # warm-up: gradients allocated, the absorption gap measured
+    plain, watched = step(), step(2)
+    logits = 4 * 256 * V * 4
+    assert monitor.latest["mechmon/logits/loss_nats"] == pytest.approx(math.log(V), rel=0.05)
+    monitor.close()
+    assert watched - plain <= 64 * 2**20 + logits // 10, ((watched - plain) / 2**20, logits / 2**20)

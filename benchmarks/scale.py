@@ -8,9 +8,10 @@ For each shape a plain PyTorch loop (AdamW) trains on random tokens; each row is
 (or the defaults, or every probe) scheduled on every step, so each measured step pays one evaluation. "extra ms"
 is the median difference between a monitored step and the plain step just before it (interleaved, so drift
 cancels; "share" divides it by the median plain step); "own ms" is the median host time spent inside the
-monitor's step methods (its hooks, the streaming updates, the evaluation: the same work, without the noise of a
-whole step; on a GPU, launch time only), "own share" divides it by the plain step, and "at every(50)" spreads that
-share over the default schedule's 50 steps (the monitor's share of a run at its defaults); "extra MiB" is the
+monitor's step methods and probe updates (its hooks, the streaming updates fed after the forward, the evaluation:
+the same work, without the noise of a whole step; on a GPU, launch time only), "own share" divides it by the
+plain step, and "at every(50)" spreads that share over the default schedule's 50 steps (the monitor's share of a
+run at its defaults); "extra MiB" is the
 peak of the bytes that operators allocate during one monitored step minus that of one plain step
 (``tests/memory.py``'s accounting, which counts every storage, so it works on CPU; on a GPU, ``--device cuda``,
 the CUDA allocator's peak). Text probes read 8 rows of the step's batch.
@@ -109,22 +110,29 @@ def clock(device: torch.device) -> float:
 
 
 class OwnTime:
-    """Host seconds spent inside the monitor's per-step methods (its hooks' own work), for one monitor."""
+    """Host seconds spent inside the monitor's per-step methods and its probe updates, for one monitor.
 
-    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step")
+    ``_update`` is where the streaming probes are fed, from the forward hook right after the training forward;
+    nested calls count once.
+    """
+
+    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step", "_update")
 
     def __init__(self, monitor) -> None:
-        self.seconds = 0.0
+        self.seconds, self._depth = 0.0, 0
         for name in self.METHODS:  # instance attributes: the monitor's own calls go through them too
             setattr(monitor, name, self._timed(getattr(monitor, name)))
 
     def _timed(self, method):
         def timed(*args, **kwargs):
             start = time.perf_counter()
+            self._depth += 1
             try:
                 return method(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - start
 
         return timed
 

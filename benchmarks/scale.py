@@ -199,9 +199,8 @@ def default_run(model, optimizer, batch, steps: int) -> None:
     monitor.close()
     step, share, stride = evaluated[-1]
     print(f"default Monitor(), {steps} steps in {wall:.0f} s: evaluated at steps {[s for s, _, _ in evaluated]}")
-    print(f"  overhead_frac logged at step {step}: {share:.2%} (budget 1 %; up to the previous evaluation), stride")
-    print(f"  {stride:.0f}; the monitor's own time over the run's wall time: {timer.seconds / wall:.2%} (all")
-    print("  evaluations, the first included)")
+    print(f"  overhead_frac logged at step {step}: {share:.2%} (budget 1 %; up to the previous evaluation)")
+    print(f"  stride {stride:.0f}; own time over wall time: {timer.seconds / wall:.2%} (the first evaluation too)")
 
 
 def measure(name: str, steps: int, only: list[str] | None, device: str = "cpu", budget_steps: int = 0) -> None:

@@ -319,8 +319,11 @@ class Monitor:
             self._guarded(probe, _reraise, error)
 
     def end_batch(self, batch: Any = None) -> None:
-        """After a micro-batch: feed the streaming probes what its training forward did not (they are fed right after
-        the model's forward, so no capture lives into the backward); ``batch`` is :meth:`begin_batch`'s, unused."""
+        """After a micro-batch: feed the streaming probes what its training forward did not.
+
+        They are fed right after the model's forward, so no capture lives into the backward; ``batch`` is
+        :meth:`begin_batch`'s, unused.
+        """
         if self._stream is not None:
             self._stream.end_batch()
 

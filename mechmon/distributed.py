@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mechmon.probe import Probe
 
-__all__ = ["reduce_states", "world_size", "rank", "rank_zero_warn"]
+__all__ = ["reduce_states", "world_size", "rank", "rank_zero_warn", "all_ranks", "same_on_all_ranks"]
 
 _REDUCE = {"sum": lambda m: m.sum(dim=0), "max": lambda m: m.amax(dim=0), "min": lambda m: m.amin(dim=0)}
 
@@ -66,3 +66,26 @@ def reduce_states(probes: Iterable[Probe], flags: Tensor) -> tuple[Tensor, int]:
         t.copy_(_REDUCE[reduce](matrix[:, offset : offset + t.numel()]).view_as(t))
         offset += t.numel()
     return matrix[:, offset:], 1
+
+
+def all_ranks(flags: list[bool], device: torch.device) -> list[bool]:
+    """Whether each flag holds on every rank: one tiny ``all_reduce`` (MIN) of ``len(flags)`` numbers.
+
+    Every rank must call it with a list of the same length, at the same point. In one process: ``flags`` as given.
+    """
+    if world_size() == 1 or not flags:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)  # collective: a fixed-size agreement, every rank alike
+    return [bool(v) for v in t.tolist()]  # sync: the agreement's answer
+
+
+def same_on_all_ranks(values: list[float], device: torch.device) -> list[bool]:
+    """Whether each value is the same on every rank: one ``all_reduce`` (MAX) of ``[v, -v]`` (exact below 2**53)."""
+    if world_size() == 1 or not values:
+        return [True] * len(values)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    t = torch.tensor(list(values) + [-v for v in values], dtype=dtype, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # collective: at attach only
+    high, low = t[: len(values)].tolist(), t[len(values) :].tolist()  # sync: at attach only
+    return [h == -lo for h, lo in zip(high, low, strict=True)]

@@ -30,6 +30,7 @@ from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
 from mechmon.engine.budget import resolve_budget
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.forward import forward_groups, run_group
+from mechmon.engine.gate import Gate
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord, to_host
 from mechmon.engine.stream import Stream, compiled, model_inputs
@@ -135,6 +136,7 @@ class Monitor:
         self.probes = self.config.probes
         self.budget = resolve_budget(budget, schedule is not None, "Monitor")
         self.publisher = Publisher(self.config.namespace, self.config.on_alert)
+        self.gate = Gate(self.config.schedule)
         self.latest: dict[str, float] = {}
         self.adapter: Adapter | None = None
         self.disabled: set[str] = set()  # agreed by every rank
@@ -211,6 +213,8 @@ class Monitor:
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners], headlines)
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())
+        for name, reason in self.gate.attach(root, self.probes, self._device).items():  # the same on every rank
+            warnings.warn(self._disable(self._probe(name), reason), stacklevel=2)
         if compiled_forward or compiled(root):
             self._refuse_compiled()
         if hook_optimizers:
@@ -299,9 +303,7 @@ class Monitor:
         if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
             self._detach_streaming()
         if self._stream is None:
-            due = [p for p in self._due(step, step + steps - 1) if p.kind == "streaming"]
-            if due and self.budget is not None and not self.budget.admits():  # this due step will be skipped
-                due = []
+            due = [p for p in self._thin(self._due(step, step + steps - 1), count=False) if p.kind == "streaming"]
             if due:
                 self._stream = Stream.open(
                     self.adapter, self._names, step, due, batch is None, self._update, self._fail
@@ -342,10 +344,7 @@ class Monitor:
         if step == self._last_step:
             return
         first = max(step - steps + 1, self._last_step + 1)
-        due = self._due(first, step)
-        if due and self.budget is not None and not self.budget.admits():
-            self.budget.skip()
-            due = []
+        due = self.gate.with_batch(self._thin(self._due(first, step), count=True), self._device, step)
         if not due:
             self._detach_streaming()
             return
@@ -354,22 +353,33 @@ class Monitor:
         self._run(StepRecord(step, due, images))
 
     def _due(self, first: int, last: int | None = None) -> list[Probe]:
-        """The enabled probes, holding their batch, due at any step of ``first .. last`` (default ``first``).
+        """The enabled probes due at any step of ``first .. last`` (default ``first``), the same on every rank.
 
-        A schedule that raises disables its probe.
+        A schedule that raises disables its probe: at once in one process; under DDP the probe counts as due on
+        this rank, flagged as failed, and the step's collective disables it on every rank.
         """
-        steps = range(first, (first if last is None else last) + 1)
-        due = []
-        for probe in self.probes:
-            if probe.name in self.disabled or getattr(probe, "needs_batch", False):  # no probe batch yet
-                continue
-            try:
-                if any((probe.schedule or self.config.schedule)(s) for s in steps):
-                    due.append(probe)
-            except Exception as err:  # caveat: a user's schedule callable must not stop the run
-                text = f"the schedule of probe {probe.name!r} raised {type(err).__name__} at step {first}: {err}"
-                warnings.warn(self._disable(probe, text), stacklevel=2)
+        enabled = [p for p in self.probes if p.name not in self.disabled]
+        due, errors = self.gate.due(enabled, first, first if last is None else last)
+        for name, err in errors.items():
+            probe = self._probe(name)
+            self._fail_here(probe, f"the schedule of probe {name!r} raised {type(err).__name__} at step {first}: {err}")
+            if name in self.disabled:
+                due.remove(probe)
         return due
+
+    def _thin(self, due: list[Probe], count: bool) -> list[Probe]:
+        """With a budget, on a due step it skips: only the probes with their own schedule (never thinned).
+
+        ``count``: the step is final (after the optimizer step), so a skip is counted.
+        """
+        if self.budget is None or all(p.schedule is not None for p in due) or self.budget.admits():
+            return due
+        if count:
+            self.budget.skip()
+        return [p for p in due if p.schedule is not None]
+
+    def _probe(self, name: str) -> Probe:
+        return next(p for p in self.probes if p.name == name)
 
     def _take_batch(self, batch: Any) -> None:
         """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
@@ -400,10 +410,9 @@ class Monitor:
     def _run(self, record: StepRecord) -> None:
         started = time.perf_counter()
         self._detach_streaming()
-        live = self._live(record.due)
-        for group in forward_groups([p for p in live if p.kind == "snapshot"], self._names):
-            run_group(group, self.adapter, self._names, self._guarded)
-        for probe in live:
+        for group in forward_groups([p for p in record.due if p.kind == "snapshot"], self._names):
+            run_group(group, self.adapter, self._names, self._guarded)  # every rank runs the same forwards (FSDP)
+        for probe in self._live(record.due):
             if probe.kind != "snapshot":
                 self._guarded(probe, probe.evaluate)
         record.flags_WP, _ = reduce_states(record.due, self._flags())  # collective: every rank, by step only
@@ -500,14 +509,17 @@ class Monitor:
             with torch.no_grad():  # a probe never builds graph: a state tied to autograd would grow every step
                 return fn(*args)
         except Exception as err:  # caveat: a failing probe must never stop the run it watches
-            text = f"probe {probe.name!r} raised {type(err).__name__}: {err}"
-            if world_size() == 1:
-                warnings.warn(self._disable(probe, text), stacklevel=2)
-            elif probe.name not in self._failed:
-                where = f"on rank {rank()}; it is disabled on every rank at the next scheduled step"
-                warnings.warn(f"{text} {where}", stacklevel=2)
-                self._failed[probe.name] = text
+            self._fail_here(probe, f"probe {probe.name!r} raised {type(err).__name__}: {err}")
             return None
+
+    def _fail_here(self, probe: Probe, text: str) -> None:
+        """A failure on this rank: disabled at once in one process; under DDP flagged for the step's collective."""
+        if world_size() == 1:
+            warnings.warn(self._disable(probe, text), stacklevel=3)
+        elif probe.name not in self._failed:
+            where = f"on rank {rank()}; it is disabled on every rank at the next scheduled step"
+            warnings.warn(f"{text} {where}", stacklevel=3)
+            self._failed[probe.name] = text
 
     def close(self) -> None:
         """End the run: remove every hook, drain off-thread results, stop workers, close the writer."""
@@ -543,6 +555,7 @@ class Monitor:
         for probe in self.probes:
             probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
         self._waiting = [p for p in self._waiting if getattr(p, "needs_batch", False)]  # restored probe batches
+        self.gate.restore(self.probes)
         again = sorted(set(state.get("disabled", ())) & {p.name for p in self.probes})
         if again:  # the user may have fixed what made them fail; if not, they fail again, with an alert
             rank_zero_warn(f"mechmon: probes {again} were disabled in the run this state comes from; they run again")

@@ -1,11 +1,11 @@
 """Real 2-process DDP on CPU (gloo): one collective per scheduled step, same decisions on both ranks, rank 0 writes."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.distributed import run_ranks
 
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 
@@ -13,9 +13,7 @@ SCRIPT = Path(__file__).with_name("ddp_fit.py")
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[2]
-    )  # a deadlock would end here, in the timeout
+    done = run_ranks(SCRIPT, out, timeout=300)  # a deadlock would end here, in the timeout
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     return out, results, done.stderr
@@ -25,9 +23,11 @@ def test_one_collective_per_scheduled_step_on_every_rank(ranks):
     _, results, _ = ranks
     for r in results:
         assert r["world"] == 2 and r["global_step"] == 8
-        # schedule every(2): steps 1, 2, 4, 6, 8; one all_gather each for all five probes, none on other steps
-        assert r["collectives"] == {"1": 1, "2": 1, "4": 1, "6": 1, "8": 1}
-        assert r["kinds"] == ["all_gather"]
+        # at attach (step 0): the schedules compared once. Schedule every(2): steps 1, 2, 4, 6, 8; one all_gather
+        # each for all five probes, none on other steps; at step 1 one more, tiny: every rank holds the rows that
+        # the plateau probes (collapse, rank) take from training
+        assert r["collectives"] == {"0": 1, "1": 2, "2": 1, "4": 1, "6": 1, "8": 1}
+        assert r["kinds"] == ["all_gather", "all_reduce"]
 
 
 def test_both_ranks_reach_the_same_decisions_and_values(ranks):

@@ -65,3 +65,13 @@ def test_ddp_join_for_uneven_inputs_completes_and_says_why_nothing_was_evaluated
     assert [r["steps"] for r in results] == [8, 8, 4]
     assert all(r["latest"] == {} for r in results)
     assert "DistributedDataParallel.join() is on" in stderr
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rows_too_short_on_one_rank_under_lightning_ddp(tmp_path, world):
+    done = run_ranks(SCRIPT.with_name("disagree_fit.py"), world, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    same_everywhere(results)
+    assert all(r["steps"] == 6 for r in results) and results[0]["disabled"] == []
+    assert "mechmon/icl/score_nats" not in results[0]["latest"] and "mechmon/logits/norm_mean" in results[0]["latest"]

@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from mechmon.engine.front import Integration
+from mechmon.statefile import load_state, save_state
 
 __all__ = ["MechMonitorCallback", "STATE_FILE"]
 
@@ -86,7 +86,7 @@ class MechMonitorCallback(TrainerCallback, Integration):
         """Save the monitor's state beside the checkpoint just written."""
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
-            torch.save(self.engine.state_dict(), folder / STATE_FILE)
+            save_state(self.engine.state_dict(), folder / STATE_FILE)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -106,4 +106,13 @@ class MechMonitorCallback(TrainerCallback, Integration):
                 stacklevel=2,
             )
             return
-        self.engine.load_state_dict(torch.load(path, weights_only=False))
+        saved = load_state(path, "the monitor")
+        if saved is None:
+            return
+        try:
+            self.engine.load_state_dict(saved)
+        except Exception as err:  # caveat: a state file from elsewhere must not stop the run
+            reason = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                f"mechmon: cannot restore {path} ({reason}); the monitor goes on with what it read", stacklevel=2
+            )

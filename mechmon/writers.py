@@ -105,7 +105,10 @@ class TensorBoardWriter(NullWriter):
 
 
 def open_writer(
-    experiment: Any | None = None, loggers: Sequence[Any] = (), log_dir: str | os.PathLike | None = None
+    experiment: Any | None = None,
+    loggers: Sequence[Any] = (),
+    log_dir: str | os.PathLike | None = None,
+    purge_step: int | None = None,
 ) -> NullWriter:
     """The writing rank's writer.
 
@@ -114,6 +117,7 @@ def open_writer(
             the layout go there and scalars reach it through that logger's ``log_metrics``.
         loggers: objects with ``log_metrics(metrics, step)`` that receive every scalar.
         log_dir: folder of mechmon's own ``SummaryWriter`` when there is no ``experiment`` (``None``: loggers only).
+        purge_step: hide the events of ``log_dir`` at this step or later (a resumed run; ``SummaryWriter``'s own).
 
     A folder that cannot be written gives one warning and a writer that feeds the loggers only.
     """
@@ -124,7 +128,9 @@ def open_writer(
     try:
         from torch.utils.tensorboard import SummaryWriter
 
-        return TensorBoardWriter(SummaryWriter(str(log_dir)), loggers, own_scalars=True, owned=True)
+        return TensorBoardWriter(
+            SummaryWriter(str(log_dir), purge_step=purge_step), loggers, own_scalars=True, owned=True
+        )
     except Exception as err:  # caveat: an unwritable folder must not stop training
         warnings.warn(
             f"mechmon cannot write TensorBoard files to {log_dir}: {err}; metrics go to loggers only", stacklevel=2

@@ -174,6 +174,7 @@ class Monitor:
         writes: bool | None = None,
         compiled_forward: bool = False,
         progress_bar: bool = False,
+        purge_step: int | None = None,
     ) -> None:
         """Resolve the model, set the probes up and open the writer. Called once per run, on every rank.
 
@@ -192,6 +193,8 @@ class Monitor:
                 compiled module inside ``root`` is found without it.
             progress_bar: the driver draws a progress bar on the terminal (the live panel then stays off unless
                 ``console=True``; alert lines are written above the bar).
+            purge_step: a resumed run's first step: events that an earlier, killed run of the same ``log_dir``
+                wrote at this step or later are hidden (TensorBoard's ``purge_step``), so no step shows twice.
 
         Raises:
             RuntimeError: if no model is found or a probe needs a capture the model lacks.
@@ -206,7 +209,7 @@ class Monitor:
         rules = [rule for probe in self.probes for rule in probe.rules()] + self.config.rules
         self._waiting = [p for p in self.probes if getattr(p, "needs_batch", False)]
         writes = rank() == 0 if writes is None else writes
-        writer = open_writer(experiment, loggers, log_dir) if writes else None
+        writer = open_writer(experiment, loggers, log_dir, purge_step) if writes else None
         headlines = [p.key(p.headline) for p in self.probes if p.headline]
         ns = self.config.namespace
         view = ConsoleView(self.config.console, None, headlines, ns, progress_bar) if writes else None

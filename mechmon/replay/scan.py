@@ -23,6 +23,7 @@ from torch import nn
 from mechmon.alerts import Alert, Rule
 from mechmon.probe import Probe
 from mechmon.replay.checkpoints import Checkpoint, find_checkpoints, load_weights, probe_batch_of
+from mechmon.statefile import load_state, save_state
 
 __all__ = ["scan", "ScanResult", "load_factory", "probes_from_names", "DEFAULT_PROBES"]
 
@@ -140,8 +141,10 @@ def scan(
     if device is not None:
         model.to(device)
     batch = batch if batch is not None else probe_batch_of(ckpts)
-    monitor = Monitor(model, probes=probes, schedule=lambda step: True, rules=rules, log_dir=out, image_schedule=1)
-    done = _resume(monitor, out)
+    monitor = Monitor(probes=probes, schedule=lambda step: True, rules=rules, log_dir=out, image_schedule=1)
+    done, last = _resume(monitor, out)
+    # a scan killed after writing a step's events but before recording it: those events are hidden, then rewritten
+    monitor.attach(model, log_dir=out, purge_step=None if last is None else last + 1)
     try:
         with _bar(progress, console) as bar:
             task = bar.add_task("scan", total=len(ckpts))
@@ -152,7 +155,7 @@ def scan(
                 else:
                     _one(monitor, model, ckpt, batch, result, console)
                     done.add(str(ckpt.path.resolve()))
-                    torch.save({"done": sorted(done), "monitor": monitor.state_dict()}, out / STATE_FILE)
+                    save_state({"done": sorted(done), "monitor": monitor.state_dict()}, out / STATE_FILE)
                 bar.advance(task)
     finally:
         monitor.close()
@@ -173,14 +176,17 @@ def _one(monitor: Any, model: nn.Module, ckpt: Checkpoint, batch: Any, result: S
     result.evaluated.append(ckpt.step)
 
 
-def _resume(monitor: Any, out: Path) -> set[str]:
-    """Checkpoints a previous scan of ``out`` finished; its monitor state is restored."""
+def _resume(monitor: Any, out: Path) -> tuple[set[str], int | None]:
+    """Checkpoints a previous scan of ``out`` finished and its last step; the state waits for ``attach``.
+
+    A state file that cannot be read (cut, garbage, not mechmon's) is one warning: the scan starts afresh.
+    """
     path = out / STATE_FILE
-    if not path.is_file():
-        return set()
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by scan
+    state = load_state(path, "the scan", ("done", "monitor")) if path.is_file() else None
+    if state is None:
+        return set(), None
     monitor.load_state_dict(state["monitor"])
-    return set(state["done"])
+    return set(state["done"]), int(state["monitor"].get("last_step", -1))
 
 
 def _bar(enabled: bool, console: Console) -> Progress:

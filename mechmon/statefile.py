@@ -1,0 +1,54 @@
+"""mechmon's own state files: written atomically, read without unpickling code.
+
+A state file may come from elsewhere (a colleague's checkpoint folder, a Hub download), so it is read with
+``torch.load(..., weights_only=True)``: tensors, numbers, strings, lists and dicts only; a file that holds anything
+else (a planted ``__reduce__``) is refused, never run. A file that is missing, cut, garbage or of the wrong shape is
+one warning naming it, and the caller starts afresh: a damaged state file never stops a run. Files are written to a
+temporary file beside the target and renamed over it, so a kill leaves the old file or the new one, never a cut one.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["save_state", "load_state"]
+
+
+def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path: str | os.PathLike, what: str, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The dict saved in ``path``, or ``None`` with one warning when it cannot be trusted or read.
+
+    Args:
+        path: the file.
+        what: what starts afresh when the file is refused (for the warning), e.g. ``"the monitor"``.
+        keys: entries the dict must hold.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        problem = None if isinstance(state, dict) else f"it holds a {type(state).__name__}, not a dict"
+        missing = [k for k in keys if problem is None and k not in state]
+        problem = problem or (f"it lacks {missing}" if missing else None)
+    except Exception as err:  # caveat: a file from elsewhere must not stop the run
+        problem = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    if problem is None:
+        return state
+    warnings.warn(f"mechmon: cannot use {path} ({problem}); {what} starts afresh", stacklevel=2)
+    return None

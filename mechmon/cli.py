@@ -84,20 +84,20 @@ def _scan_parser(sub: Any) -> None:
     )
     scan.add_argument("--batch", type=Path, help="torch.save'd token ids [B, T] for probes that read real text")
     scan.add_argument("--device", help="device to run the model on (default: where the factory puts it)")
+    scan.add_argument("--prefix", help="key prefix of the model's weights when a checkpoint holds several (ema, model)")
 
 
 def _scan(args: argparse.Namespace) -> int:
     """``mechmon scan``: exit 0 when every checkpoint was measured, 1 when some failed, 2 on a usage error."""
-    import torch
-
     from mechmon.replay.scan import load_factory, probes_from_names, scan
 
     try:
         probes = probes_from_names([n.strip() for n in args.probes.split(",") if n.strip()])
         factory = load_factory(args.model_factory) if args.model_factory else None
-        batch = torch.load(args.batch, weights_only=True) if args.batch else None
-        result = scan(args.checkpoints, args.out, probes=probes, model_factory=factory, batch=batch, device=args.device)
-    except (ValueError, KeyError, ImportError, AttributeError, OSError) as err:
+        batch = _batch(args.batch) if args.batch else None
+        options = {"model_factory": factory, "batch": batch, "device": args.device, "prefix": args.prefix}
+        result = scan(args.checkpoints, args.out, probes=probes, **options)
+    except (ValueError, TypeError, KeyError, ImportError, AttributeError, OSError) as err:
         text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"mechmon scan: {text}", file=sys.stderr)
         return 2
@@ -108,6 +108,26 @@ def _scan(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 1 if result.failed else 0
+
+
+def _batch(path: Path) -> object:
+    """The ``--batch`` file: token ids ``[B, T]`` (or a dict with ``input_ids``), read without unpickling code.
+
+    Raises:
+        ValueError: if the file cannot be read or holds no integer ids ``[B, T]``.
+    """
+    from mechmon.probes.fixed_batch import batch_tokens
+    from mechmon.statefile import read_safely
+
+    try:
+        batch = read_safely(path)
+    except ValueError as err:
+        raise ValueError(f"cannot read --batch {path}: {err}") from None
+    try:
+        batch_tokens(batch, "--batch")
+    except TypeError as err:
+        raise ValueError(f"--batch {path}: {err}") from None
+    return batch
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -10,13 +10,14 @@ temporary file beside the target and renamed over it, so a kill leaves the old f
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["save_state", "load_state"]
+__all__ = ["save_state", "load_state", "read_safely"]
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -33,6 +34,25 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_safely(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with its failures as one readable line.
+
+    Raises:
+        ValueError: if the file cannot be read, or holds Python objects that only a full unpickler would build.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own notes on odd pickle protocols: the error says it all
+            return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except pickle.UnpicklingError:
+        raise ValueError(
+            "it holds Python objects beyond tensors, numbers, strings, lists and dicts (or is not a torch file); "
+            "mechmon never unpickles code"
+        ) from None
+    except Exception as err:  # caveat: any unreadable file is one line
+        raise ValueError(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}") from None
+
+
 def load_state(path: str | os.PathLike, what: str, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The dict saved in ``path``, or ``None`` with one warning when it cannot be trusted or read.
 
@@ -42,12 +62,12 @@ def load_state(path: str | os.PathLike, what: str, keys: tuple[str, ...] = ()) -
         keys: entries the dict must hold.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+        state = read_safely(path)
         problem = None if isinstance(state, dict) else f"it holds a {type(state).__name__}, not a dict"
         missing = [k for k in keys if problem is None and k not in state]
         problem = problem or (f"it lacks {missing}" if missing else None)
-    except Exception as err:  # caveat: a file from elsewhere must not stop the run
-        problem = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    except ValueError as err:
+        problem = str(err)
     if problem is None:
         return state
     warnings.warn(f"mechmon: cannot use {path} ({problem}); {what} starts afresh", stacklevel=2)

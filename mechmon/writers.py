@@ -35,6 +35,9 @@ class NullWriter:
     ) -> None:
         """Drop the layout."""
 
+    def flush(self) -> None:
+        """Nothing buffered."""
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -94,6 +97,11 @@ class TensorBoardWriter(NullWriter):
             return
         self.experiment.add_custom_scalars(tensorboard_order(scalar_layout(keys, headlines, levels)))
         self._layout_written = True
+
+    def flush(self) -> None:
+        """Write buffered events to disk."""
+        if self.experiment is not None:
+            self.experiment.flush()
 
     def close(self) -> None:
         """Flush, and close what we opened."""

@@ -87,3 +87,23 @@ def plain_run(monitor, model, optimizer, steps: int) -> None:
 @pytest.fixture
 def lm():
     return TinyLM()
+
+
+class Planted:
+    """A pickle payload: unpickling it creates ``marker``, as a planted ``__reduce__`` in a file from elsewhere would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def plant(path, marker) -> None:
+    """Write a state file at ``path`` that runs code (creates ``marker``) when unpickled; check that it would."""
+    torch.save({"last_step": 4, "evil": Planted(str(marker))}, path)
+    torch.load(path, weights_only=False)  # the payload works: an unsafe load runs it
+    assert os.path.exists(marker)
+    os.remove(marker)

@@ -2,6 +2,7 @@
 
 import math
 import shutil
+import time
 
 import lightning.pytorch as pl
 import pytest
@@ -11,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, Monitor, RankProbe, WeightsProbe
 from mechmon.cli import read_run
 from mechmon.replay import find_checkpoints, scan
-from tests.conftest import TinyLM, make_trainer, tiny_gpt2, token_loader
+from tests.conftest import TinyLM, make_trainer, plant, tiny_gpt2, token_loader
 from tests.test_cli import mechmon_command
 
 EVERY = 3
@@ -121,3 +122,82 @@ def test_the_scan_command_measures_a_folder_and_names_a_missing_factory(live_run
     assert "3 checkpoints measured" in done.stderr
     rank = read_run(tmp_path / "run")[0]["mechmon/repr_rank/rankme"]
     assert [s for s, _ in rank] == [3, 6, 9] and all(math.isfinite(v) for _, v in rank)
+
+
+def steps_of(run_dir, key="mechmon/induction/score_max"):
+    return [s for s, _ in read_run(run_dir)[0][key]]
+
+
+def test_a_scan_state_file_from_elsewhere_never_runs_code_and_the_scan_starts_afresh(live_run, tmp_path):
+    ckpts = sorted((live_run / "ckpt").iterdir())
+    scan(ckpts[:2], tmp_path / "run", probes=probes(), model_factory=TinyLM, progress=False)
+    plant(tmp_path / "run" / "mechmon_scan.pt", tmp_path / "pwned")
+    with pytest.warns(UserWarning, match="cannot use .*mechmon_scan.pt .*the scan starts afresh"):
+        again = scan(ckpts, tmp_path / "run", probes=probes(), model_factory=TinyLM, progress=False)
+    assert not (tmp_path / "pwned").exists() and again.evaluated == [3, 6, 9]
+    assert steps_of(tmp_path / "run") == [3, 6, 9]  # the first scan's events are hidden, not shown twice
+
+
+def test_a_scan_killed_after_writing_events_but_before_recording_them_shows_each_step_once(live_run, tmp_path):
+    """The state a kill leaves in that window: events of steps 3, 6, 9 on disk, the record saying only step 3."""
+    ckpts = sorted((live_run / "ckpt").iterdir())
+    scan(ckpts[:1], tmp_path / "one", probes=probes(), model_factory=TinyLM, progress=False)
+    scan(ckpts, tmp_path / "run", probes=probes(), model_factory=TinyLM, progress=False)
+    shutil.copy(tmp_path / "one" / "mechmon_scan.pt", tmp_path / "run" / "mechmon_scan.pt")
+    again = scan(ckpts, tmp_path / "run", probes=probes(), model_factory=TinyLM, progress=False)
+    assert again.skipped == [3] and again.evaluated == [6, 9]
+    assert steps_of(tmp_path / "run") == [3, 6, 9]
+
+
+def test_a_scan_killed_at_any_moment_neither_repeats_nor_skips_a_step(live_run, tmp_path):
+    """A real kill (SIGKILL) of the command as soon as its first events reach the disk, then a rerun."""
+    out = tmp_path / "run"
+    args = ["scan", str(live_run / "ckpt"), "--out", str(out), "--probes", "repr_rank", "--model-factory", "f:build"]
+    (tmp_path / "f.py").write_text("from tests.conftest import TinyLM\n\ndef build():\n    return TinyLM()\n")
+    proc = mechmon_command(*args, cwd=tmp_path, wait=False)
+    deadline = time.monotonic() + 120
+    written = lambda: any(f.stat().st_size > 400 for f in out.glob("events.out.tfevents.*"))  # noqa: E731
+    while time.monotonic() < deadline and proc.poll() is None and not written():
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    done = mechmon_command(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert steps_of(out, "mechmon/repr_rank/rankme") == [3, 6, 9]
+
+
+def test_a_damaged_first_hf_folder_is_reported_and_the_scan_goes_on(tmp_path):
+    model = tiny_gpt2()
+    for step in (2, 4):
+        model.save_pretrained(tmp_path / "hf" / f"checkpoint-{step}")
+    (tmp_path / "hf" / "checkpoint-2" / "config.json").write_text('{"model_type": "gpt2", "n_layer": ')
+    result = scan([tmp_path / "hf"], tmp_path / "out", probes=[WeightsProbe()], progress=False)
+    assert result.evaluated == [4] and [p.name for p, _ in result.failed] == ["checkpoint-2"]
+
+
+def test_a_checkpoint_holding_the_model_twice_is_refused_unless_a_prefix_is_chosen(tmp_path):
+    model = tiny_gpt2()
+    state = model.state_dict()
+    both = {**{f"model.{k}": v for k, v in state.items()}, **{f"ema.{k}": v * 0.5 for k, v in state.items()}}
+    torch.save(both, tmp_path / "step=5.pt")
+    refused = scan([tmp_path / "step=5.pt"], tmp_path / "a", probes=[WeightsProbe()], model_factory=tiny_gpt2)
+    assert refused.evaluated == [] and "prefixes ['ema', 'model']" in refused.failed[0][1]
+    ema = scan([tmp_path / "step=5.pt"], tmp_path / "b", probes=[WeightsProbe()], model_factory=tiny_gpt2, prefix="ema")
+    full = scan([tmp_path / "step=5.pt"], tmp_path / "c", probes=[WeightsProbe()], model_factory=tiny_gpt2,
+                prefix="model")  # fmt: skip
+    assert ema.evaluated == full.evaluated == [5]
+    assert ema.latest["mechmon/weights/norm"] == pytest.approx(0.5 * full.latest["mechmon/weights/norm"])
+
+
+@pytest.mark.parametrize("content", ["garbage", "floats", "planted"])
+def test_a_bad_batch_file_is_one_line_and_exit_code_2(live_run, tmp_path, content):
+    path = tmp_path / "batch.pt"
+    if content == "garbage":
+        path.write_bytes(b"\x80not a tensor file")
+    elif content == "floats":
+        torch.save(torch.rand(2, 16), path)
+    else:
+        plant(path, tmp_path / "pwned")
+    done = mechmon_command("scan", str(live_run / "ckpt"), "--out", str(tmp_path / "o"), "--batch", str(path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--batch" in done.stderr and not (tmp_path / "pwned").exists()

@@ -524,6 +524,10 @@ class Monitor:
             warnings.warn(f"{text} {where}", stacklevel=3)
             self._failed[probe.name] = text
 
+    def flush(self) -> None:
+        """Write the events published so far to disk (before recording progress that says they are there)."""
+        self.publisher.flush()
+
     def close(self) -> None:
         """End the run: remove every hook, drain off-thread results, stop workers, close the writer."""
         self._detach_streaming()

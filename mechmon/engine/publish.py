@@ -125,6 +125,10 @@ class Publisher:
                 except Exception as err:  # caveat: a user's pager timing out must not stop the run
                     warnings.warn(f"mechmon: on_alert callable {fn!r} raised {type(err).__name__}: {err}", stacklevel=2)
 
+    def flush(self) -> None:
+        """Write the writer's buffered events to disk."""
+        self._write("flush")
+
     def close(self) -> None:
         """Stop the console and close the writer."""
         if self.view is not None:

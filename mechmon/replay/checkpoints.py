@@ -123,35 +123,55 @@ def _state_dict_of(ckpt: Checkpoint) -> Mapping[str, torch.Tensor]:
     return data
 
 
-def matched(state: Mapping[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:
+def matched(state: Mapping[str, torch.Tensor], wanted: set[str], prefix: str | None = None) -> dict[str, torch.Tensor]:
     """``state`` with one leading prefix removed when that makes its keys the model's (``model.h.0...`` -> ``h.0...``).
 
+    Args:
+        state: the checkpoint's state dict.
+        wanted: the model's keys.
+        prefix: the leading prefix to strip (``"ema"``); ``None``: the keys as they are, else the one prefix that fits.
+
     Raises:
-        ValueError: if neither the keys nor the keys without one common prefix cover the model's.
+        ValueError: if no prefix makes the keys the model's, or several do (an EMA or teacher copy beside the model:
+            the message names them; pass ``prefix``).
     """
-    if wanted <= set(state):
+    if prefix is None and wanted <= set(state):
         return {k: state[k] for k in wanted}
-    prefixes = {k.split(".", 1)[0] for k in state if "." in k}
-    for prefix in sorted(prefixes):
-        stripped = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    prefixes = sorted({k.split(".", 1)[0] for k in state if "." in k}) if prefix is None else [prefix]
+    fits = {}
+    for p in prefixes:
+        stripped = {k[len(p) + 1 :]: v for k, v in state.items() if k.startswith(p + ".")}
         if wanted <= set(stripped):
-            return {k: stripped[k] for k in wanted}
+            fits[p] = {k: stripped[k] for k in wanted}
+    if len(fits) > 1:
+        raise ValueError(
+            f"the checkpoint holds the model {len(fits)} times, under the prefixes {sorted(fits)} (an EMA or teacher "
+            "copy?); choose one with prefix= (CLI: --prefix NAME)"
+        )
+    if fits:
+        return next(iter(fits.values()))
     missing = sorted(wanted - set(state))[:3]
+    where = f"under the prefix {prefix!r}" if prefix is not None else "with or without a leading prefix"
     raise ValueError(
-        f"the checkpoint's keys do not match the model (missing {missing}, with or without a leading prefix); "
+        f"the checkpoint's keys do not match the model (missing {missing}, {where}); "
         "pass a model factory that builds the module this state dict belongs to"
     )
 
 
-def load_weights(model: nn.Module, ckpt: Checkpoint) -> None:
+def load_weights(model: nn.Module, ckpt: Checkpoint, prefix: str | None = None) -> None:
     """Copy ``ckpt``'s weights into ``model`` in place (buffers too; the model keeps its device and dtype).
 
+    Args:
+        model: the module the weights belong to.
+        ckpt: the checkpoint.
+        prefix: the leading key prefix the model's weights sit under (see :func:`matched`).
+
     Raises:
-        ValueError: if the checkpoint's keys do not match the model's, with or without one leading prefix.
+        ValueError: if the checkpoint's keys do not match the model's, or match under several prefixes.
         OSError, RuntimeError: if the file cannot be read or a shape differs.
     """
     wanted = set(model.state_dict())
-    model.load_state_dict(matched(_state_dict_of(ckpt), wanted), strict=True)
+    model.load_state_dict(matched(_state_dict_of(ckpt), wanted, prefix), strict=True)
 
 
 def probe_batch_of(ckpts: Iterable[Checkpoint]) -> dict[str, torch.Tensor] | None:

@@ -76,7 +76,10 @@ def _replayable(probes: Sequence[Probe]) -> None:
             )
 
 
-def _first_model(ckpts: list[Checkpoint], factory: Callable[[], nn.Module] | None) -> nn.Module:
+def _first_model(
+    ckpts: list[Checkpoint], factory: Callable[[], nn.Module] | None, result: ScanResult, console: Console
+) -> nn.Module:
+    """The factory's model, else the first HF folder's that builds (the others before it are reported as failed)."""
     if factory is not None:
         return factory()
     hf = [c for c in ckpts if c.format == "hf"]
@@ -87,7 +90,18 @@ def _first_model(ckpts: list[Checkpoint], factory: Callable[[], nn.Module] | Non
         )
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(hf[0].path)
+    for ckpt in hf:
+        try:
+            return AutoModelForCausalLM.from_pretrained(ckpt.path)
+        except Exception as err:  # caveat: one damaged folder (a cut config.json) must not stop the scan
+            _failed(ckpt, err, result, console)
+    raise ValueError(f"scan(checkpoints=...): no HF folder builds a model ({len(hf)} tried, each reported above)")
+
+
+def _failed(ckpt: Checkpoint, err: Exception, result: ScanResult, console: Console) -> None:
+    reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    console.print(f"[red]mechmon scan: cannot load {ckpt.path}: {reason}[/]", highlight=False)
+    result.failed.append((ckpt.path, reason))
 
 
 def scan(
@@ -99,6 +113,7 @@ def scan(
     batch: Any = None,
     rules: Sequence[Rule] = (),
     device: str | torch.device | None = None,
+    prefix: str | None = None,
     progress: bool = True,
     console: Console | None = None,
 ) -> ScanResult:
@@ -116,6 +131,8 @@ def scan(
             Lightning checkpoints (so values equal the live run's), else those probes log nothing.
         rules: extra alert rules, as for :class:`~mechmon.engine.Monitor`.
         device: where the model runs (default: where the factory put it).
+        prefix: the key prefix the model's weights sit under in each checkpoint (``"ema"``, ``"model"``); needed
+            when a checkpoint holds the model under several prefixes (an EMA or teacher copy beside it).
         progress: show a progress bar.
         console: where progress and one-line errors go (default stderr).
 
@@ -124,6 +141,9 @@ def scan(
 
     Raises:
         ValueError: if no checkpoint is found, a probe cannot be replayed, or no model can be built.
+
+    A checkpoint that holds the model under several prefixes is refused (reported as failed, naming them) unless
+    ``prefix`` is given: mechmon never picks one copy silently.
     """
     from mechmon.engine import Monitor
 
@@ -137,14 +157,18 @@ def scan(
         console.print(f"[red]mechmon scan: skipped {path}: {reason}[/]", highlight=False)
     if not ckpts:
         raise ValueError(f"scan(checkpoints=...): no checkpoint found in {list(map(str, checkpoints))}")
-    model = _first_model(ckpts, model_factory)
+    model = _first_model(ckpts, model_factory, result, console)
     if device is not None:
         model.to(device)
     batch = batch if batch is not None else probe_batch_of(ckpts)
     monitor = Monitor(probes=probes, schedule=lambda step: True, rules=rules, log_dir=out, image_schedule=1)
     done, last = _resume(monitor, out)
+    if last is None:  # a new scan: its state file marks the folder as a scan's before any event is written
+        out.mkdir(parents=True, exist_ok=True)
+        save_state({"done": [], "monitor": {"last_step": -1}}, out / STATE_FILE)
+        last = -1
     # a scan killed after writing a step's events but before recording it: those events are hidden, then rewritten
-    monitor.attach(model, log_dir=out, purge_step=None if last is None else last + 1)
+    monitor.attach(model, log_dir=out, purge_step=last + 1)
     try:
         with _bar(progress, console) as bar:
             task = bar.add_task("scan", total=len(ckpts))
@@ -153,8 +177,9 @@ def scan(
                 if str(ckpt.path.resolve()) in done or ckpt.step <= monitor.last_step:
                     result.skipped.append(ckpt.step)
                 else:
-                    _one(monitor, model, ckpt, batch, result, console)
+                    _one(monitor, model, ckpt, batch, prefix, result, console)
                     done.add(str(ckpt.path.resolve()))
+                    monitor.flush()  # the events are on disk before the state says the step is done
                     save_state({"done": sorted(done), "monitor": monitor.state_dict()}, out / STATE_FILE)
                 bar.advance(task)
     finally:
@@ -163,13 +188,14 @@ def scan(
     return result
 
 
-def _one(monitor: Any, model: nn.Module, ckpt: Checkpoint, batch: Any, result: ScanResult, console: Console) -> None:
+def _one(monitor: Any, model: nn.Module, ckpt: Checkpoint, batch: Any, prefix: str | None, result: ScanResult,
+         console: Console) -> None:  # fmt: skip
+    if any(path == ckpt.path for path, _ in result.failed):  # its model could not be built: reported once
+        return
     try:
-        load_weights(model, ckpt)
+        load_weights(model, ckpt, prefix)
     except Exception as err:  # caveat: one unreadable checkpoint must not stop the scan
-        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
-        console.print(f"[red]mechmon scan: cannot load {ckpt.path}: {reason}[/]", highlight=False)
-        result.failed.append((ckpt.path, reason))
+        _failed(ckpt, err, result, console)
         return
     monitor.begin_batch(ckpt.step, batch)
     monitor.after_optimizer_step(ckpt.step)
@@ -183,8 +209,8 @@ def _resume(monitor: Any, out: Path) -> tuple[set[str], int | None]:
     """
     path = out / STATE_FILE
     state = load_state(path, "the scan", ("done", "monitor")) if path.is_file() else None
-    if state is None:
-        return set(), None
+    if state is None:  # a refused file was ours: hide its run's events, they are written again
+        return set(), (-1 if path.is_file() else None)
     monitor.load_state_dict(state["monitor"])
     return set(state["done"]), int(state["monitor"].get("last_step", -1))
 

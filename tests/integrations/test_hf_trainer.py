@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, NLMProbe, Threshold, every
 from mechmon.hf import STATE_FILE, MechMonitorCallback
 from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2
+from tests.conftest import CTX, VOCAB, hook_count, plant, tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
 
@@ -72,3 +72,23 @@ def test_trainer_fit_writes_event_files_and_resumes_without_refiring(tmp_path):
     assert scalar_steps(acc, "mechmon/logits/norm_mean") == [6, 8]
     assert "mechmon/alerts/marker" not in acc.Tags()["scalars"]  # restored: the marker does not fire again
     assert [(a.rule, a.step) for a in second.alerts] == [("marker", 1)]
+
+
+@pytest.mark.parametrize("damage", ["planted", "truncated", "garbage", "a list"])
+def test_a_state_file_from_elsewhere_never_runs_code_nor_stops_the_resume(tmp_path, damage):
+    train(tmp_path, make(None), max_steps=4)
+    path = tmp_path / "out" / "checkpoint-4" / STATE_FILE
+    marker = tmp_path / "pwned"
+    if damage == "planted":
+        plant(path, marker)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 40)
+    else:
+        torch.save([1, 2, 3], path)
+    second = make(tmp_path / "resumed")
+    with pytest.warns(UserWarning, match=rf"cannot use .*{STATE_FILE}.*the monitor starts afresh"):
+        train(tmp_path, second, max_steps=6, resume=str(path.parent))
+    assert not marker.exists()
+    assert scalar_steps(read_events(tmp_path / "resumed"), "mechmon/logits/norm_mean") == [6]

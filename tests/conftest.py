@@ -90,7 +90,7 @@ def lm():
 
 
 class Planted:
-    """A pickle payload: unpickling it creates ``marker``, as a planted ``__reduce__`` in a file from elsewhere would."""
+    """A pickle payload: unpickling it creates ``marker``, as a planted ``__reduce__`` would."""
 
     def __init__(self, marker):
         self.marker = marker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def print_summary(run_dir: Path, console: Console | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mechmon`` console script; returns the exit code (2: a run folder without event files)."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{message}\n"  # one plain line on stderr
     parser = argparse.ArgumentParser(prog="mechmon", description="mechmon: live mechanistic monitoring of training")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("probes", help="list the registered probes")

@@ -127,7 +127,8 @@ def write_report(run_dir: str | Path, out: str | Path, *, as_html: bool = False,
         rows = "".join(f"<tr><td>{s}</td><td>{html.escape(t)}</td></tr>" for s, t in run.alerts)
         rows = rows or "<tr><td>none</td></tr>"
         body = "".join(
-            f'<h2 id="{p}">{namespace}/{p}</h2><img src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+            f'<h2 id="{html.escape(p)}">{html.escape(f"{namespace}/{p}")}</h2>'
+            f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}">'
             for p, b in pngs.items()
         )
         page = (

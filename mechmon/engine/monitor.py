@@ -14,6 +14,7 @@ import contextlib
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,7 @@ class Monitor:
         ns = self.config.namespace
         view = ConsoleView(self.config.console, None, headlines, ns, progress_bar) if writes else None
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners], headlines)
+        weakref.finalize(self, self.publisher.close)  # a run that ends by an exception: events flushed at exit
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())
         for name, reason in self.gate.attach(root, self.probes, self._device).items():  # the same on every rank

@@ -9,6 +9,7 @@ logits above all, is kept alive through the backward), and, when the driver hand
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ class Stream:
         self.stack = contextlib.ExitStack()
         self.caps: dict[str, Tensor] = {}
         self.errors: dict[str, Exception] = {}  # capture hooks that failed inside the training forward
+        self.post: Any = None  # the feeding hook, also called when the training forward raises
 
     @classmethod
     def open(
@@ -75,8 +77,7 @@ class Stream:
             )
             stream.stack.callback(pre.remove)
         if tap or wanted:  # feed right after the forward: no capture outlives it into the backward
-            post = adapter.model.register_forward_hook(lambda m, a, o: stream._after_forward() if m.training else None)
-            stream.stack.callback(post.remove)
+            stream.post = adapter.model.register_forward_hook(stream._after_forward, always_call=True)
         return stream
 
     def next_batch(self, batch: Any) -> None:
@@ -85,7 +86,19 @@ class Stream:
             self.batch = batch
         self.fed = False
 
-    def _after_forward(self) -> None:
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """After each forward of the model: feed the probes; if the training forward raised, unhook the step.
+
+        A training forward that raises (out of memory, a bad batch) may end the run with no callback after it (the
+        HF ``Trainer`` has no exception hook): every hook of the step goes at once.
+        """
+        if not module.training:
+            return
+        if output is None:  # torch calls always-call hooks with no output when the forward raised
+            self.stack.close()
+            self.caps.clear()
+            self._unhook(module)
+            return
         self.feed(self.batch)
         self.fed = True
 
@@ -105,9 +118,22 @@ class Stream:
                 self._update(probe, self.caps, batch)
         self.caps.clear()
 
+    def _unhook(self, module: nn.Module) -> None:
+        """Remove this hook from inside its own call on the exception path.
+
+        caveat: torch is iterating ``module._forward_hooks`` at that moment, so the handle's ``remove`` (a ``del``)
+        would break its loop; binding a copy without this hook leaves the dict being iterated as it is.
+        """
+        hook_id = self.post.id
+        module._forward_hooks = OrderedDict((k, h) for k, h in module._forward_hooks.items() if k != hook_id)
+        module._forward_hooks_always_called.pop(hook_id, None)
+        self.post = None
+
     def close(self) -> None:
         """Remove every hook this stream attached."""
         self.stack.close()
+        if self.post is not None:
+            self.post.remove()
 
 
 def model_inputs(args: tuple, kwargs: dict) -> Any:

@@ -92,3 +92,24 @@ def test_a_state_file_from_elsewhere_never_runs_code_nor_stops_the_resume(tmp_pa
         train(tmp_path, second, max_steps=6, resume=str(path.parent))
     assert not marker.exists()
     assert scalar_steps(read_events(tmp_path / "resumed"), "mechmon/logits/norm_mean") == [6]
+
+
+class HalfBad(Tokens):
+    """Half the rows hold a token id past the vocabulary: a training forward raises within the first steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids[32:, 5] = VOCAB + 5
+
+
+def test_a_training_forward_that_raises_leaves_no_hook_on_the_model(tmp_path):
+    callback = MechMonitorCallback(probes=[LogitsProbe(), CollapseProbe()], schedule=every(1), log_dir=tmp_path / "tb")
+    model = tiny_gpt2()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4,
+                                          report_to=[], use_cpu=True, disable_tqdm=True)  # fmt: skip
+    with pytest.raises(IndexError):
+        transformers.Trainer(model=model, args=args, train_dataset=HalfBad(), callbacks=[callback]).train()
+    assert hook_count(model) == 0  # the step's capture, input and feeding hooks went with the exception
+    callback.close()  # flushes the event files (the interpreter's exit does it too)
+    steps = scalar_steps(read_events(tmp_path / "tb"), "mechmon/logits/norm_mean") if callback.engine.latest else []
+    assert steps == list(range(1, len(steps) + 1))  # every step before the failing one

@@ -57,6 +57,7 @@ class MechMonitorCallback(TrainerCallback, Integration):
             writes=state.is_world_process_zero,
             compiled_forward=bool(getattr(args, "torch_compile", False)),
             progress_bar=not getattr(args, "disable_tqdm", True),
+            purge_step=state.global_step + 1 if state.global_step > 0 else None,  # a killed run's later steps hidden
         )
         if state.global_step > 0:
             self._restore(args, state)

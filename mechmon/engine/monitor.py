@@ -377,11 +377,12 @@ class Monitor:
 
         ``count``: the step is final (after the optimizer step), so a skip is counted.
         """
-        if self.budget is None or all(p.schedule is not None for p in due) or self.budget.admits():
+        if self.budget is None or all(p.schedule is not None for p in due):
             return due
+        admitted = self.budget.admits()
         if count:
-            self.budget.skip()
-        return [p for p in due if p.schedule is not None]
+            self.budget.take() if admitted else self.budget.skip()
+        return due if admitted else [p for p in due if p.schedule is not None]
 
     def _probe(self, name: str) -> Probe:
         return next(p for p in self.probes if p.name == name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 import warnings
 import weakref
@@ -151,6 +152,7 @@ class Monitor:
         self._handles: list[Any] = []  # persistent hooks (optimizer steps, first-batch tap): removed in close()
         self._stepped = False
         self._tapping = False
+        self._thread: int | None = None  # the thread that drives the steps (see _one_thread)
         self._pending: dict[str, Any] | None = None
         self._rule_keys = RuleKeys((), (), self.config.namespace)  # the real one is built in attach
         if model is not None:
@@ -201,6 +203,7 @@ class Monitor:
             RuntimeError: if no model is found or a probe needs a capture the model lacks.
         """
         self.adapter = resolve_adapter(root, self.config.adapter, self.config.submodule)
+        self._thread = None
         params = list(self.adapter.model.parameters())
         self._device, self._failed = (params[0].device if params else torch.device("cpu")), {}
         for probe in self.probes:
@@ -300,6 +303,7 @@ class Monitor:
         self._step = step
         if self.adapter is None:  # not attached yet
             return
+        self._one_thread()
         if self._waiting:
             if batch is not None:
                 self._take_batch(batch)
@@ -315,6 +319,21 @@ class Monitor:
                 )
         if self._stream is not None:
             self._stream.next_batch(batch)
+
+    def _one_thread(self) -> None:
+        """A monitor is driven from one thread: its step state and hooks are not shared between training loops.
+
+        Raises:
+            RuntimeError: at the first step a second thread drives (one monitor per loop is the fix).
+        """
+        me = threading.get_ident()
+        if self._thread is None:
+            self._thread = me
+        elif self._thread != me:
+            raise RuntimeError(
+                f"mechmon: this Monitor is driven from thread {self._thread} and now from thread {me}: one Monitor "
+                "serves one training loop; give each thread its own Monitor (and its own model)"
+            )
 
     def _update(self, probe: Probe, caps: dict[str, Tensor], batch: Any) -> None:
         if self._live([probe]):

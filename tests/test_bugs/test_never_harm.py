@@ -265,3 +265,35 @@ def test_manual_optimization_with_two_optimizers_evaluates_every_scheduled_step_
     scheduled = {0, 2, 4, 7, 9}  # batch indices ending at the steps above
     assert [i for i, n in enumerate(module.hooked) if n] == sorted(scheduled)
     assert hook_count(module.model) == 0
+
+
+def test_a_second_thread_driving_the_same_monitor_gets_one_clear_error_and_the_first_goes_on():
+    import threading
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), log_dir=None)
+    batch = torch.randint(1, VOCAB, (2, CTX))
+    errors: list[BaseException] = []
+
+    def loop(first: int, steps: int) -> None:
+        try:
+            for step in range(first, first + steps):
+                with monitor.step(step, batch):
+                    model(input_ids=batch, labels=batch).loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+        except BaseException as err:  # what reaches this thread's training loop
+            errors.append(err)
+
+    main = threading.Thread(target=loop, args=(1, 3))
+    main.start()
+    main.join()
+    other = threading.Thread(target=loop, args=(4, 3))
+    other.start()
+    other.join()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "one Monitor serves one training loop" in str(errors[0])
+    loop(4, 2)  # the main thread is not the first either: one loop per monitor, whichever thread
+    assert len(errors) == 2 and monitor.last_step == 3 and hook_count(model) == 0
+    monitor.close()

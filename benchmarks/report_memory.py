@@ -8,17 +8,16 @@ wall time and peak resident memory.
 """
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
-
 
 def write_run(folder: Path, steps: int, keys: int) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
     with SummaryWriter(str(folder), max_queue=10_000) as writer:
         for step in range(1, steps + 1):
             for k in range(keys):
@@ -27,27 +26,37 @@ def write_run(folder: Path, steps: int, keys: int) -> int:
 
 
 def measure(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of ``mechmon ARGS`` in a fresh interpreter."""
-    code = "import sys; from mechmon.cli import main; sys.exit(main(sys.argv[1:]))"
+    """Wall seconds and peak RSS (MiB) of ``mechmon ARGS`` in a fresh interpreter (its own ``ru_maxrss``)."""
+    code = (
+        "import resource, sys; from mechmon.cli import main; code = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    )
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(done.stderr)
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return wall, int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--keys", type=int, default=60)
+    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # the child that writes the run
     args = parser.parse_args()
+    if args.write:
+        write_run(args.write, args.steps, args.keys)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        size = write_run(run, args.steps, args.keys)
+        # written by a child: this process stays small, and a child's peak RSS starts from its parent's at fork
+        subprocess.run([sys.executable, __file__, "--write", str(run), "--steps", str(args.steps), "--keys",
+                        str(args.keys)], check=True)  # fmt: skip
+        size = sum(f.stat().st_size for f in run.glob("events.out.tfevents.*"))
         print(f"run: {args.steps} steps x {args.keys} keys, {size / 2**20:.1f} MiB of events")
         for command in (["summary", str(run)], ["report", str(run), "-o", str(Path(tmp) / "report.png")]):
-            wall, peak = measure(command)  # ru_maxrss of children: the largest so far, so summary runs first
+            wall, peak = measure(command)
             print(f"mechmon {command[0]:8s} {wall:6.1f} s  peak RSS {peak:6.0f} MiB")
 
 

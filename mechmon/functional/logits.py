@@ -144,9 +144,10 @@ def flatten_rows(
 def row_chunks(rows: int, vocab: int, logits_bytes: int, allowance: int = 64 * 2**20) -> int:
     """Rows per chunk so that a chunk's temporaries stay within ``allowance`` + 10 % of the logits' bytes.
 
-    A chunk's temporaries are bounded by 32 bytes per logit (:func:`row_stats` keeps one ``exp`` of the chunk, plus a
-    float32 copy of 16-bit logits and, for a τ other than the logits' dtype, a copy in τ and its ``exp``), so the
-    probe's extra peak is at most that budget whatever the batch, vocabulary or dtype.
+    A chunk's temporaries are bounded by 32 bytes per logit (:func:`row_stats` keeps one ``[R, V]`` of the chunk at a
+    time, plus a float32 copy of 16-bit logits; a τ other than the logits' dtype, or the float64 test, a copy in
+    that dtype and its ``exp``: 16 bytes), so the probe's extra peak is at most that budget whatever the batch,
+    vocabulary or dtype.
     """
     budget = allowance + logits_bytes // 10
     return max(1, min(rows, budget // (32 * vocab)))
@@ -177,44 +178,46 @@ def measured_absorption_gap(vocab: int, dtype: torch.dtype, device: torch.device
     return torch.where(collapsed_G.any(), gaps_G[first], torch.full_like(gaps_G[0], math.inf))
 
 
-def row_stats(logits_RV: Tensor, targets_R: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
-    """Every per-row statistic of the logits probe from one exponential pass (A1-A3, A8).
+def row_stats(logits_RV: Tensor, targets_R: Tensor, dtype: torch.dtype, fp64: bool = False) -> dict[str, Tensor]:
+    """Every per-row statistic of the logits probe, equal row for row to the paper's own code (A1-A3, A8).
 
-    The top-2 values give the maximum m, the argmax and the gap; E = exp(z - m) gives S = Σ E (the absorption
-    test in τ when τ is E's dtype, the log-partition m + log S and the loss log S + m - z_target); the
-    non-max terms r = S - 1, summed with the argmax term zeroed (so nothing absorbs them), give the float64 test
-    1 + r == 1. E is computed in the logits' dtype (float32 for 16-bit logits). Equal to :func:`softmax_collapse`,
-    :func:`row_losses`, :func:`top2_gap` and :func:`log_partition` up to the rounding of r and the summation order;
-    a τ other than that dtype runs :func:`softmax_collapse` and :func:`row_losses` in τ instead. Temporaries: one
-    ``[R, V]`` (plus the float32 copy of 16-bit logits).
+    The collapse test is the authors' ``compute_softmax_collapse``: in τ, ``sum(exp(z - max)) == 1`` summed by
+    ``torch.sum`` (one exponential pass when τ is the logits' compute dtype, :func:`softmax_collapse` otherwise).
+    The loss is their ``softmax_cross_entropy``: ``-log_softmax(z, dtype=τ)`` at the target, so a zero loss is
+    exactly their zero term (the log-softmax kernel sums in its own order: no other formula gives the same rows).
+    Log Z = max + log of that sum (``logsumexp`` when τ is another dtype), in float32. Temporaries: one
+    ``[R, V]`` at a time in τ (plus the float32 copy of 16-bit logits; with ``fp64``, a float64 copy and its
+    ``exp``).
 
     Args:
         logits_RV: logits ``[R, V]`` of any float dtype, ``V >= 2``.
         targets_R: int64 class ids ``[R]`` in [0, V).
         dtype: τ, the loss dtype.
+        fp64: also run the collapse test in float64 (the paper's counterfactual; a float64 pass over the logits).
 
     Returns:
-        ``[R]`` each: ``collapsed`` and ``collapsed_fp64`` (bool), ``loss`` (nats, in τ), ``gap`` (nats),
-        ``max``, ``norm`` and ``log_z`` (float32), ``correct`` (bool).
+        ``[R]`` each: ``collapsed`` (bool), ``loss`` (nats, in τ), ``gap`` (nats), ``max``, ``norm`` and ``log_z``
+        (float32), ``correct`` (bool), and with ``fp64`` ``collapsed_fp64`` (bool).
     """
     z_RV = logits_RV if logits_RV.dtype in (torch.float32, torch.float64) else logits_RV.float()
     top = z_RV.topk(2, dim=-1)
-    m_R1 = top.values[:, :1]
-    e_RV = torch.sub(z_RV, m_R1).exp_()  # the only [R, V] temporary
-    s_R = e_RV.sum(dim=-1)
-    rest_R = e_RV.scatter_(1, top.indices[:, :1], 0.0).sum(dim=-1)
-    z_t_R = z_RV.gather(1, targets_R[:, None])[:, 0]
+    m_R = top.values[:, 0]
     if dtype == z_RV.dtype:
-        collapsed, loss = s_R == 1, s_R.log() + (m_R1[:, 0] - z_t_R)
+        s_R = torch.sub(z_RV, m_R[:, None]).exp_().sum(dim=-1)  # one [R, V] temporary
+        collapsed, log_z = s_R == 1, m_R + s_R.log()
     else:
-        collapsed, loss = softmax_collapse(z_RV, dtype), row_losses(z_RV, targets_R, dtype)
-    return {
+        collapsed, log_z = softmax_collapse(z_RV, dtype), torch.logsumexp(z_RV, dim=-1)
+    logp_RV = F.log_softmax(z_RV, dim=-1, dtype=dtype)
+    out = {
         "collapsed": collapsed,
-        "collapsed_fp64": (1.0 + rest_R.double()) == 1.0,
-        "loss": loss,
-        "gap": (top.values[:, 0] - top.values[:, 1]).float(),
-        "max": m_R1[:, 0].float(),
+        "loss": -logp_RV.gather(1, targets_R[:, None])[:, 0],
+        "log_z": log_z.float(),
+        "gap": (m_R - top.values[:, 1]).float(),
+        "max": m_R.float(),
         "norm": torch.linalg.vector_norm(z_RV, dim=-1).float(),
-        "log_z": (m_R1[:, 0] + s_R.log()).float(),
         "correct": top.indices[:, 0] == targets_R,
     }
+    del logp_RV
+    if fp64:
+        out["collapsed_fp64"] = softmax_collapse(z_RV, torch.float64)
+    return out

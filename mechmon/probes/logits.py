@@ -16,8 +16,8 @@ key                                            meaning                          
 =============================================  ==========================================  ==========  ======
 ``<ns>/logits/softmax_collapse_frac``          rows whose exp-sum rounds to 1 in the loss   [0, 1]      sum
                                                dtype τ (absorption test, A1)
-``<ns>/logits/softmax_collapse_frac_fp64``     1 + (non-max terms) == 1 in fp64 (≈ 0        [0, 1]      sum
-                                               unless semantic)
+``<ns>/logits/softmax_collapse_frac_fp64``     the same test in float64 (the paper's        [0, 1]      sum
+                                               counterfactual; with ``fp64``)
 ``<ns>/logits/zero_loss_frac``                 rows whose τ cross-entropy is exactly 0 (A2) [0, 1]      sum
 ``<ns>/logits/loss_nats``                      mean τ cross-entropy: the training loss      nats >= 0   sum
 ``<ns>/logits/norm_mean``                      mean L2 norm of a logit row                 logit units sum
@@ -63,7 +63,9 @@ from mechmon.functional.logits import (
 from mechmon.probe import StreamingProbe
 from mechmon.registry import register_probe
 
-__all__ = ["LogitsProbe", "default_targets"]
+__all__ = ["LogitsProbe", "default_targets", "FP64_AUTO_VOCAB"]
+
+FP64_AUTO_VOCAB = 4096  # fp64=None: the float64 test on for vocabularies up to this (algorithmic tasks), off above
 
 TargetsFn = Callable[[Any], tuple[Tensor, bool]]
 
@@ -101,6 +103,9 @@ class LogitsProbe(StreamingProbe):
             collapse below the measured gap (it is the equal-others worst case), so the margin must be wide enough
             to lead: 6 nats (other terms within a factor e^6 of absorption) led collapse on the grokking example.
         log_z_slope: nats per evaluation by which ``log_z_abs_mean`` must rise for ``log_z_drift`` (0.5).
+        fp64: also log ``softmax_collapse_frac_fp64``, the collapse test run in float64 (one float64 pass over the
+            logits: about 3x the probe's own cost). ``None`` (default): on for vocabularies of at most
+            :data:`FP64_AUTO_VOCAB` classes (the paper's algorithmic tasks), off for language-model vocabularies.
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
@@ -129,6 +134,7 @@ class LogitsProbe(StreamingProbe):
         warning_level: float = 0.01,
         margin: float = 6.0,
         log_z_slope: float = 0.5,
+        fp64: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -142,6 +148,9 @@ class LogitsProbe(StreamingProbe):
         number("LogitsProbe", "margin", margin, 0)
         number("LogitsProbe", "log_z_slope", log_z_slope, 0, closed=(True, False))
         self.log_z_slope = float(log_z_slope)
+        if fp64 is not None and not isinstance(fp64, bool):
+            fail("LogitsProbe", "fp64", fp64, "True, False or None (on for vocabularies up to 4,096)", TypeError)
+        self.fp64, self._fp64 = fp64, fp64
         self.loss_dtype, self.targets, self.ignore_index = loss_dtype, targets or default_targets, ignore_index
         self.collapse_level, self.warning_level, self.margin = collapse_level, warning_level, float(margin)
         self._absorb: tuple[tuple[int, torch.dtype], Tensor] | None = None
@@ -154,7 +163,9 @@ class LogitsProbe(StreamingProbe):
         self.add_state("log_z_abs_max", torch.zeros(()), "max")
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
-        """Keep the states on the training device."""
+        """Keep the states on the training device; decide the float64 test from the vocabulary (``fp64=None``)."""
+        vocab = getattr(adapter, "vocab_size", None)
+        self._fp64 = self.fp64 if self.fp64 is not None or not vocab else vocab <= FP64_AUTO_VOCAB
         self.to(device)
 
     def update(self, captures: Mapping[str, Tensor], batch: Any) -> None:
@@ -167,6 +178,8 @@ class LogitsProbe(StreamingProbe):
         targets, shift = self.targets(batch)
         logits_NV, targets_N, valid_N = flatten_rows(captures[LOGITS], targets, shift, self.ignore_index)
         tau = self.loss_dtype or loss_dtype_for(logits_NV.dtype)
+        if self._fp64 is None:  # not set up (a direct update): decided by this vocabulary
+            self._fp64 = logits_NV.shape[-1] <= FP64_AUTO_VOCAB
         size = logits_NV.element_size() * logits_NV.numel()
         step = row_chunks(logits_NV.shape[0], logits_NV.shape[-1], size)
         self.rows += valid_N.sum()
@@ -175,10 +188,11 @@ class LogitsProbe(StreamingProbe):
             self._update_rows(logits_NV[rows], targets_N[rows], valid_N[rows], tau)
 
     def _update_rows(self, logits_RV: Tensor, targets_R: Tensor, valid_R: Tensor, tau: torch.dtype) -> None:
-        row = row_stats(logits_RV, targets_R, tau)
+        row = row_stats(logits_RV, targets_R, tau, fp64=bool(self._fp64))
         gap_R, norm_R, log_z_R = row["gap"], torch.where(valid_R, row["norm"], 0), torch.where(valid_R, row["log_z"], 0)
         self.collapsed += (row["collapsed"] & valid_R).sum()
-        self.collapsed_fp64 += (row["collapsed_fp64"] & valid_R).sum()
+        if "collapsed_fp64" in row:
+            self.collapsed_fp64 += (row["collapsed_fp64"] & valid_R).sum()
         self.zero_loss += ((row["loss"] == 0) & valid_R).sum()
         self.loss_sum += torch.where(valid_R, row["loss"], 0).sum(dtype=torch.float64)
         self.absorbable += ((gap_R >= absorption_gap(tau)) & valid_R).sum()
@@ -203,9 +217,10 @@ class LogitsProbe(StreamingProbe):
         """Fractions and means from the reduced counts (NaN when no row was seen, e.g. hooks that never fired)."""
         rows = torch.where(self.rows > 0, self.rows.double(), float("nan"))
         measured = {self.key("absorb_gap_nats"): self._absorb[1]} if self._absorb is not None else {}
+        if self._fp64:
+            measured[self.key("softmax_collapse_frac_fp64")] = self.collapsed_fp64 / rows
         return measured | {
             self.key("softmax_collapse_frac"): self.collapsed / rows,
-            self.key("softmax_collapse_frac_fp64"): self.collapsed_fp64 / rows,
             self.key("zero_loss_frac"): self.zero_loss / rows,
             self.key("loss_nats"): self.loss_sum / rows,
             self.key("norm_mean"): self.norm_sum / rows,

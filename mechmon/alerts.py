@@ -507,19 +507,33 @@ class Phase(Compound):
 
 
 class NonFinite(Rule):
-    """Fires (critical) when the value becomes NaN or Inf; re-arms when it is finite again."""
+    """Fires (critical) when the value becomes NaN or Inf; re-arms when it is finite again.
+
+    A NaN that was never measured does not fire: ``measured=False`` (the monitor passes it when every key of the
+    probe family is NaN, e.g. no rows reached the probe: a fused LM head, a quantity a model family does not expose)
+    for a key that has never been finite. The monitor warns about those instead. Inf always fires: it is a measured
+    overflow.
+    """
+
+    _extra_state = ("_finite_seen",)
 
     def __init__(self, key: str, **kwargs: Any) -> None:
         kwargs.setdefault("name", "non_finite")
         kwargs.setdefault("severity", "critical")
         super().__init__(key, **kwargs)
+        self._finite_seen = False
 
-    def update(self, step: int, value: float) -> Alert | None:
-        """Feed one evaluation, finite or not."""
+    @property
+    def finite_seen(self) -> bool:
+        """Whether the value has been finite at some evaluation (only then does a NaN fire)."""
+        return self._finite_seen
+
+    def update(self, step: int, value: float, measured: bool = True) -> Alert | None:
+        """Feed one evaluation, finite or not; ``measured=False``: a NaN here may mean "nothing to measure"."""
         if math.isfinite(value):
-            self._active = False
+            self._active, self._finite_seen = False, True
             return None
-        if self._active:
+        if self._active or (math.isnan(value) and not self._finite_seen and not measured):
             return None
         self._active = True
         return Alert(self.name, self.key, step, value, self.severity, f"{self.key} is {value} (non-finite)")

@@ -50,6 +50,8 @@ class Probe:
         late_stats: stats that may first appear after the first log (off-thread results, criteria that start
             later); named here so the TensorBoard panel layout, which is written once, has their charts.
         headline: the stat shown first (the overview panel, the report); default the first key logged.
+        unmeasured_hint: why this probe's values may be NaN from its first evaluation on (never measured: no
+            ``non_finite`` alert), and the fix; the monitor's one warning quotes it.
         replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): it reads the weights or
             runs its own forward, not the training forward or its gradients.
 
@@ -68,6 +70,7 @@ class Probe:
     late_stats: ClassVar[tuple[str, ...]] = ()
     replayable: ClassVar[bool] = True
     headline: ClassVar[str] = ""
+    unmeasured_hint: ClassVar[str] = ""  # why its values may be NaN from the start, and the fix (for the warning)
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")

@@ -37,6 +37,7 @@ def test_nan_is_ignored_by_value_rules_and_caught_by_nonfinite():
     assert run(rule, [0.6, math.nan, 0.7]) == [2]  # NaN neither counts nor resets
     nf = NonFinite(K)
     assert run(nf, [1.0, math.nan, math.inf, 1.0, -math.inf]) == [1, 4]
+    assert NonFinite(K).update(7, math.nan, measured=False) is None  # nothing measured yet: warned, not alerted
     alert = NonFinite(K).update(7, math.nan)
     assert isinstance(alert, Alert) and alert.severity == "critical" and alert.step == 7
 

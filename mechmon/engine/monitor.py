@@ -218,6 +218,7 @@ class Monitor:
         ns = self.config.namespace
         view = ConsoleView(self.config.console, None, headlines, ns, progress_bar) if writes else None
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners], headlines)
+        self.publisher.hints = {p.name: p.unmeasured_hint for p in self.probes if p.unmeasured_hint}
         weakref.finalize(self, self.publisher.close)  # a run that ends by an exception: events flushed at exit
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())

@@ -8,6 +8,7 @@ declared at setup plus that publish's keys, so a probe first due later still has
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -19,6 +20,7 @@ from rapidfuzz import process
 
 from mechmon.alerts import Alert, NonFinite, Rule, Threshold
 from mechmon.console import ConsoleView
+from mechmon.distributed import rank_zero_warn
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
 from mechmon.writers import LEVEL, NullWriter
@@ -45,6 +47,8 @@ class Publisher:
         self.view: ConsoleView | None = None
         self.listeners: list[Listener] = []
         self._nonfinite: dict[str, NonFinite] = {}
+        self.hints: dict[str, str] = {}  # probe family -> why its values may not be measurable (for the warning)
+        self._unmeasured: set[str] = set()  # families already warned about
         self._layout_keys: list[str] = []
         self._levels: dict[str, float] = {}
         self._headlines: list[str] = []
@@ -72,12 +76,35 @@ class Publisher:
 
     def check(self, step: int, scalars: Mapping[str, float]) -> list[Alert]:
         """Run the non-finite guard on every key, then every rule; returns the alerts that fired."""
-        bad = [self._nonfinite.setdefault(k, NonFinite(k)).update(step, v) for k, v in scalars.items()]
+        measured = {k.split("/")[1] for k, v in scalars.items() if math.isfinite(v)}  # families with a finite value
+        bad = [
+            self._nonfinite.setdefault(k, NonFinite(k)).update(step, v, k.split("/")[1] in measured)
+            for k, v in scalars.items()
+        ]
+        self._tell_unmeasured(step, scalars, measured)
         fired = _one_alert([a for a in bad if a is not None])
         for rule in self.rules:
             alert = rule.observe(step, scalars)
             fired += [alert] if alert else []
         return fired
+
+    def _tell_unmeasured(self, step: int, scalars: Mapping[str, float], measured: set[str]) -> None:
+        """One warning per probe family whose every value is NaN and never was finite (not measured, no alert)."""
+        never: dict[str, list[str]] = {}
+        for key, value in scalars.items():
+            family = key.split("/")[1]
+            if family not in measured and math.isnan(value) and not self._nonfinite[key].finite_seen:
+                never.setdefault(family, []).append(key)
+        for family, keys in never.items():
+            if family in self._unmeasured:
+                continue
+            self._unmeasured.add(family)
+            hint = self.hints.get(family)
+            rank_zero_warn(
+                f"mechmon: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} could not be measured at step {step} "
+                f"(NaN since the first evaluation, so no non_finite alert){': ' + hint if hint else ''}",
+                stacklevel=4,
+            )
 
     def publish(
         self, step: int, scalars: dict[str, float], images: Mapping[str, np.ndarray], alerts: list[Alert]

@@ -64,6 +64,10 @@ class AttentionLogitProbe(AttentionRowsProbe):
     """
 
     name = "attn_logits"
+    unmeasured_hint = (
+        "TransformerLens 4 (TransformerBridge) exposes attention probabilities, not pre-softmax scores: the max "
+        "attention logit is not measurable there (entropy and sinks are)"
+    )
     headline = "max"
     higher_is_better = False
 

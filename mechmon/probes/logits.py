@@ -122,6 +122,10 @@ class LogitsProbe(StreamingProbe):
 
     name = "logits"
     headline = "softmax_collapse_frac"
+    unmeasured_hint = (
+        "the hook on the output head saw no full logits in the training forward: a fused or chunked LM head (TRL's "
+        "fused_lm_head, Liger's fused linear cross-entropy) never makes them, and a compiled forward hides them"
+    )
     requires = (LOGITS,)
     higher_is_better = False
 

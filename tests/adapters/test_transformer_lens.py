@@ -88,3 +88,22 @@ def test_transformer_bridge_attention_statistics_match_its_cache_and_its_max_log
     model = TransformerBridge.boot_native(cfg)
     with pytest.warns(UserWarning, match="TransformerBridge exposes no pre-softmax attention scores"):
         attention_stats_match_the_cache(model, model.run_with_cache, logits_measured=False)
+
+
+@needs4
+def test_a_bridges_documented_nan_max_logit_is_a_warning_not_a_critical_alert():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from mechmon import AttentionLogitProbe, Monitor
+
+    cfg = TransformerBridgeConfig(n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, seed=0)
+    model = TransformerBridge.boot_native(cfg)
+    batch = torch.randint(1, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    monitor = Monitor(model, probes=[AttentionLogitProbe(batch=batch)], schedule=1, log_dir=None)
+    with pytest.warns(UserWarning, match="could not be measured at step 1 .*TransformerLens 4"):
+        for step in (1, 2):
+            monitor.begin_batch(step)
+            monitor.after_optimizer_step(step)
+    monitor.close()
+    assert [a.rule for a in monitor.alerts] == []

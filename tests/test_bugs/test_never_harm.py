@@ -297,3 +297,33 @@ def test_a_second_thread_driving_the_same_monitor_gets_one_clear_error_and_the_f
     loop(4, 2)  # the main thread is not the first either: one loop per monitor, whichever thread
     assert len(errors) == 2 and monitor.last_step == 3 and hook_count(model) == 0
     monitor.close()
+
+
+def test_logits_a_fused_head_never_makes_are_a_warning_not_a_critical_alert():
+    """A loop that computes its loss from the hidden states and the head's weight (a fused or chunked LM head, as
+    TRL's ``fused_lm_head`` or Liger's fused linear cross-entropy do): full logits never exist."""
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), log_dir=None)
+    batch = torch.randint(1, VOCAB, (2, CTX))
+    with pytest.warns(UserWarning, match=r"logits/.* could not be measured at step 1 .*fused_lm_head"):
+        for step in (1, 2, 3):
+            with monitor.step(step, batch):
+                hidden = model.transformer(input_ids=batch).last_hidden_state
+                logits = torch.nn.functional.linear(hidden, model.lm_head.weight)  # the head module is never called
+                torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten()).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    monitor.close()
+    assert math.isnan(monitor.latest["mechmon/logits/softmax_collapse_frac"])
+    assert [a.rule for a in monitor.alerts] == []  # NaN since the first evaluation: not measured, no non_finite
+
+
+def test_a_value_that_becomes_nan_still_fires_non_finite():
+    from mechmon.alerts import NonFinite
+
+    rule = NonFinite("mechmon/x/y")
+    assert rule.update(1, math.nan, measured=False) is None  # its whole family NaN: nothing was measured
+    assert rule.update(2, 1.0) is None
+    assert rule.update(3, math.nan, measured=False).rule == "non_finite"  # it was finite: it became non-finite
+    assert NonFinite("mechmon/x/z").update(1, math.inf, measured=False).rule == "non_finite"  # a measured overflow

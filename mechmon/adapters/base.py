@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "Adapter",
+    "config_context",
+    "context_length",
     "HookPoint",
     "first_output",
     "pattern_name",
@@ -106,6 +108,26 @@ class HookPoint:
     extract: Callable[[Any], Tensor] = first_output
     attention: bool = False
     stats: bool = False
+
+
+_CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "block_size")
+
+
+def config_context(cfg: Any) -> int | None:
+    """The context length in tokens a model config names (HF names, nanoGPT's and LitGPT's ``block_size``)."""
+    value = next((getattr(cfg, a) for a in _CONTEXT_ATTRS if isinstance(getattr(cfg, a, None), int)), None)
+    return int(value) if value and value > 0 else None
+
+
+def context_length(model: nn.Module) -> int | None:
+    """A decoder module's context in tokens: LitGPT's ``max_seq_length``, else its ``config``'s (``block_size``...)."""
+    try:
+        own = getattr(model, "max_seq_length", None)
+    except Exception:  # caveat: a property that raises before it is set (LitGPT without a context yet)
+        own = None
+    if isinstance(own, int) and own > 0:
+        return own
+    return config_context(getattr(model, "config", None))
 
 
 class Adapter:

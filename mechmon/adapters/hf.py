@@ -21,6 +21,7 @@ from mechmon.adapters.base import (
     LOGITS,
     Adapter,
     HookPoint,
+    config_context,
     expert_indices_name,
     first_output,
     pattern_name,
@@ -43,12 +44,6 @@ def _expert_indices(output: Any) -> Tensor:
 
 def _n_experts(cfg: Any) -> int:
     return int(next((getattr(cfg, a) for a in _EXPERTS if isinstance(getattr(cfg, a, None), int)), 0) or 0)
-
-
-def _context(cfg: Any) -> int | None:
-    value = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
-                  if isinstance(getattr(cfg, a, None), int)), None)  # fmt: skip
-    return int(value) if value else None
 
 
 def hf_layout(model: nn.Module) -> Layout | None:
@@ -87,7 +82,7 @@ class HFAdapter(Adapter):
         self.n_heads = int(cfg.num_attention_heads)
         self.vocab_size = int(cfg.vocab_size)
         self.bos_token_id = getattr(cfg, "bos_token_id", None)
-        self.max_positions = _context(cfg)
+        self.max_positions = config_context(cfg)
         self.n_experts, self.top_k = _n_experts(cfg), int(getattr(cfg, "num_experts_per_tok", 0) or 0)
 
     @classmethod

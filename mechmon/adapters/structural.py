@@ -41,6 +41,7 @@ from mechmon.adapters.base import (
     LOGITS,
     Adapter,
     HookPoint,
+    context_length,
     first_output,
     pattern_name,
     resid_name,
@@ -77,6 +78,7 @@ class StructuralAdapter(Adapter):
         self.n_layers = layout.n_layers
         head = model.get_submodule(layout.head)
         self.vocab_size = int(getattr(head, "out_features", 0) or getattr(head, "num_embeddings", 0))
+        self.max_positions = context_length(model)
         self._heads: int | None = None
 
     @property

@@ -41,10 +41,12 @@ from mechmon.functional.attention import check_queries
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
-from mechmon.probes.repeated import check_repeated_args, repeated_batch
+from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
 from mechmon.registry import register_probe
 
 __all__ = ["InductionProbe"]
+
+DEFAULT_PERIOD = 50  # period=None: this, or the largest that fits the model's context
 
 
 @register_probe
@@ -52,7 +54,8 @@ class InductionProbe(SnapshotProbe):
     """Per-head induction and previous-token scores on a repeated random-token batch (docs/metrics.md D1, D2, D4).
 
     Args:
-        period: n, length of one random copy (>= 2).
+        period: n, length of one random copy (>= 2); ``None`` (default): 50, or the largest period whose two copies
+            fit the model's context (read from HF, nanoGPT, LitGPT and TransformerLens configs), with one warning.
         batch_size: sequences in the probe batch (>= 1).
         seed: seed of the probe batch.
         bos_token_id: prepended to every sequence when given (use it iff the model trains with a BOS).
@@ -80,7 +83,7 @@ class InductionProbe(SnapshotProbe):
 
     def __init__(
         self,
-        period: int = 50,
+        period: int | None = None,
         batch_size: int = 10,
         seed: int = 0,
         bos_token_id: int | None = None,
@@ -92,12 +95,14 @@ class InductionProbe(SnapshotProbe):
         super().__init__(**kwargs)
         check_repeated_args("InductionProbe", period, batch_size, seed, bos_token_id, level, top_k)
         number("InductionProbe", "head_threshold", head_threshold, 0, 1)
-        self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
+        self.requested, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
+        self.period = period or DEFAULT_PERIOD
         self.level, self.head_threshold, self.top_k = level, head_threshold, top_k
         self.offset = int(bos_token_id is not None)
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Build P-rep on ``device`` and declare ``[L, H]`` states."""
+        self.period = fit_period(adapter, "InductionProbe", self.requested, DEFAULT_PERIOD, 2, self.offset)
         self.probe_batch = repeated_batch(
             adapter, "InductionProbe", self.period, 2, self.batch_size, self.seed, self.bos_token_id
         ).to(device)

@@ -38,10 +38,12 @@ from mechmon.functional.attention import check_queries
 from mechmon.functional.induction import prefix_matching_scores
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
-from mechmon.probes.repeated import check_repeated_args, repeated_batch
+from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
 from mechmon.registry import register_probe
 
 __all__ = ["PrefixMatchingProbe"]
+
+DEFAULT_PERIOD = 25  # period=None: this, or the largest that fits the model's context
 
 COPIES = 4
 
@@ -51,7 +53,8 @@ class PrefixMatchingProbe(SnapshotProbe):
     """Per-head prefix-matching scores on a four-times-repeated random-token batch (docs/metrics.md D3).
 
     Args:
-        period: n, length of one copy (25, the reference's shortest).
+        period: n, length of one copy; ``None`` (default): 25 (the reference's shortest), or the largest period
+            whose four copies fit the model's context, with one warning.
         batch_size: sequences in the probe batch (10).
         seed: seed of the probe batch.
         bos_token_id: prepended to every sequence when given.
@@ -77,7 +80,7 @@ class PrefixMatchingProbe(SnapshotProbe):
 
     def __init__(
         self,
-        period: int = 25,
+        period: int | None = None,
         batch_size: int = 10,
         seed: int = 0,
         bos_token_id: int | None = None,
@@ -87,11 +90,13 @@ class PrefixMatchingProbe(SnapshotProbe):
     ) -> None:
         super().__init__(**kwargs)
         check_repeated_args("PrefixMatchingProbe", period, batch_size, seed, bos_token_id, level, top_k)
-        self.period, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
+        self.requested, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
+        self.period = period or DEFAULT_PERIOD
         self.level, self.top_k, self.offset = level, top_k, int(bos_token_id is not None)
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Build P-rep4 on ``device`` and declare the ``[L, H]`` score sum."""
+        self.period = fit_period(adapter, "PrefixMatchingProbe", self.requested, DEFAULT_PERIOD, COPIES, self.offset)
         self.probe_batch = repeated_batch(
             adapter, "PrefixMatchingProbe", self.period, COPIES, self.batch_size, self.seed, self.bos_token_id
         ).to(device)

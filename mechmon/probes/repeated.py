@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -9,23 +11,52 @@ from mechmon.adapters.base import Adapter
 from mechmon.checks import integer, number
 from mechmon.functional.induction import repeated_tokens
 
-__all__ = ["check_repeated_args", "repeated_batch"]
+__all__ = ["check_repeated_args", "fit_period", "repeated_batch"]
 
 
 def check_repeated_args(
-    owner: str, period: int, batch_size: int, seed: int, bos_token_id: int | None, level: float, top_k: int
+    owner: str, period: int | None, batch_size: int, seed: int, bos_token_id: int | None, level: float, top_k: int
 ) -> None:
     """Validate the arguments the repeated-batch probes share.
 
     Raises:
         TypeError, ValueError: naming ``owner`` and the argument.
     """
-    for arg, value, low in (("period", period, 2), ("batch_size", batch_size, 1), ("top_k", top_k, 1)):
+    if period is not None:
+        integer(owner, "period", period, 2)
+    for arg, value, low in (("batch_size", batch_size, 1), ("top_k", top_k, 1)):
         integer(owner, arg, value, low)
     integer(owner, "seed", seed)
     if bos_token_id is not None:
         integer(owner, "bos_token_id", bos_token_id, 0)
     number(owner, "level", level, 0, 1)
+
+
+def fit_period(adapter: Adapter, owner: str, period: int | None, default: int, copies: int, offset: int) -> int:
+    """The period to use: ``period`` as given, or (``None``) the largest up to ``default`` that fits the context.
+
+    Rule: with ``period=None`` the period is ``default``, shrunk to ``(context - offset) // copies`` when the model's
+    context (``adapter.max_positions``, where known) is shorter, with one warning; an explicit ``period`` is never
+    changed.
+
+    Raises:
+        ValueError: when the context cannot hold ``copies`` copies of the given period, or of a period of 2.
+    """
+    context = adapter.max_positions
+    most = None if context is None else (context - offset) // copies
+    if period is not None or most is None or most >= default:
+        return default if period is None else period
+    if most < 2:
+        raise ValueError(
+            f"{owner} needs {copies} copies of at least 2 tokens, but the model's context is {context} tokens; "
+            f"leave {owner} out for this model"
+        )
+    warnings.warn(
+        f"mechmon: {owner}: the model's context is {context} tokens, too short for the default period {default} "
+        f"({copies} copies): period {most} is used (pass {owner}(period={most}) to silence this)",
+        stacklevel=3,
+    )
+    return most
 
 
 def repeated_batch(

@@ -108,3 +108,36 @@ def test_heads_are_read_from_one_tapped_forward_when_no_attribute_names_them():
     assert adapter.layout.attention == ("layers.0", "layers.1") and adapter.n_heads == 2
     out = evaluate(InductionProbe(period=6, batch_size=2), adapter)
     assert out["mechmon/induction/head_scores"].shape == (2, 2)
+
+
+def test_a_short_context_shrinks_the_default_periods_and_the_probes_run(recwarn):
+    """nanoGPT (``config.block_size``) and LitGPT (``max_seq_length``) contexts of 64: the default induction and
+    prefix-matching probes fit their period (50 -> 32, 25 -> 16) instead of failing at step 1."""
+    from mechmon import InductionProbe, Monitor, PrefixMatchingProbe
+    from tests.nanogpt import gpt
+
+    for context in ("config", "max_seq_length"):
+        model = gpt(block_size=64)
+        if context == "config":
+            model.config = type("GPTConfig", (), {"block_size": 64})()
+        else:
+            model.max_seq_length = 64
+        probes = [InductionProbe(), PrefixMatchingProbe()]
+        with pytest.warns(UserWarning, match=r"context is 64 tokens, too short for the default period 50 .*period 32"):
+            monitor = Monitor(model, probes=probes, schedule=1, log_dir=None)
+        assert (probes[0].period, probes[1].period) == (32, 16)
+        monitor.begin_batch(1)
+        monitor.after_optimizer_step(1)
+        monitor.close()
+        assert not monitor.disabled and "mechmon/induction/score_max" in monitor.latest
+        assert "mechmon/prefix_match/score_max" in monitor.latest
+
+
+def test_an_explicit_period_too_long_for_the_context_fails_at_setup():
+    from mechmon import InductionProbe, Monitor
+    from tests.nanogpt import gpt
+
+    model = gpt(block_size=64)
+    model.max_seq_length = 64
+    with pytest.raises(ValueError, match=r"InductionProbe\(period=40\) needs sequences of 80 tokens.*period=32"):
+        Monitor(model, probes=[InductionProbe(period=40)], schedule=1, log_dir=None)

@@ -70,9 +70,13 @@ def test_prefix_matching_on_an_sdpa_gpt2_equals_its_eager_twins_patterns():
     torch.testing.assert_close(out["mechmon/prefix_match/head_scores"], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_prefix_matching_on_a_short_context_fails_at_setup_naming_the_period():
+def test_prefix_matching_on_a_short_context_fits_its_default_period_and_refuses_an_explicit_one():
     from mechmon import PrefixMatchingProbe
     from tests.conftest import tiny_gpt2  # context 48: four copies of 25 do not fit
 
+    probe = PrefixMatchingProbe()
+    with pytest.warns(UserWarning, match=r"context is 48 tokens, too short for the default period 25 .*period 12"):
+        out = evaluate(probe, tiny_gpt2())
+    assert probe.period == 12 and out["mechmon/prefix_match/head_scores"].shape == (2, 4)
     with pytest.raises(ValueError, match=r"PrefixMatchingProbe\(period=25\) needs sequences of 100 tokens.*period=12"):
-        evaluate(PrefixMatchingProbe(), tiny_gpt2())
+        evaluate(PrefixMatchingProbe(period=25), tiny_gpt2())

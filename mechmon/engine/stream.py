@@ -9,6 +9,7 @@ logits above all, is kept alive through the backward), and, when the driver hand
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,7 @@ class Stream:
     ) -> None:
         self.step, self.due, self.tap, self.names, self._update, self._fail = step, due, tap, names, update, fail
         self.batch: Any = None  # the driver's batch of the current micro-batch (without ``tap``)
+        self.inputs: Any = None  # what the latest training forward of the model was called with
         self.fed = False  # the current micro-batch's captures were fed after its forward
         self.stack = contextlib.ExitStack()
         self.caps: dict[str, Tensor] = {}
@@ -71,12 +73,12 @@ class Stream:
         stream = cls(step, due, tap, names, update, fail)
         wanted = sorted({n for p in due for n in names[p.name]})
         stream.caps = stream.stack.enter_context(capture(adapter, wanted, errors=stream.errors))
-        if tap:  # the batch is the model's own input: read it before each training forward
+        if tap or wanted:  # the model's own inputs, read before each training forward (tap, or several per block)
             pre = adapter.model.register_forward_pre_hook(
-                lambda m, a, k: setattr(stream, "batch", model_inputs(a, k)), with_kwargs=True
+                lambda m, a, k: setattr(stream, "inputs", model_inputs(a, k)) if m.training else None, with_kwargs=True
             )
             stream.stack.callback(pre.remove)
-        if tap or wanted:  # feed right after the forward: no capture outlives it into the backward
+            # feed right after the forward: no capture outlives it into the backward
             stream.post = adapter.model.register_forward_hook(stream._after_forward, always_call=True)
         return stream
 
@@ -99,8 +101,26 @@ class Stream:
             self.caps.clear()
             self._unhook(module)
             return
-        self.feed(self.batch)
+        self.feed(self._batch_of_this_forward())
         self.fed = True
+
+    def _batch_of_this_forward(self) -> Any:
+        """The batch this forward is paired with: never another forward's targets.
+
+        The driver's batch for the first forward of a micro-batch; the model's own inputs with ``tap``, or for further
+        forwards in one block (a loop that accumulates inside one ``monitor.step``).
+        """
+        if self.tap:
+            return self.inputs
+        if self.fed:
+            warnings.warn(
+                "mechmon: several training forwards ran inside one monitor.step(step, batch) block: each is paired "
+                "with the model's own inputs, not with the batch given (wrap each micro-batch in monitor.step, or "
+                "pass batch=None, to silence this)",
+                stacklevel=4,
+            )
+            return self.inputs
+        return self.batch
 
     def end_batch(self) -> None:
         """After a micro-batch: feed what no training forward fed (then drop the captures)."""

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, NLMProbe, Threshold, WeightsProbe, every
 from tests.callbacks.helpers import read_events, scalar_steps
@@ -88,3 +89,28 @@ def test_an_exception_in_the_block_removes_the_hooks_and_reaches_the_caller(tmp_
     except KeyError:
         pass
     assert hook_count(model) == 0
+
+
+def test_accumulation_written_inside_one_step_block_pairs_each_forward_with_its_own_targets():
+    """nanoGPT's loop shape: one ``with monitor.step(step, (X, Y))`` around all micro-batches, fetching the next
+    ``(X, Y)`` after each forward. Each forward's logits must meet its own targets."""
+    from tests.nanogpt import gpt
+
+    model = gpt()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=1, log_dir=None)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 64, (8, 2, 49), generator=gen)
+    X, Y = data[0, :, :-1], data[0, :, 1:].contiguous()
+    losses = []
+    with pytest.warns(UserWarning, match="several training forwards ran inside one monitor.step"):
+        with monitor.step(1, (X, Y)):
+            for micro in range(1, 5):
+                logits, loss = model(X, Y)
+                losses.append(F.cross_entropy(logits.flatten(0, 1).double(), Y.flatten(), reduction="sum").item())
+                X, Y = data[micro, :, :-1], data[micro, :, 1:].contiguous()  # the next micro-batch, as nanoGPT
+                (loss / 4).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    monitor.close()
+    assert monitor.latest["mechmon/logits/loss_nats"] == pytest.approx(sum(losses) / (4 * 2 * 48), rel=1e-6)

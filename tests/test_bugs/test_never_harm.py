@@ -123,8 +123,9 @@ def test_a_context_shorter_than_the_induction_batch_fails_at_setup_naming_the_fi
     model = tiny_gpt2()  # n_positions = CTX = 48
     with pytest.raises(ValueError, match=r"InductionProbe\(period=50\) needs sequences of 100 tokens, but the model's "
                                          r"context is 48; pass InductionProbe\(period=24\)"):  # fmt: skip
-        Monitor(model, probes=[InductionProbe()], log_dir=None)
-    Monitor(model, probes=[InductionProbe(period=24)], log_dir=None).close()
+        Monitor(model, probes=[InductionProbe(period=50)], log_dir=None)  # an explicit period is kept, or refused
+    with pytest.warns(UserWarning, match="period 24 is used"):  # the default fits the context
+        Monitor(model, probes=[InductionProbe()], log_dir=None).close()
 
 
 def test_a_probe_disabled_before_a_resume_runs_again_after_it_with_a_warning():

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mechmon.adapters import Adapter
@@ -21,7 +22,7 @@ from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
 from mechmon.probe import Probe
 
-__all__ = ["Stream", "compiled", "model_inputs"]
+__all__ = ["Stream", "compiled", "first_rows", "model_inputs"]
 
 _HF_KEYS = {"labels", "input_ids", "attention_mask"}
 Updater = Callable[[Probe, dict[str, Tensor], Any], None]
@@ -53,6 +54,8 @@ class Stream:
         self.caps: dict[str, Tensor] = {}
         self.errors: dict[str, Exception] = {}  # capture hooks that failed inside the training forward
         self.post: Any = None  # the feeding hook, also called when the training forward raises
+        self.adapter: Adapter | None = None
+        self.shadowed: set[str] = set()  # probes fed from a shadow forward at this step
 
     @classmethod
     def open(
@@ -71,6 +74,7 @@ class Stream:
         whose captures are all there.
         """
         stream = cls(step, due, tap, names, update, fail)
+        stream.adapter = adapter
         wanted = sorted({n for p in due for n in names[p.name]})
         stream.caps = stream.stack.enter_context(capture(adapter, wanted, errors=stream.errors))
         if tap or wanted:  # the model's own inputs, read before each training forward (tap, or several per block)
@@ -101,7 +105,7 @@ class Stream:
             self.caps.clear()
             self._unhook(module)
             return
-        self.feed(self._batch_of_this_forward())
+        self.feed(self._batch_of_this_forward(), forward=True)
         self.fed = True
 
     def _batch_of_this_forward(self) -> Any:
@@ -128,15 +132,43 @@ class Stream:
             self.feed(self.batch)
         self.caps.clear()
 
-    def feed(self, batch: Any) -> None:
-        """Update every probe whose captures are all there; the captures are dropped right after."""
+    def feed(self, batch: Any, forward: bool = False) -> None:
+        """Update every probe whose captures are all there; the captures are dropped right after.
+
+        ``forward``: fed right after a training forward of the model. A probe with ``shadow_rows`` whose captures that
+        forward never made (a fused or chunked LM head computes the loss without full logits) is fed from a shadow
+        forward instead: eager, ``no_grad``, eval mode, of the micro-batch's first ``shadow_rows`` rows, with the
+        weights the training forward used; once per scheduled step.
+        """
+        shadow = []
         for probe in self.due:
             failed = [self.errors[n] for n in self.names[probe.name] if n in self.errors]
             if failed:
                 self._fail(probe, failed[0])
             elif all(n in self.caps for n in self.names[probe.name]):
                 self._update(probe, self.caps, batch)
+            elif forward and getattr(probe, "shadow_rows", 0) and probe.name not in self.shadowed:
+                shadow.append(probe)
         self.caps.clear()
+        for probe in shadow:
+            self._shadow(probe, batch)
+
+    def _shadow(self, probe: Probe, batch: Any) -> None:
+        """Feed ``probe`` from an eager ``no_grad`` forward of the first ``probe.shadow_rows`` rows of ``batch``."""
+        self.shadowed.add(probe.name)
+        model, was_training = self.adapter.model, self.adapter.model.training
+        try:
+            ids, rows = first_rows(batch, probe.shadow_rows)
+            model.eval()  # the hooks of this stream ignore eval-mode forwards; the capture hooks fill self.caps
+            with torch.no_grad():
+                self.adapter.forward(ids)
+            if all(n in self.caps for n in self.names[probe.name]):
+                self._update(probe, self.caps, rows)
+        except Exception as err:  # caveat: charged to the probe, never to the training step
+            self._fail(probe, err)
+        finally:
+            model.train(was_training)
+            self.caps.clear()
 
     def _unhook(self, module: nn.Module) -> None:
         """Remove this hook from inside its own call on the exception path.
@@ -154,6 +186,27 @@ class Stream:
         self.stack.close()
         if self.post is not None:
             self.post.remove()
+
+
+def first_rows(batch: Any, rows: int) -> tuple[Tensor, Any]:
+    """Token ids ``[r, T]`` and the batch cut to its first ``rows`` rows (every tensor sharing the batch dimension).
+
+    Raises:
+        TypeError: if the batch holds no 2-d integer ids (a tensor, ``input_ids``, or the first of a tuple).
+    """
+    ids = batch.get("input_ids") if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point():
+        raise TypeError(f"a shadow forward needs token ids [B, T] in the batch, got {type(batch).__name__}")
+    size = ids.shape[0]
+
+    def cut(value: Any) -> Any:
+        return value[:rows] if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == size else value
+
+    if isinstance(batch, dict):
+        return ids[:rows], {k: cut(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return ids[:rows], type(batch)(cut(v) for v in batch)
+    return ids[:rows], cut(batch)
 
 
 def model_inputs(args: tuple, kwargs: dict) -> Any:

@@ -106,6 +106,9 @@ class LogitsProbe(StreamingProbe):
         fp64: also log ``softmax_collapse_frac_fp64``, the collapse test run in float64 (one float64 pass over the
             logits: about 3x the probe's own cost). ``None`` (default): on for vocabularies of at most
             :data:`FP64_AUTO_VOCAB` classes (the paper's algorithmic tasks), off for language-model vocabularies.
+        shadow_rows: when the training forward makes no full logits (a fused or chunked LM head: TRL's
+            ``fused_lm_head``), the values come from an eager ``no_grad`` forward of the first ``shadow_rows`` rows of
+            the scheduled step's first micro-batch, with the weights that step trained with (>= 1; 8).
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
@@ -123,8 +126,9 @@ class LogitsProbe(StreamingProbe):
     name = "logits"
     headline = "softmax_collapse_frac"
     unmeasured_hint = (
-        "the hook on the output head saw no full logits in the training forward: a fused or chunked LM head (TRL's "
-        "fused_lm_head, Liger's fused linear cross-entropy) never makes them, and a compiled forward hides them"
+        "no full logits reached it: a compiled training forward hides them, and a loop that computes its loss from "
+        "the backbone's hidden states without calling the model gives its shadow forward (shadow_rows) nothing to "
+        "follow; train through the model's forward, or uncompiled"
     )
     requires = (LOGITS,)
     higher_is_better = False
@@ -139,6 +143,7 @@ class LogitsProbe(StreamingProbe):
         margin: float = 6.0,
         log_z_slope: float = 0.5,
         fp64: bool | None = None,
+        shadow_rows: int = 8,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -155,6 +160,7 @@ class LogitsProbe(StreamingProbe):
         if fp64 is not None and not isinstance(fp64, bool):
             fail("LogitsProbe", "fp64", fp64, "True, False or None (on for vocabularies up to 4,096)", TypeError)
         self.fp64, self._fp64 = fp64, fp64
+        self.shadow_rows = integer("LogitsProbe", "shadow_rows", shadow_rows, 1)
         self.loss_dtype, self.targets, self.ignore_index = loss_dtype, targets or default_targets, ignore_index
         self.collapse_level, self.warning_level, self.margin = collapse_level, warning_level, float(margin)
         self._absorb: tuple[tuple[int, torch.dtype], Tensor] | None = None

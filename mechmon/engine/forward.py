@@ -20,7 +20,15 @@ from mechmon.capture import attention_tap, capture, resolve_names
 from mechmon.params import reshard
 from mechmon.probe import Probe, SnapshotProbe
 
-__all__ = ["snapshot_forward", "shared_forward", "forward_groups", "run_group", "evaluate", "reads_patterns"]
+__all__ = [
+    "uncompiled",
+    "snapshot_forward",
+    "shared_forward",
+    "forward_groups",
+    "run_group",
+    "evaluate",
+    "reads_patterns",
+]
 
 
 def reads_patterns(names: Sequence[str]) -> bool:
@@ -49,7 +57,7 @@ def _probe_mode(adapter: Adapter, names: Sequence[str]):
     tapped = reads_patterns(names) or reads_logits(names)
     tap = attention_tap() if tapped else contextlib.nullcontext()
     try:
-        with torch.no_grad(), _attention_mode(adapter, names), tap, _uncompiled(model):
+        with torch.no_grad(), _attention_mode(adapter, names), tap, uncompiled(model):
             yield
     finally:
         model.train(was_training)
@@ -143,7 +151,7 @@ def run_group(
 
 
 @contextlib.contextmanager
-def _uncompiled(model: nn.Module):
+def uncompiled(model: nn.Module):
     """Run ``module.compile()``'d modules through their original forward (their hooks fire; no recompilation)."""
     compiled = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
     for module, _ in compiled:

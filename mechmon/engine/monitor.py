@@ -153,6 +153,7 @@ class Monitor:
         self._stepped = False
         self._tapping = False
         self._thread: int | None = None  # the thread that drives the steps (see _one_thread)
+        self._compiled = False  # the training forward is compiled: no hook in it (shadow forwards only)
         self._pending: dict[str, Any] | None = None
         self._rule_keys = RuleKeys((), (), self.config.namespace)  # the real one is built in attach
         if model is not None:
@@ -238,8 +239,15 @@ class Monitor:
 
         Snapshot probes run their own forwards on the original module and gradient probes read the optimizer.
         """
+        self._compiled = True
         for probe in self.probes:
-            if probe.kind == "streaming" and self._names[probe.name]:
+            if probe.kind == "streaming" and self._names[probe.name] and getattr(probe, "shadow_rows", 0):
+                rank_zero_warn(
+                    f"mechmon: the training forward is compiled (hooks cannot see it): probe {probe.name!r} measures "
+                    f"the first {probe.shadow_rows} rows of the batch handed to the monitor at each scheduled step "
+                    "through an eager no_grad forward before the optimizer step (shadow_rows)"
+                )
+            elif probe.kind == "streaming" and self._names[probe.name]:
                 reason = (
                     f"probe {probe.name!r} reads the training forward's activations, which hooks cannot see in a "
                     "torch.compile'd model (dynamo ignores hooks added after compilation). To watch them, train "
@@ -316,7 +324,7 @@ class Monitor:
             due = [p for p in self._thin(self._due(step, step + steps - 1), count=False) if p.kind == "streaming"]
             if due:
                 self._stream = Stream.open(
-                    self.adapter, self._names, step, due, batch is None, self._update, self._fail
+                    self.adapter, self._names, step, due, batch is None, self._update, self._fail, not self._compiled
                 )
         if self._stream is not None:
             self._stream.next_batch(batch)
@@ -357,6 +365,8 @@ class Monitor:
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Before the optimizer step (after backward and accumulation): the gradient probes of a scheduled step."""
         if self._stream is not None:
+            if self._compiled:
+                self._stream.shadow_step()
             for probe in self._live(self._stream.due):
                 self._guarded(probe, probe.before_optimizer_step, optimizer)
 

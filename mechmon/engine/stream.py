@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mechmon.adapters import Adapter
 from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
+from mechmon.engine.forward import uncompiled
 from mechmon.probe import Probe
 
 __all__ = ["Stream", "compiled", "first_rows", "model_inputs"]
@@ -67,14 +68,18 @@ class Stream:
         tap: bool,
         update: Updater,
         fail: Failer,
+        hooks: bool = True,
     ) -> Stream:
         """Attach the capture hooks of ``due`` and, with ``tap``, the input hooks.
 
         ``names`` maps probe names to capture names; ``update(probe, captures, batch)`` is called for each probe
-        whose captures are all there.
+        whose captures are all there. ``hooks=False`` (a compiled training forward): no hook at all, the stream only
+        keeps the driver's batch for :meth:`shadow_step`.
         """
         stream = cls(step, due, tap, names, update, fail)
         stream.adapter = adapter
+        if not hooks:
+            return stream
         wanted = sorted({n for p in due for n in names[p.name]})
         stream.caps = stream.stack.enter_context(capture(adapter, wanted, errors=stream.errors))
         if tap or wanted:  # the model's own inputs, read before each training forward (tap, or several per block)
@@ -151,24 +156,37 @@ class Stream:
                 shadow.append(probe)
         self.caps.clear()
         for probe in shadow:
-            self._shadow(probe, batch)
+            self._shadow(probe, batch, self.caps)
 
-    def _shadow(self, probe: Probe, batch: Any) -> None:
-        """Feed ``probe`` from an eager ``no_grad`` forward of the first ``probe.shadow_rows`` rows of ``batch``."""
+    def shadow_step(self) -> None:
+        """Feed the due shadow probes before the optimizer step of a compiled training forward (no hook inside it).
+
+        Each gets ``shadow_rows`` rows of the driver's last batch through an eager forward, hooked only around it.
+        """
+        for probe in self.due:
+            if getattr(probe, "shadow_rows", 0) and probe.name not in self.shadowed and self.batch is not None:
+                with capture(self.adapter, self.names[probe.name]) as caps, uncompiled(self.adapter.model):
+                    self._shadow(probe, self.batch, caps)
+
+    def _shadow(self, probe: Probe, batch: Any, caps: dict[str, Tensor]) -> None:
+        """Feed ``probe`` from an eager ``no_grad`` forward of the first ``probe.shadow_rows`` rows of ``batch``.
+
+        ``caps`` is filled by capture hooks during that forward (eval mode: this stream's own hooks ignore it).
+        """
         self.shadowed.add(probe.name)
         model, was_training = self.adapter.model, self.adapter.model.training
         try:
             ids, rows = first_rows(batch, probe.shadow_rows)
-            model.eval()  # the hooks of this stream ignore eval-mode forwards; the capture hooks fill self.caps
+            model.eval()
             with torch.no_grad():
                 self.adapter.forward(ids)
-            if all(n in self.caps for n in self.names[probe.name]):
-                self._update(probe, self.caps, rows)
+            if all(n in caps for n in self.names[probe.name]):
+                self._update(probe, caps, rows)
         except Exception as err:  # caveat: charged to the probe, never to the training step
             self._fail(probe, err)
         finally:
             model.train(was_training)
-            self.caps.clear()
+            caps.clear()
 
     def _unhook(self, module: nn.Module) -> None:
         """Remove this hook from inside its own call on the exception path.

@@ -16,6 +16,8 @@ demo: install
 	$(BIN)/python examples/stdlib_induction.py
 
 test: install
+	# LitGPT's model file for its test, without litgpt's pins (they would downgrade transformers)
+	$(BIN)/pip install -q --no-deps "litgpt==0.5.13"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: install

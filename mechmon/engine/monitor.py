@@ -275,6 +275,8 @@ class Monitor:
         def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             self._stepped = self._stepped or ours(opt)
 
+        while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):  # accelerate's wrapper
+            optimizer = optimizer.optimizer  # caveat: it subclasses Optimizer without its hook registries
         if optimizer is not None:
             self._handles += [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
         else:

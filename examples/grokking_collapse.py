@@ -109,7 +109,7 @@ def run(key: str, args: argparse.Namespace) -> dict:
     class Record(pl.Callback):
         def on_train_batch_end(self, trainer, *a) -> None:
             value = trainer.callback_metrics.get("mechmon/logits/softmax_collapse_frac")
-            if monitor._last_step == trainer.global_step and value is not None:
+            if monitor.engine.last_step == trainer.global_step and value is not None:
                 collapse.append((trainer.global_step, float(value)))
 
     logger = TensorBoardLogger(args.out, name=f"run_{key}")

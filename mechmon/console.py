@@ -96,10 +96,13 @@ class ConsoleView:
             self._live.update(self.panel())
 
     def bar_items(self) -> dict[str, str]:
-        """Short items for a progress bar's postfix: the last alert, then the first probe's headline value."""
+        """Short items for a progress bar's postfix: the last step's alerts (all named), then the first headline."""
         items = {}
         if self._alerts:
-            items["alert"] = f"{self._alerts[-1].rule}@{self._alerts[-1].step}"
+            step = self._alerts[-1].step
+            rules = [a.rule for a in self._alerts if a.step == step]
+            many = f"{len(rules)} alerts@{step}: " if len(rules) > 1 else ""
+            items["alert"] = f"{many}{', '.join(rules)}" + ("" if many else f"@{step}")
         for key in [k for k in self.headlines if k in self._latest][:1]:
             items[self._name(key).split("/")[0]] = f"{self._latest[key]:.3g}"
         return items

@@ -110,7 +110,7 @@ class _Reader:
         self.ns = namespace
         self.scalars: dict[str, _Thinned] = {}
         self.heatmaps: dict[str, _Thinned] = {}
-        self.alerts: list[tuple[int, str]] = []
+        self.alerts: dict[int, str] = {}  # step -> the text of that step (the last written: it lists them all)
         self.damaged = [0]
         self.reached = -1  # highest mechmon step of the files read so far
 
@@ -147,7 +147,8 @@ class _Reader:
             if value.HasField("simple_value"):
                 self.scalars.setdefault(tag, _Thinned(MAX_POINTS)).add((event.step, float(value.simple_value)))
             elif value.HasField("tensor") and tag.startswith(f"{self.ns}/alerts"):
-                self.alerts += [(event.step, s.decode()) for s in value.tensor.string_val[:1]]
+                for text in value.tensor.string_val[:1]:
+                    self.alerts[event.step] = text.decode()
             elif value.HasField("tensor") and tag.endswith("/values"):
                 matrix = tensor_util.make_ndarray(value.tensor)
                 self.heatmaps.setdefault(tag.removesuffix("/values"), _Thinned(64)).add((event.step, matrix))
@@ -159,7 +160,7 @@ class _Reader:
     def _purge(self, step: int) -> None:
         for series in [*self.scalars.values(), *self.heatmaps.values()]:
             series.purge(step)
-        self.alerts = [a for a in self.alerts if a[0] < step]
+        self.alerts = {s: t for s, t in self.alerts.items() if s < step}
         self.reached = min(self.reached, step - 1)
 
 
@@ -196,7 +197,8 @@ def load_run(run_dir: Path, namespace: str = "mechmon") -> RunEvents:
                       f"{run_dir}; the records around them were read", stacklevel=2)  # fmt: skip
     scalars = {k: v.result() for k, v in reader.scalars.items()}
     heatmaps = {k: v.result() for k, v in reader.heatmaps.items()}
-    return RunEvents(scalars, sorted(reader.alerts), heatmaps, reader.damaged[0])
+    alerts = [(step, entry) for step, text in sorted(reader.alerts.items()) for entry in text.split("\n\n")]
+    return RunEvents(scalars, alerts, heatmaps, reader.damaged[0])
 
 
 def read_run(run_dir: Path, namespace: str = "mechmon") -> tuple[Series, list[tuple[int, str]]]:

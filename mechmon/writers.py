@@ -189,7 +189,10 @@ def scalar_layout(
         if any(k.startswith(f"{key}/") and not k.endswith(LEVEL) for k in keys):
             scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}).+$"]]
             layout.setdefault(f"{ns}/{probe} by scope", {})[f"{probe}: {stat} by scope"] = scoped
-    layout[f"{namespace}/alerts"] = {"alerts fired (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/"]]}
+    layout[f"{namespace}/alerts"] = {
+        "alerts fired at each step (count)": ["Multiline", [rf"^{namespace}/alerts/count$"]],
+        "alerts by rule (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/(?!count$)"]],
+    }
     return layout
 
 

@@ -28,8 +28,18 @@ SMOKE = {  # a few steps each, from the examples' own entry points (the README's
     "grokking_collapse.py": ["--runs", "ab", "--max-steps", "4", "--every", "2"],
     "loss_plateau.py": ["--max-steps", "4", "--every", "2"],
     "stdlib_induction.py": ["--max-steps", "4", "--every", "2"],
-    "stdlib_moe_pathways.py": ["--max-steps", "4", "--every", "2", "--train-windows", "16", "--probe-windows", "8",
-                               "--epsilon-at", "2"],  # fmt: skip
+    "stdlib_moe_pathways.py": [
+        "--max-steps",
+        "4",
+        "--every",
+        "2",
+        "--train-windows",
+        "16",
+        "--probe-windows",
+        "8",
+        "--epsilon-at",
+        "2",
+    ],  # fmt: skip
 }
 
 

@@ -32,7 +32,10 @@ def test_layout_opens_on_an_overview_draws_levels_and_keeps_scopes_and_alerts_ap
     assert induction["induction: loss_gap_nats"] == ["Margin", [KEYS[3]] * 3]  # a line alone
     [scoped] = layout["mechmon/induction by scope"]["induction: score_max by scope"][1]
     assert re.match(scoped, "mechmon/induction/score_max/L01") and not re.match(scoped, KEYS[1])
-    assert layout["mechmon/alerts"] == {"alerts fired (1 at the step)": ["Multiline", ["^mechmon/alerts/"]]}
+    assert layout["mechmon/alerts"] == {
+        "alerts fired at each step (count)": ["Multiline", ["^mechmon/alerts/count$"]],
+        "alerts by rule (1 at the step)": ["Multiline", ["^mechmon/alerts/(?!count$)"]],
+    }
     per_group = scalar_layout(["mechmon/moe_pathway/edit_dist/json"])
     assert list(per_group["mechmon/moe_pathway by scope"]) == ["moe_pathway: edit_dist by scope"]
     written = tensorboard_order(layout)  # margin charts reversed: TensorBoard draws them last-written first

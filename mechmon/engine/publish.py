@@ -29,6 +29,7 @@ __all__ = ["Publisher", "Listener", "RuleKeys", "declared_keys"]
 
 Listener = Callable[[Mapping[str, float], int], None]
 _MAX_ALERTS_KEPT = 1000
+ALERT_COUNT = "count"  # <ns>/alerts/count: how many alerts fired at a step
 
 
 class Publisher:
@@ -111,6 +112,8 @@ class Publisher:
     ) -> None:
         """Write scalars (plus a 1.0 marker per alert), heatmaps and alerts at ``step``."""
         markers = {metric_key("alerts", a.rule, namespace=self.namespace): 1.0 for a in alerts}
+        if alerts:  # the number that fired: several at one step stay visible in one chart
+            markers[metric_key("alerts", ALERT_COUNT, namespace=self.namespace)] = float(len(alerts))
         values = {**scalars, **markers}
         for listener in self.listeners:
             listener(values, step)
@@ -141,7 +144,9 @@ class Publisher:
         """Keep, write and print each alert, and call the ``on_alert`` callables on the writing rank."""
         for alert in alerts:
             self.alerts = (self.alerts + [alert])[-_MAX_ALERTS_KEPT:]
-            text = f"**{alert.severity}** `{alert.rule}`: {alert.reason}"
+            # TensorBoard keeps one text per tag and step (the last): each entry lists every alert of its step
+            same = [a for a in self.alerts if a.step == alert.step]
+            text = "\n\n".join(f"**{a.severity}** `{a.rule}`: {a.reason}" for a in same)
             self._write("text", f"{self.namespace}/alerts", text, alert.step)
             if self.view is None:  # not the writing rank
                 continue

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stdlib_induction import read_corpus, text_windows  # noqa: E402
 
 from mechmon import AttentionEntropyProbe, AttentionLogitProbe, LogitsProbe, MechMonitor  # noqa: E402
+from mechmon.cli import runnable  # noqa: E402
 
 ALERTS = ("attention_logit_growth", "attention_entropy_collapse", "log_z_drift")
 
@@ -195,7 +196,8 @@ def main() -> None:  # noqa: D103
         print(f"| {spec} | {' | '.join(fired)} | {final[0]:,.1f} | {final[1]:.3f} | {losses[last]:.2f} | {behind} |")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "attention_instability.png")
-    print(f"\nplot: {args.out / 'attention_instability.png'}; TensorBoard: tensorboard --logdir {args.out}")
+    tensorboard = f"{runnable('tensorboard')} --logdir {args.out}"
+    print(f"\nplot: {args.out / 'attention_instability.png'}; TensorBoard: {tensorboard}")
 
 
 if __name__ == "__main__":

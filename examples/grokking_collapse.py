@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from mechmon import LogitsProbe, MechMonitor, ModuleAdapter, NLMProbe, WeightsProbe
+from mechmon.cli import runnable
 
 P = 113
 RUNS = {
@@ -168,7 +169,7 @@ def report(results: dict[str, dict], out: Path) -> None:
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "grokking_collapse.png", dpi=110)
-    print(f"plot: {out / 'grokking_collapse.png'}; TensorBoard: tensorboard --logdir {out}")
+    print(f"plot: {out / 'grokking_collapse.png'}; TensorBoard: {runnable('tensorboard')} --logdir {out}")
 
 
 def main() -> None:  # noqa: D103

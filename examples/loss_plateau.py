@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from mechmon import AttentionProgressProbe, CollapseProbe, MechMonitor, ModuleAdapter, RankProbe, RepetitionProbe
-from mechmon.cli import read_run
+from mechmon.cli import read_run, runnable
 
 N, P = 16, 17
 SEP, T = P, 2 * N + 1  # separator id 17 (vocabulary 18), sequences of 33 tokens
@@ -205,7 +205,7 @@ def report(scalars: dict, alerts: list, out: Path) -> None:
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "loss_plateau.png", dpi=110)
-    print(f"plot: {out / 'loss_plateau.png'}; TensorBoard: tensorboard --logdir {out}")
+    print(f"plot: {out / 'loss_plateau.png'}; TensorBoard: {runnable('tensorboard')} --logdir {out}")
 
 
 def main() -> None:  # noqa: D103

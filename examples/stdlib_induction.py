@@ -41,7 +41,7 @@ from mechmon import (
     PrefixMatchingProbe,
     RankProbe,
 )
-from mechmon.cli import print_summary
+from mechmon.cli import runnable
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
@@ -270,9 +270,12 @@ def main() -> None:  # noqa: D103
     print(f"trained {trainer.global_step} steps in {wall:.1f} s ({trainer.global_step / wall:.2f} steps/s)")
     for name, seconds in fired_at.items():
         print(f"alert {name} fired after {seconds:.1f} s of wall time")
-    if not args.no_monitor:
-        print_summary(Path(logger.log_dir))
-    print(f"run folder: {logger.log_dir}\n  tensorboard --logdir {logger.log_dir}")
+    if not args.no_monitor:  # what matters last on screen: the alerts, then where to see more
+        print(f"alerts ({len(monitor.alerts)}):" if monitor.alerts else "no alert fired")
+        for alert in monitor.alerts:
+            print(f"  step {alert.step:>5}  {alert.rule}: {alert.reason.splitlines()[0][:56]}")
+    print(f"every latest value: {runnable('mechmon')} summary {logger.log_dir}")
+    print(f"TensorBoard, Custom Scalars tab: {runnable('tensorboard')} --logdir {logger.log_dir}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModelForCausalLM, OlmoeConfig
 
 from mechmon import MechMonitor, PathwayProbe, RoutingProbe
-from mechmon.cli import read_run
+from mechmon.cli import read_run, runnable
 
 
 def package_windows(package: str, count: int, ctx: int, seed: int) -> torch.Tensor:
@@ -212,7 +212,7 @@ def main() -> None:  # noqa: D103
     scalars = dict(read_run(Path(logger.log_dir))[0])
     scalars.update(read_run(Path(logger.log_dir), namespace="heldout_loss")[0])
     report(scalars, packages, Path(logger.log_dir), args.every)
-    print(f"TensorBoard: tensorboard --logdir {logger.log_dir}")
+    print(f"TensorBoard: {runnable('tensorboard')} --logdir {logger.log_dir}")
 
 
 if __name__ == "__main__":

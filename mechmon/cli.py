@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from mechmon.events import read_run
 
-__all__ = ["main", "print_summary", "read_run"]
+__all__ = ["main", "print_summary", "read_run", "runnable"]
 
 
 def print_summary(run_dir: Path, console: Console | None = None) -> None:
@@ -35,6 +36,19 @@ def print_summary(run_dir: Path, console: Console | None = None) -> None:
         step, value = scalars[key][-1]
         latest.add_row(key, str(step), f"{value:.4g}")
     console.print(latest)
+
+
+def runnable(tool: str) -> str:
+    """How to type ``tool`` (``tensorboard``, ``mechmon``) so that it runs in a fresh shell.
+
+    The bare name when the shell finds this environment's copy; else its full path beside this interpreter (a
+    virtual environment that is not activated, as ``make demo`` leaves it).
+    """
+    here = Path(sys.executable).parent / tool
+    found = shutil.which(tool)
+    if here.exists() and (found is None or Path(found).resolve() != here.resolve()):
+        return str(here)
+    return tool
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,3 +55,18 @@ def test_every_example_runs_end_to_end_in_a_smoke_run(tmp_path, script):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tensorboard --logdir" in done.stdout and list((tmp_path / "out").rglob("events.out.tfevents.*"))
+
+
+def test_the_demo_ends_with_its_alerts_and_commands_that_work_as_printed_in_a_fresh_shell(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "stdlib_induction.py"), *SMOKE["stdlib_induction.py"], "--out",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-3:]  # on screen at the end, whatever the terminal's height
+    assert last[0].startswith(("alerts (", "no alert fired", "  step")) and "Custom Scalars" in last[-1]
+    summary = last[-2].split(": ", 1)[1]
+    fresh = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}  # a new shell of this user: nothing else inherited
+    ran = subprocess.run(summary, shell=True, capture_output=True, text=True, timeout=120, env=fresh, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]

@@ -151,6 +151,11 @@ def _report(args: argparse.Namespace) -> int:
     from mechmon.report import write_report
 
     out = args.output or Path("report.html" if args.html else "report.png")
+    wanted = (".html", ".htm") if args.html else (".png",)
+    if out.suffix.lower() not in wanted:  # a usage error: one line, exit 2 (never HTML inside a .png)
+        kind = "an HTML page (--html)" if args.html else "a PNG"
+        print(f"mechmon report: -o {out} must end in {' or '.join(wanted)} for {kind}", file=sys.stderr)
+        return 2
     try:
         written = write_report(args.run_dir, out, as_html=args.html)
     except (FileNotFoundError, ImportError) as err:

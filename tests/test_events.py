@@ -73,3 +73,12 @@ def test_tag_names_are_escaped_in_the_html_page(tmp_path):
         done = mechmon_command("report", str(tmp_path / "run"), "--html", "-o", str(page))
     assert done.returncode == 0, done.stderr
     assert "<img src=x" not in page.read_text() and "&lt;img src=x onerror=alert(1)&gt;" in page.read_text()
+
+
+@pytest.mark.parametrize(("args", "needs"), [(["-o", "x.png", "--html"], ".html"), (["-o", "x.svgz"], ".png"),
+                                             (["-o", "noext"], ".png")])  # fmt: skip
+def test_report_output_names_that_do_not_fit_are_one_line_and_exit_code_2(tmp_path, args, needs):
+    write(tmp_path / "run", [1, 2])
+    done = mechmon_command("report", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and needs in done.stderr
+    assert not (tmp_path / args[1]).exists()

@@ -133,8 +133,11 @@ def adapter(model: MWSModel) -> ModuleAdapter:
     return ModuleAdapter(model, points, n_layers=1, n_heads=1, vocab_size=P + 1)
 
 
-def train(args: argparse.Namespace) -> tuple[dict, list]:
-    """Fit with the monitor attached; returns the scalars read back from TensorBoard and the alerts."""
+def train(args: argparse.Namespace) -> tuple[dict, list, Path]:
+    """Fit with the monitor attached; returns the scalars read back from TensorBoard, the alerts and the run folder.
+
+    Each run gets its own folder (``mws/version_<n>``), so a rerun never mixes its events with an earlier run's.
+    """
     pl.seed_everything(args.seed, verbose=False)
     probe_batch = mws_batch(64, torch.Generator().manual_seed(args.seed + 1))
     outputs = list(range(N + 1, 2 * N))  # output-predicting positions 17..31 (p_0 = 16 excluded, as the paper)
@@ -145,7 +148,7 @@ def train(args: argparse.Namespace) -> tuple[dict, list]:
         RankProbe(probe_batch, positions=outputs, max_rows=64),
     ]
     monitor = MechMonitor(probes=probes, schedule=args.every, adapter=adapter, console=args.live)
-    logger = TensorBoardLogger(args.out, name="mws", version=0)
+    logger = TensorBoardLogger(args.out, name="mws")
     trainer = pl.Trainer(
         max_steps=args.max_steps,
         max_time={"minutes": args.max_minutes},
@@ -158,11 +161,14 @@ def train(args: argparse.Namespace) -> tuple[dict, list]:
         log_every_n_steps=args.every,
     )
     trainer.fit(MWSModel(lr=args.lr), DataLoader(Stream(256, args.seed), batch_size=None))
+    if trainer.global_step < args.max_steps:  # say it: a '-' below may only mean the run was cut short
+        print(f"cut short: stopped at step {trainer.global_step} of {args.max_steps} by --max-minutes "
+              f"{args.max_minutes:g}; events past it were never reached")  # fmt: skip
     scalars, _ = read_run(Path(logger.log_dir))
-    return scalars, monitor.alerts
+    return scalars, monitor.alerts, Path(logger.log_dir)
 
 
-def report(scalars: dict, alerts: list, out: Path) -> None:
+def report(scalars: dict, alerts: list, run: Path, out: Path) -> None:
     """Table of the three steps and a PNG of loss, mean cosine, repetition and APM against step."""
     first = {}
     for alert in alerts:
@@ -205,7 +211,7 @@ def report(scalars: dict, alerts: list, out: Path) -> None:
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "loss_plateau.png", dpi=110)
-    print(f"plot: {out / 'loss_plateau.png'}; TensorBoard: {runnable('tensorboard')} --logdir {out}")
+    print(f"plot: {out / 'loss_plateau.png'}; TensorBoard: {runnable('tensorboard')} --logdir {run}")
 
 
 def main() -> None:  # noqa: D103

@@ -70,3 +70,13 @@ def test_the_demo_ends_with_its_alerts_and_commands_that_work_as_printed_in_a_fr
     fresh = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}  # a new shell of this user: nothing else inherited
     ran = subprocess.run(summary, shell=True, capture_output=True, text=True, timeout=120, env=fresh, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-2000:]
+
+
+def test_the_plateau_example_says_when_it_was_cut_short_and_gives_each_run_its_own_folder(tmp_path):
+    args = [str(ROOT / "examples" / "loss_plateau.py"), "--max-steps", "6", "--every", "2", "--max-minutes", "0.001"]
+    for _ in range(2):
+        done = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "cut short: stopped at step" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "out" / "mws").iterdir()) == ["version_0", "version_1"]

@@ -36,8 +36,9 @@ def test_rows_too_short_on_one_rank_skip_the_probe_on_every_rank(tmp_path, world
     assert results[0]["disabled"] == []  # skipped, not failed
 
 
-def test_an_all_padding_first_batch_on_one_rank_waits_on_every_rank(tmp_path):
-    results, stderr = ranks(tmp_path, "padding", 2)
+@pytest.mark.parametrize("world", [2, 3])
+def test_an_all_padding_first_batch_on_one_rank_waits_on_every_rank(tmp_path, world):
+    results, stderr = ranks(tmp_path, "padding", world)
     same_everywhere(results)
     assert "probe 'repr_collapse' has no probe batch" in stderr
     assert "mechmon/repr_collapse/mean_cos" in results[0]["latest"]  # taken from rank 1's second batch, then run
@@ -75,3 +76,12 @@ def test_rows_too_short_on_one_rank_under_lightning_ddp(tmp_path, world):
     same_everywhere(results)
     assert all(r["steps"] == 6 for r in results) and results[0]["disabled"] == []
     assert "mechmon/icl/score_nats" not in results[0]["latest"] and "mechmon/logits/norm_mean" in results[0]["latest"]
+
+
+def test_a_schedule_reading_rank_local_state_under_lightning_ddp(tmp_path):
+    done = run_ranks(SCRIPT.with_name("disagree_fit.py"), 3, tmp_path, "schedule")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
+    same_everywhere(results)
+    assert all(r["steps"] == 6 for r in results) and results[0]["disabled"] == ["induction"]
+    assert "mechmon/logits/norm_mean" in results[0]["latest"]

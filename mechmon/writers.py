@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NullWriter", "TensorBoardWriter", "open_writer", "heatmap_rgb", "scalar_layout", "LEVEL"]
+__all__ = ["NullWriter", "TensorBoardWriter", "open_writer", "heatmap_rgb", "scalar_layout", "LEVEL", "BEYOND"]
 
 
 class NullWriter:
@@ -147,16 +147,18 @@ def open_writer(
 
 
 LEVEL = "alert_level"  # scope of the constant series carrying a threshold rule's level
+BEYOND = "beyond_level"  # scope of the series that leaves the level only where the value passes it
 
 
 def _chart(key: str, levels: Mapping[str, float]) -> tuple[str, list]:
     """``(title suffix, chart)`` for one series, as a ``Margin`` chart so that charts keep their order.
 
-    A key a threshold rule watches is shaded from its line to the alert level (the ``<key>/alert_level`` series);
-    any other key is its line alone (the band has no height).
+    A key a threshold rule watches is shaded only where it passes its alert level: the band runs from the level
+    (``<key>/alert_level``) to ``<key>/beyond_level`` (the value where it is past the level, the level elsewhere),
+    so a healthy chart is its line alone. Any other key is its line alone (the band has no height).
     """
     if key in levels:
-        return f" (shaded to the alert level {levels[key]:g})", ["Margin", [key, key, f"{key}/{LEVEL}"]]
+        return f" (alert level {levels[key]:g}: shaded past it)", ["Margin", [key, f"{key}/{LEVEL}", f"{key}/{BEYOND}"]]
     return "", ["Margin", [key, key, key]]
 
 
@@ -186,8 +188,8 @@ def scalar_layout(
         if key in keys:
             suffix, chart = _chart(key, levels)
             layout.setdefault(f"{ns}/{probe}", {})[f"{probe}: {stat}{suffix}"] = chart
-        if any(k.startswith(f"{key}/") and not k.endswith(LEVEL) for k in keys):
-            scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}).+$"]]
+        if any(k.startswith(f"{key}/") and not k.endswith((LEVEL, BEYOND)) for k in keys):
+            scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}$|{BEYOND}$).+$"]]
             layout.setdefault(f"{ns}/{probe} by scope", {})[f"{probe}: {stat} by scope"] = scoped
     layout[f"{namespace}/alerts"] = {
         "alerts fired at each step (count)": ["Multiline", [rf"^{namespace}/alerts/count$"]],

@@ -25,13 +25,15 @@ def test_layout_opens_on_an_overview_draws_levels_and_keeps_scopes_and_alerts_ap
         "mechmon/prev_token",
         "mechmon/alerts",
     ]
-    title = "induction: score_max (shaded to the alert level 0.3)"
-    assert layout["mechmon overview"] == {title: ["Margin", [KEYS[0], KEYS[0], KEYS[1]]]}  # line, band to the level
+    title = "induction: score_max (alert level 0.3: shaded past it)"
+    beyond = f"{KEYS[0]}/beyond_level"  # the band: from the level to the value, only where it passed the level
+    assert layout["mechmon overview"] == {title: ["Margin", [KEYS[0], KEYS[1], beyond]]}
     induction = layout["mechmon/induction"]
     assert list(induction) == ["induction: loss_gap_nats", title]
     assert induction["induction: loss_gap_nats"] == ["Margin", [KEYS[3]] * 3]  # a line alone
     [scoped] = layout["mechmon/induction by scope"]["induction: score_max by scope"][1]
     assert re.match(scoped, "mechmon/induction/score_max/L01") and not re.match(scoped, KEYS[1])
+    assert not re.match(scoped, beyond)
     assert layout["mechmon/alerts"] == {
         "alerts fired at each step (count)": ["Multiline", ["^mechmon/alerts/count$"]],
         "alerts by rule (1 at the step)": ["Multiline", ["^mechmon/alerts/(?!count$)"]],
@@ -57,3 +59,28 @@ def test_labelled_heatmap_is_a_figure_and_names_the_best_head():
     img = heatmap_image(matrix, "induction/head_scores")
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert img.shape[0] > 100 and img.shape[1] > 200  # a figure with axes and a colour bar, not 2 x 4 cells
+
+
+def test_the_band_is_drawn_past_the_level_only_in_a_real_run(tmp_path):
+    import torch
+
+    from mechmon import LogitsProbe, Monitor, Threshold, every
+    from tests.callbacks.helpers import read_events
+    from tests.conftest import plain_run, tiny_gpt2
+
+    rules = [Threshold("mechmon/logits/norm_mean", 1000.0, name="never"), Threshold("mechmon/logits/max_mean", -100.0,
+                                                                                   name="always")]  # fmt: skip
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), rules=rules,
+                      log_dir=tmp_path)  # fmt: skip
+    plain_run(monitor, model, optimizer, 3)
+    acc = read_events(tmp_path)
+
+    def series(tag):
+        return [e.value for e in acc.Scalars(tag)]
+
+    healthy = "mechmon/logits/norm_mean"
+    assert series(f"{healthy}/beyond_level") == series(f"{healthy}/alert_level") == [1000.0] * 3  # no band
+    alarming = "mechmon/logits/max_mean"
+    assert series(f"{alarming}/beyond_level") == series(alarming) and series(f"{alarming}/alert_level") == [-100.0] * 3

@@ -23,7 +23,7 @@ from mechmon.console import ConsoleView
 from mechmon.distributed import rank_zero_warn
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
-from mechmon.writers import LEVEL, NullWriter
+from mechmon.writers import BEYOND, LEVEL, NullWriter
 
 __all__ = ["Publisher", "Listener", "RuleKeys", "declared_keys"]
 
@@ -52,6 +52,7 @@ class Publisher:
         self._unmeasured: set[str] = set()  # families already warned about
         self._layout_keys: list[str] = []
         self._levels: dict[str, float] = {}
+        self._modes: dict[str, str] = {}
         self._headlines: list[str] = []
         self._layout_written = False
 
@@ -69,8 +70,10 @@ class Publisher:
         ``headlines``: each probe's headline key, charted first in the TensorBoard overview.
         """
         self.rules = rules
-        self._levels = {r.key: r.level for r in rules if isinstance(r, Threshold) and r.key.count("/") == 2}
-        self._layout_keys = list(layout_keys) + [f"{k}/{LEVEL}" for k in self._levels]
+        watched = [r for r in rules if isinstance(r, Threshold) and r.key.count("/") == 2]
+        self._levels = {r.key: r.level for r in watched}
+        self._modes = {r.key: r.mode for r in watched}
+        self._layout_keys = list(layout_keys) + [f"{k}/{s}" for k in self._levels for s in (LEVEL, BEYOND)]
         self._headlines = list(headlines)
         self.writer, self.view, self.listeners = writer or NullWriter(), view, list(listeners)
         self._layout_written = False
@@ -121,6 +124,8 @@ class Publisher:
             self._write("layout", dict.fromkeys(self._layout_keys + list(scalars)), self._headlines, self._levels)
             self._layout_written = True
         levels = {f"{k}/{LEVEL}": level for k, level in self._levels.items() if k in scalars}  # drawn in the charts
+        levels |= {f"{k}/{BEYOND}": _beyond(scalars[k], level, self._modes[k]) for k, level in self._levels.items()
+                   if k in scalars}  # fmt: skip
         self._write("scalars", {**values, **levels}, step)
         for key, matrix in images.items():
             self._write("image", key, matrix, step)
@@ -226,6 +231,13 @@ class RuleKeys:
                 warnings.warn(
                     f"mechmon: rule {rule!r} watches {key}, which no probe logs, so it never fires{hint}", stacklevel=3
                 )
+
+
+def _beyond(value: float, level: float, mode: str) -> float:
+    """The value where it is past ``level`` (above for ``"max"``, below for ``"min"``), the level elsewhere."""
+    if not math.isfinite(value):
+        return level
+    return max(value, level) if mode == "max" else min(value, level)
 
 
 def _one_alert(non_finite: list[Alert], shown: int = 5) -> list[Alert]:

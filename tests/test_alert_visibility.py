@@ -9,15 +9,21 @@ from tests.callbacks.helpers import read_events
 from tests.conftest import plain_run, tiny_gpt2
 
 
-def test_two_alerts_at_one_step_are_both_in_the_text_entry_the_count_and_the_bar(tmp_path):
-    rules = [Threshold("mechmon/logits/norm_mean", 0.0, name="first"), Threshold("mechmon/logits/max_mean", -100.0,
-                                                                                name="second")]  # fmt: skip
+def run(tmp_path, levels: tuple[float, float], steps: int) -> Monitor:
+    """A logits-probe run with two threshold rules, ``first`` on norm_mean and ``second`` on max_mean."""
+    rules = [Threshold("mechmon/logits/norm_mean", levels[0], name="first"),
+             Threshold("mechmon/logits/max_mean", levels[1], name="second")]  # fmt: skip
     model = tiny_gpt2()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), rules=rules,
                       log_dir=tmp_path)  # fmt: skip
+    plain_run(monitor, model, optimizer, steps)
+    return monitor
+
+
+def test_two_alerts_at_one_step_are_both_in_the_text_entry_the_count_and_the_bar(tmp_path):
+    monitor = run(tmp_path, (0.0, -100.0), 2)
     view = ConsoleView(False, None, [], "mechmon", True)
-    plain_run(monitor, model, optimizer, 2)
     for alert in monitor.alerts:
         view.alert(alert)
     acc = read_events(tmp_path)
@@ -27,3 +33,16 @@ def test_two_alerts_at_one_step_are_both_in_the_text_entry_the_count_and_the_bar
     assert [(e.step, e.value) for e in acc.Scalars("mechmon/alerts/count")] == [(1, 2.0)]
     assert sorted(text.split("`")[1] for _, text in load_run(tmp_path).alerts) == ["first", "second"]
     assert view.bar_items()["alert"] == "2 alerts@1: first, second"
+
+
+def test_a_chart_is_shaded_past_its_level_only(tmp_path):
+    """``first`` never passes its level (no band: beyond_level is the level), ``second`` always (the value)."""
+    run(tmp_path, (1000.0, -100.0), 3)
+    acc = read_events(tmp_path)
+
+    def series(tag):
+        return [e.value for e in acc.Scalars(tag)]
+
+    healthy, alarming = "mechmon/logits/norm_mean", "mechmon/logits/max_mean"
+    assert series(f"{healthy}/beyond_level") == series(f"{healthy}/alert_level") == [1000.0] * 3
+    assert series(f"{alarming}/beyond_level") == series(alarming) and series(f"{alarming}/alert_level") == [-100.0] * 3

@@ -59,28 +59,3 @@ def test_labelled_heatmap_is_a_figure_and_names_the_best_head():
     img = heatmap_image(matrix, "induction/head_scores")
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert img.shape[0] > 100 and img.shape[1] > 200  # a figure with axes and a colour bar, not 2 x 4 cells
-
-
-def test_the_band_is_drawn_past_the_level_only_in_a_real_run(tmp_path):
-    import torch
-
-    from mechmon import LogitsProbe, Monitor, Threshold, every
-    from tests.callbacks.helpers import read_events
-    from tests.conftest import plain_run, tiny_gpt2
-
-    rules = [Threshold("mechmon/logits/norm_mean", 1000.0, name="never"), Threshold("mechmon/logits/max_mean", -100.0,
-                                                                                   name="always")]  # fmt: skip
-    model = tiny_gpt2()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), rules=rules,
-                      log_dir=tmp_path)  # fmt: skip
-    plain_run(monitor, model, optimizer, 3)
-    acc = read_events(tmp_path)
-
-    def series(tag):
-        return [e.value for e in acc.Scalars(tag)]
-
-    healthy = "mechmon/logits/norm_mean"
-    assert series(f"{healthy}/beyond_level") == series(f"{healthy}/alert_level") == [1000.0] * 3  # no band
-    alarming = "mechmon/logits/max_mean"
-    assert series(f"{alarming}/beyond_level") == series(alarming) and series(f"{alarming}/alert_level") == [-100.0] * 3

@@ -158,6 +158,12 @@ class Threshold(Rule):
 
     Raises:
         ValueError: on a bad ``mode`` or negative ``hysteresis``.
+
+    Example:
+        >>> from mechmon.alerts import Threshold
+        >>> rule = Threshold("mechmon/logits/softmax_collapse_frac", 0.5, patience=2, name="collapse")
+        >>> [rule.update(step, v) is not None for step, v in enumerate([0.1, 0.6, 0.7, 0.8], start=1)]
+        [False, False, True, False]
     """
 
     def __init__(self, key: str, level: float, mode: Mode = "max", hysteresis: float = 0.0, **kwargs: Any) -> None:
@@ -436,8 +442,8 @@ class Phase(Compound):
 
     Fires ``name`` when every ``enter`` rule holds, then ``exit_name`` when any ``exit`` rule holds, and re-arms. The
     ``exit`` rules are reset at entry and fed only inside the phase, so their running statistics (a running
-    max, a baseline) start at the phase. Example: the loss plateau of docs/metrics.md C1 enters on "loss flat and mean
-    cosine > 0.9" and exits on "cosine 0.1 below its running max, or the loss falls by 20 %".
+    max, a baseline) start at the phase. For instance, the loss plateau of docs/metrics.md C1 enters on "loss flat
+    and mean cosine > 0.9" and exits on "cosine 0.1 below its running max, or the loss falls by 20 %".
 
     Args:
         enter: rules that must all hold to enter (their patience counts).

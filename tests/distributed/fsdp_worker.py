@@ -1,18 +1,26 @@
-"""One rank of the FSDP2 test: probes on a ``fully_shard`` GPT-2 against the same probes on an unsharded copy."""
+"""The FSDP2 test's ranks: probes on a ``fully_shard`` GPT-2 against the same probes on an unsharded copy.
+
+``python tests/distributed/fsdp_worker.py OUT`` spawns 2 gloo ranks; each writes ``OUT/rank<r>.json``.
+"""
 
 import json
 import os
+import socket
+import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mechmon import CollapseProbe, NLMProbe, WeightsProbe
-from mechmon.adapters import HFAdapter
-from mechmon.capture import resolve_names
-from mechmon.distributed import reduce_states
-from mechmon.engine import snapshot_forward
-from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+from mechmon import CollapseProbe, NLMProbe, WeightsProbe  # noqa: E402
+from mechmon.adapters import HFAdapter  # noqa: E402
+from mechmon.capture import resolve_names  # noqa: E402
+from mechmon.distributed import reduce_states  # noqa: E402
+from mechmon.engine import snapshot_forward  # noqa: E402
+from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
 
 
 def scalars(probe, model, batch):
@@ -57,3 +65,14 @@ def run(rank: int, port: int, out: str) -> None:
     dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
     os._exit(0)  # caveat: skip the C++ teardown of gloo at exit, as the DDP worker does (an abort site under load)
+
+
+def main() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run, args=(port, sys.argv[1]), nprocs=2, join=True)
+
+
+if __name__ == "__main__":
+    main()

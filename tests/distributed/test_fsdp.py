@@ -3,24 +3,20 @@ FSDP2 (``fully_shard``) over 2 gloo processes: weight norms and gradient alignme
 probe forward that runs under the wrapper, all equal to the same probes on the unsharded model."""
 
 import json
-import socket
+from pathlib import Path
 
 import pytest
-import torch.multiprocessing as mp
 
-from tests.distributed.fsdp_worker import run
+from tests.distributed import run_ranks
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SCRIPT = Path(__file__).with_name("fsdp_worker.py")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(run, args=(free_port(), str(out)), nprocs=2, join=True)
+    done = run_ranks(SCRIPT, out, timeout=300)  # a hang kills every rank and fails here
+    assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

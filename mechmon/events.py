@@ -1,8 +1,9 @@
 """Reading a run back: mechmon's scalars, alert texts and heatmap values from the TensorBoard event files of a run.
 
 The files are read one record at a time (TensorBoard's own ``Event`` protos and record checksums), so memory stays
-bounded whatever the run's length: each series keeps at most :data:`MAX_POINTS` points, thinned evenly (every other
-point dropped when it doubles past that), its first and last always kept. Alerts are all kept.
+bounded whatever the run's length: each series keeps between :data:`MAX_POINTS` and twice that many points once it
+is long, thinned evenly (every other point dropped when it passes twice that), its first and last always kept.
+Alerts are all kept (the last text of each step: it lists every alert of that step).
 
 What a reader of a run folder must not do silently:
 
@@ -30,7 +31,7 @@ import numpy as np
 
 __all__ = ["RunEvents", "RunError", "Series", "load_run", "read_run", "MAX_POINTS"]
 
-MAX_POINTS = 2000  # per series, for drawing and tables
+MAX_POINTS = 2000  # per series, for drawing and tables (a long series keeps 2,000 to 4,000 points)
 _HEADER = struct.Struct("<QI")  # record length, masked crc32c of the length
 
 Series = dict[str, list[tuple[int, float]]]
@@ -117,7 +118,7 @@ class _Reader:
     def read(self, path: Path) -> None:
         from tensorboard.compat.proto import event_pb2
 
-        first = None
+        checked = False  # this file's first mechmon step compared with what earlier files reached
         for record in _records(path, self.damaged):
             try:
                 event = event_pb2.Event.FromString(record)
@@ -126,13 +127,13 @@ class _Reader:
                 continue
             if event.HasField("session_log") and event.session_log.status == event.session_log.START:
                 self._purge(event.step)  # a resumed run restarts here: earlier files' later steps are stale
-                first = -1 if first is None else first
+                checked = True
             elif event.HasField("summary") and self._take(event):
-                if first is None and event.step <= self.reached:
+                if not checked and event.step <= self.reached:
                     raise RunError(f"{path.parent} holds more than one run: {path.name} starts again at step "
                                    f"{event.step}, after an earlier file reached step {self.reached}; give each run "
                                    "its own folder")  # fmt: skip
-                first = event.step if first is None else first
+                checked = True
                 self.reached = max(self.reached, event.step)
 
     def _take(self, event: Any) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_state", "load_state", "read_safely"]
+__all__ = ["save_state", "load_state", "read_safely", "one_line"]
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -32,6 +32,12 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def one_line(err: Exception) -> str:
+    """A failure to read a file as one line: ``"<error type>: <first line of its message>"``."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def read_safely(path: str | os.PathLike) -> Any:
@@ -50,7 +56,7 @@ def read_safely(path: str | os.PathLike) -> Any:
             "mechmon never unpickles code"
         ) from None
     except Exception as err:  # caveat: any unreadable file is one line
-        raise ValueError(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}") from None
+        raise ValueError(one_line(err)) from None
 
 
 def load_state(path: str | os.PathLike, what: str, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:

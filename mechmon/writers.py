@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NullWriter", "TensorBoardWriter", "open_writer", "heatmap_rgb", "scalar_layout", "LEVEL", "BEYOND"]
+__all__ = [
+    "NullWriter",
+    "TensorBoardWriter",
+    "open_writer",
+    "heatmap_rgb",
+    "scalar_layout",
+    "LEVEL",
+    "BEYOND",
+    "ALERT_COUNT",
+]
 
 
 class NullWriter:
@@ -148,6 +157,7 @@ def open_writer(
 
 LEVEL = "alert_level"  # scope of the constant series carrying a threshold rule's level
 BEYOND = "beyond_level"  # scope of the series that leaves the level only where the value passes it
+ALERT_COUNT = "count"  # <ns>/alerts/count: how many alerts fired at a step
 
 
 def _chart(key: str, levels: Mapping[str, float]) -> tuple[str, list]:
@@ -192,8 +202,8 @@ def scalar_layout(
             scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}$|{BEYOND}$).+$"]]
             layout.setdefault(f"{ns}/{probe} by scope", {})[f"{probe}: {stat} by scope"] = scoped
     layout[f"{namespace}/alerts"] = {
-        "alerts fired at each step (count)": ["Multiline", [rf"^{namespace}/alerts/count$"]],
-        "alerts by rule (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/(?!count$)"]],
+        "alerts fired at each step (count)": ["Multiline", [rf"^{namespace}/alerts/{ALERT_COUNT}$"]],
+        "alerts by rule (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/(?!{ALERT_COUNT}$)"]],
     }
     return layout
 

@@ -27,13 +27,9 @@ from mechmon.distributed import all_ranks, rank_zero_warn, same_on_all_ranks, wo
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 
-__all__ = ["Gate", "HORIZON", "ScheduleError"]
+__all__ = ["Gate", "HORIZON"]
 
 HORIZON = 1000  # steps over which schedules are compared across ranks at attach
-
-
-class ScheduleError(Exception):
-    """A probe's schedule raised: the probe fails on this rank (agreed at the step's collective)."""
 
 
 class Gate:

@@ -23,13 +23,12 @@ from mechmon.console import ConsoleView
 from mechmon.distributed import rank_zero_warn
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
-from mechmon.writers import BEYOND, LEVEL, NullWriter
+from mechmon.writers import ALERT_COUNT, BEYOND, LEVEL, NullWriter
 
 __all__ = ["Publisher", "Listener", "RuleKeys", "declared_keys"]
 
 Listener = Callable[[Mapping[str, float], int], None]
 _MAX_ALERTS_KEPT = 1000
-ALERT_COUNT = "count"  # <ns>/alerts/count: how many alerts fired at a step
 
 
 class Publisher:

@@ -22,6 +22,7 @@ from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
 from mechmon.engine.forward import uncompiled
 from mechmon.probe import Probe
+from mechmon.probes.fixed_batch import batch_tokens
 
 __all__ = ["Stream", "compiled", "first_rows", "model_inputs"]
 
@@ -212,9 +213,7 @@ def first_rows(batch: Any, rows: int) -> tuple[Tensor, Any]:
     Raises:
         TypeError: if the batch holds no 2-d integer ids (a tensor, ``input_ids``, or the first of a tuple).
     """
-    ids = batch.get("input_ids") if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point():
-        raise TypeError(f"a shadow forward needs token ids [B, T] in the batch, got {type(batch).__name__}")
+    ids, _ = batch_tokens(batch, "a shadow forward")
     size = ids.shape[0]
 
     def cut(value: Any) -> Any:

@@ -40,7 +40,8 @@ def fit_period(adapter: Adapter, owner: str, period: int | None, default: int, c
     changed.
 
     Raises:
-        ValueError: when the context cannot hold ``copies`` copies of the given period, or of a period of 2.
+        ValueError: with ``period=None``, when the context cannot hold ``copies`` copies of a period of 2 (an explicit
+            period too long is refused by :func:`repeated_batch`, naming the period that fits).
     """
     context = adapter.max_positions
     most = None if context is None else (context - offset) // copies

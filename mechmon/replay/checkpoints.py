@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mechmon.statefile import one_line
+
 __all__ = ["Checkpoint", "find_checkpoints", "load_weights", "probe_batch_of"]
 
 _STEP_IN_NAME = re.compile(r"(?:checkpoint|step|global_step|iter)[-_=]?(\d+)|^(\d+)$", re.IGNORECASE)
@@ -101,13 +103,8 @@ def find_checkpoints(paths: Iterable[str | Path]) -> tuple[list[Checkpoint], lis
             try:
                 found.append(describe(path))
             except Exception as err:  # caveat: one unreadable checkpoint must not stop the others
-                refused.append((path, _one_line(err)))
+                refused.append((path, one_line(err)))
     return sorted(found, key=lambda c: (c.step, str(c.path))), refused
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def _state_dict_of(ckpt: Checkpoint) -> Mapping[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import nn
 from mechmon.alerts import Alert, Rule
 from mechmon.probe import Probe
 from mechmon.replay.checkpoints import Checkpoint, find_checkpoints, load_weights, probe_batch_of
-from mechmon.statefile import load_state, save_state
+from mechmon.statefile import load_state, one_line, save_state
 
 __all__ = ["scan", "ScanResult", "load_factory", "probes_from_names", "DEFAULT_PROBES"]
 
@@ -99,7 +99,7 @@ def _first_model(
 
 
 def _failed(ckpt: Checkpoint, err: Exception, result: ScanResult, console: Console) -> None:
-    reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    reason = one_line(err)
     console.print(f"[red]mechmon scan: cannot load {ckpt.path}: {reason}[/]", highlight=False)
     result.failed.append((ckpt.path, reason))
 

@@ -21,7 +21,11 @@ __all__ = ["save_state", "load_state", "read_safely", "one_line"]
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        OSError: if the folder cannot be written (the temporary file is removed; ``path`` keeps its old content).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -3,6 +3,7 @@
     python benchmarks/scale.py                          # demo, 6 x 384, GPT-2 124M (about an hour on 2 cores)
     python benchmarks/scale.py --shapes demo 6x384 --steps 5
     python benchmarks/scale.py --shapes gpt2-124M --rows defaults Logits Collapse Rank all --steps 3
+    python benchmarks/scale.py --shapes 6x384 --rows LogitsProbe shadow --steps 5    # + the compiled shadow row
 
 For each shape a plain PyTorch loop (AdamW) trains on random tokens; each row is a fresh ``Monitor`` with one probe
 (or the defaults, or every probe) scheduled on every step, so each measured step pays one evaluation. "extra ms"
@@ -14,7 +15,9 @@ plain step, and "at every(50)" spreads that share over the default schedule's 50
 run at its defaults); "extra MiB" is the
 peak of the bytes that operators allocate during one monitored step minus that of one plain step
 (``tests/memory.py``'s accounting, which counts every storage, so it works on CPU; on a GPU, ``--device cuda``,
-the CUDA allocator's peak). Text probes read 8 rows of the step's batch.
+the CUDA allocator's peak). Text probes read 8 rows of the step's batch. The shadow row (asked for with
+``--rows shadow``) trains ``torch.compile(model)`` (``--compile-backend``, inductor by default) in both columns: its
+LogitsProbe measures 8 rows through an eager ``no_grad`` forward before the optimizer step, against the compiled step.
 
 ``--budget-steps N`` then trains N more steps under a default ``Monitor()`` (default probes, ``every(50)``, the
 default 1 % budget) and prints the steps it evaluated and the share of wall time it measured itself
@@ -203,7 +206,30 @@ def default_run(model, optimizer, batch, steps: int) -> None:
     print(f"  stride {stride:.0f}; own time over wall time: {timer.seconds / wall:.2%} (the first evaluation too)")
 
 
-def measure(name: str, steps: int, only: list[str] | None, device: str = "cpu", budget_steps: int = 0) -> None:
+def row(label: str, model, optimizer, batch, probes, steps: int, base_peak: int | None) -> None:
+    """One line of the table: ``probes`` on every step of ``model`` (``base_peak``: a plain step's peak bytes)."""
+    monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, log_dir=None, console=False)
+    plain, watched, own = paired_times(model, optimizer, batch, steps, monitor)
+    step, own = statistics.median(plain), statistics.median(own)
+    extra = statistics.median(w - p for p, w in zip(plain, watched, strict=True))
+    base_peak = peak_bytes(model, optimizer, batch) if base_peak is None else base_peak
+    memory = (peak_bytes(model, optimizer, batch, monitor) - base_peak) / 2**20
+    monitor.close()
+    share = extra / step
+    print(
+        f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {share:>7.1%} {own * 1000:>7.0f} "
+        f"{own / step:>9.1%} {own / step / 50:>12.2%} {memory:>10.0f}"
+    )
+
+
+def measure(
+    name: str,
+    steps: int,
+    only: list[str] | None,
+    device: str = "cpu",
+    budget_steps: int = 0,
+    compile_backend: str = "inductor",
+) -> None:
     config, rows, ctx = SHAPES[name]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(device)
@@ -219,19 +245,13 @@ def measure(name: str, steps: int, only: list[str] | None, device: str = "cpu", 
     print(f"{'probes':<32} {'step ms':>8} {'extra ms':>9} {'share':>7} {'own ms':>7} {'own share':>9} "
           f"{'at every(50)':>12} {'extra MiB':>10}")  # fmt: skip
     for label, probes in probe_sets(batch).items():
-        if only and not any(r.lower() in label.lower() for r in only):
-            continue
-        monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, log_dir=None, console=False)
-        plain, watched, own = paired_times(model, optimizer, batch, steps, monitor)
-        step, own = statistics.median(plain), statistics.median(own)
-        extra = statistics.median(w - p for p, w in zip(plain, watched, strict=True))
-        memory = (peak_bytes(model, optimizer, batch, monitor) - base_peak) / 2**20
-        monitor.close()
-        share = extra / step
-        print(
-            f"{label:<32} {step * 1000:>8.0f} {extra * 1000:>9.0f} {share:>7.1%} {own * 1000:>7.0f} "
-            f"{own / step:>9.1%} {own / step / 50:>12.2%} {memory:>10.0f}"
-        )
+        if not only or any(r.lower() in label.lower() for r in only):
+            row(label, model, optimizer, batch, probes, steps, base_peak)
+    if only and "shadow" in [r.lower() for r in only]:
+        torch._dynamo.reset()
+        trained = torch.compile(model, backend=compile_backend)
+        train_step(trained, optimizer, batch)  # compiles
+        row(f"LogitsProbe, shadow ({compile_backend})", trained, optimizer, batch, [LogitsProbe()], steps, None)
     if budget_steps:
         default_run(model, optimizer, batch, budget_steps)
 
@@ -243,9 +263,10 @@ def main() -> None:  # noqa: D103
     p.add_argument("--rows", nargs="+", help="only rows whose label contains one of these (e.g. defaults Logits all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (memory then from the CUDA allocator's peak)")
     p.add_argument("--budget-steps", type=int, default=0, help="then this many steps under a default Monitor()")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the shadow row")
     args = p.parse_args()
     for name in args.shapes:
-        measure(name, args.steps, args.rows, args.device, args.budget_steps)
+        measure(name, args.steps, args.rows, args.device, args.budget_steps, args.compile_backend)
 
 
 if __name__ == "__main__":

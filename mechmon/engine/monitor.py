@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
+from mechmon.adapters.base import is_compile_wrapper
 from mechmon.alerts import Alert, Rule
 from mechmon.capture import resolve_names
 from mechmon.checks import fail
@@ -154,6 +155,7 @@ class Monitor:
         self._tapping = False
         self._thread: int | None = None  # the thread that drives the steps (see _one_thread)
         self._compiled = False  # the training forward is compiled: no hook in it (shadow forwards only)
+        self._entry: nn.Module | None = None  # where the model's inputs are read (None: nowhere eager, compiled)
         self._pending: dict[str, Any] | None = None
         self._rule_keys = RuleKeys((), (), self.config.namespace)  # the real one is built in attach
         if model is not None:
@@ -225,7 +227,9 @@ class Monitor:
         self._rule_keys.check(())
         for name, reason in self.gate.attach(root, self.probes, self._device).items():  # the same on every rank
             warnings.warn(self._disable(self._probe(name), reason), stacklevel=2)
+        self._entry = self.adapter.model
         if compiled_forward or compiled(root):
+            self._entry = _compile_wrapper_of(root, self.adapter.model)
             self._refuse_compiled()
         if hook_optimizers:
             self._hook_optimizers(optimizer)
@@ -242,10 +246,16 @@ class Monitor:
         self._compiled = True
         for probe in self.probes:
             if probe.kind == "streaming" and self._names[probe.name] and getattr(probe, "shadow_rows", 0):
+                source = (
+                    "the batch handed to the monitor, else the inputs read at the torch.compile wrapper,"
+                    if self._entry is not None
+                    else "the batch handed to the monitor (without one, as when HF torch_compile=True compiles the "
+                    "model itself, it stays NaN),"
+                )
                 rank_zero_warn(
                     f"mechmon: the training forward is compiled (hooks cannot see it): probe {probe.name!r} measures "
-                    f"the first {probe.shadow_rows} rows of the batch handed to the monitor at each scheduled step "
-                    "through an eager no_grad forward before the optimizer step (shadow_rows)"
+                    f"the first {probe.shadow_rows} rows of {source} at each scheduled step through an eager no_grad "
+                    "forward before the optimizer step (shadow_rows)"
                 )
             elif probe.kind == "streaming" and self._names[probe.name]:
                 reason = (
@@ -326,7 +336,15 @@ class Monitor:
             due = [p for p in self._thin(self._due(step, step + steps - 1), count=False) if p.kind == "streaming"]
             if due:
                 self._stream = Stream.open(
-                    self.adapter, self._names, step, due, batch is None, self._update, self._fail, not self._compiled
+                    self.adapter,
+                    self._names,
+                    step,
+                    due,
+                    batch is None,
+                    self._update,
+                    self._fail,
+                    self._compiled,
+                    self._entry,
                 )
         if self._stream is not None:
             self._stream.next_batch(batch)
@@ -426,8 +444,22 @@ class Monitor:
         self._waiting = [p for p in self._waiting if p.needs_batch and p.name not in self.disabled]
 
     def _tap_first_batch(self) -> None:
-        """Read the first training batch from the model's inputs (one forward pre-hook, removed after it)."""
+        """Read the first training batch from the model's inputs (one forward pre-hook, removed after it).
+
+        A compiled model called directly (``module.compile()``, HF ``torch_compile=True``) has no eager place for
+        it: the probes that wait for a batch are disabled, once, with the fix.
+        """
         self._tapping = True
+        if self._entry is None:
+            for probe in self._waiting:
+                reason = (
+                    f"probe {probe.name!r} takes its probe batch from the first training batch, which a compiled "
+                    "model called directly hides from hooks; hand the batch over (monitor.step(step, batch)), wrap "
+                    "the model with torch.compile(model) instead of model.compile(), or give the probe a batch"
+                )
+                warnings.warn(self._disable(probe, reason), stacklevel=3)
+            self._waiting = []
+            return
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if module.training and self._waiting:
@@ -436,7 +468,7 @@ class Monitor:
                 handle.remove()
                 self._tapping = False
 
-        handle = self.adapter.model.register_forward_pre_hook(hook, with_kwargs=True)
+        handle = self._entry.register_forward_pre_hook(hook, with_kwargs=True)
         self._handles.append(handle)
 
     def _detach_streaming(self) -> None:
@@ -624,3 +656,12 @@ def _safe_call(schedule: Schedule, step: int) -> bool:
     except Exception as err:  # caveat: a user's image schedule must not stop the run
         warnings.warn(f"mechmon: image_schedule raised {type(err).__name__} at step {step}: {err}", stacklevel=3)
         return False
+
+
+def _compile_wrapper_of(root: nn.Module, model: nn.Module) -> nn.Module | None:
+    """The outermost ``torch.compile`` wrapper in ``root`` around ``model``, or ``None``.
+
+    Its own hooks run eagerly, outside dynamo, and see the model's inputs (under Fabric it sits in ``_FabricModule``).
+    """
+    wrappers = (m for m in root.modules() if is_compile_wrapper(m))
+    return next((w for w in wrappers if any(m is model for m in w.modules())), None)

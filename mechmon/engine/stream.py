@@ -69,28 +69,36 @@ class Stream:
         tap: bool,
         update: Updater,
         fail: Failer,
-        hooks: bool = True,
+        compiled: bool = False,
+        entry: nn.Module | None = None,
     ) -> Stream:
         """Attach the capture hooks of ``due`` and, with ``tap``, the input hooks.
 
         ``names`` maps probe names to capture names; ``update(probe, captures, batch)`` is called for each probe
-        whose captures are all there. ``hooks=False`` (a compiled training forward): no hook at all, the stream only
-        keeps the driver's batch for :meth:`shadow_step`.
+        whose captures are all there. ``compiled`` (a compiled training forward): no hook inside it, the stream only
+        keeps the batch for :meth:`shadow_step`: the driver's, or with ``tap`` the inputs a pre-hook on ``entry``
+        reads (the ``torch.compile`` wrapper, whose own hooks run eagerly; ``None``: nowhere to read them).
         """
         stream = cls(step, due, tap, names, update, fail)
         stream.adapter = adapter
-        if not hooks:
+        if compiled:
+            if tap and entry is not None:
+                stream._read_inputs(entry)
             return stream
         wanted = sorted({n for p in due for n in names[p.name]})
         stream.caps = stream.stack.enter_context(capture(adapter, wanted, errors=stream.errors))
         if tap or wanted:  # the model's own inputs, read before each training forward (tap, or several per block)
-            pre = adapter.model.register_forward_pre_hook(
-                lambda m, a, k: setattr(stream, "inputs", model_inputs(a, k)) if m.training else None, with_kwargs=True
-            )
-            stream.stack.callback(pre.remove)
+            stream._read_inputs(adapter.model)
             # feed right after the forward: no capture outlives it into the backward
             stream.post = adapter.model.register_forward_hook(stream._after_forward, always_call=True)
         return stream
+
+    def _read_inputs(self, module: nn.Module) -> None:
+        """Keep what each training forward of ``module`` is called with (a forward pre-hook, until :meth:`close`)."""
+        pre = module.register_forward_pre_hook(
+            lambda m, a, k: setattr(self, "inputs", model_inputs(a, k)) if m.training else None, with_kwargs=True
+        )
+        self.stack.callback(pre.remove)
 
     def next_batch(self, batch: Any) -> None:
         """A new micro-batch, with the driver's batch (ignored with ``tap``: the model's inputs are read)."""
@@ -162,12 +170,14 @@ class Stream:
     def shadow_step(self) -> None:
         """Feed the due shadow probes before the optimizer step of a compiled training forward (no hook inside it).
 
-        Each gets ``shadow_rows`` rows of the driver's last batch through an eager forward, hooked only around it.
+        Each gets ``shadow_rows`` rows of the last batch (the driver's, or the inputs read at the compile wrapper)
+        through an eager forward, hooked only around it.
         """
+        batch = self.inputs if self.tap else self.batch
         for probe in self.due:
-            if getattr(probe, "shadow_rows", 0) and probe.name not in self.shadowed and self.batch is not None:
+            if getattr(probe, "shadow_rows", 0) and probe.name not in self.shadowed and batch is not None:
                 with capture(self.adapter, self.names[probe.name]) as caps, uncompiled(self.adapter.model):
-                    self._shadow(probe, self.batch, caps)
+                    self._shadow(probe, batch, caps)
 
     def _shadow(self, probe: Probe, batch: Any, caps: dict[str, Tensor]) -> None:
         """Feed ``probe`` from an eager ``no_grad`` forward of the first ``probe.shadow_rows`` rows of ``batch``.

@@ -104,3 +104,68 @@ def test_a_compiled_plain_loop_measures_the_logits_through_a_shadow_forward_equa
     ):
         shadowed = run(True)
     assert len(reference) > 10 and shadowed == pytest.approx(reference, rel=1e-5, abs=1e-6)
+
+
+def test_a_compiled_fabric_loop_reads_its_batch_at_the_compile_wrapper_and_equals_an_uncompiled_run():
+    """Fabric hands the monitor no batch: the inputs are read by a pre-hook on ``torch.compile``'s wrapper (which runs
+    eagerly), so the shadow forward has rows to measure, equal to an uncompiled Fabric loop."""
+    import lightning as L
+
+    from tests.nanogpt import gpt
+
+    data = torch.randint(0, 64, (4, 4, 49), generator=torch.Generator().manual_seed(1))
+
+    def run(compiled: bool) -> dict[str, float]:
+        torch._dynamo.reset()
+        monitor = MechMonitor(probes=[LogitsProbe(shadow_rows=8)], schedule=every(2), log_dir=None)
+        fabric = L.Fabric(accelerator="cpu", devices=1, callbacks=[monitor], loggers=[])
+        model = gpt()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        trained, optimizer = fabric.setup(torch.compile(model, backend="eager") if compiled else model, optimizer)
+        for rows in data:
+            _, loss = trained(rows[:, :-1], rows[:, 1:].contiguous())
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        monitor.close()
+        assert not monitor.engine.disabled and hook_count(model) == 0
+        return {k: v for k, v in monitor.engine.latest.items() if k.startswith("mechmon/logits/")}
+
+    reference = run(False)
+    with pytest.warns(UserWarning, match="probe 'logits' measures the first 8 rows"):
+        shadowed = run(True)
+    assert len(reference) > 10 and shadowed == pytest.approx(reference, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("how", ["wrapper", "in_place"])
+def test_a_compiled_model_without_a_batch_reads_its_first_batch_at_the_wrapper_or_says_why_it_cannot(how):
+    """No batch handed over: ``torch.compile(model)``'s wrapper gives the first training batch eagerly (the snapshot
+    probe then equals an uncompiled run); ``model.compile()`` has no eager place, so that probe is disabled, said so."""
+
+    def run(compile_as: str | None) -> Monitor:
+        torch._dynamo.reset()
+        model = tiny_gpt2()
+        trained = model
+        if compile_as == "wrapper":
+            trained = torch.compile(model, backend="eager")
+        elif compile_as == "in_place":
+            model.compile(backend="eager")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = Monitor(trained, optimizer=optimizer, probes=[CollapseProbe()], schedule=1, log_dir=None)
+        data = torch.randint(1, 64, (2, 2, 16), generator=torch.Generator().manual_seed(0))
+        for step, batch in enumerate(data, start=1):
+            with monitor.step(step):
+                trained(input_ids=batch, labels=batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        monitor.close()
+        assert hook_count(model) == 0
+        return monitor
+
+    reference = run(None).latest
+    if how == "wrapper":
+        assert run(how).latest == pytest.approx(reference, rel=1e-5) and "mechmon/repr_collapse/mean_cos" in reference
+    else:
+        with pytest.warns(UserWarning, match="probe 'repr_collapse' takes its probe batch .* hand the batch over"):
+            monitor = run(how)
+        assert "repr_collapse" in monitor.disabled

@@ -23,7 +23,7 @@ class Tokens(Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def train(tmp_path, callback, max_steps, resume=None, accumulation=1):
+def train(tmp_path, callback, max_steps, resume=None, accumulation=1, **extra):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=max_steps,
@@ -36,6 +36,7 @@ def train(tmp_path, callback, max_steps, resume=None, accumulation=1):
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        **extra,
     )
     model = tiny_gpt2()
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback])
@@ -113,3 +114,30 @@ def test_a_training_forward_that_raises_leaves_no_hook_on_the_model(tmp_path):
     callback.close()  # flushes the event files (the interpreter's exit does it too)
     steps = scalar_steps(read_events(tmp_path / "tb"), "mechmon/logits/norm_mean") if callback.engine.latest else []
     assert steps == list(range(1, len(steps) + 1))  # every step before the failing one
+
+
+def test_torch_compile_true_keeps_snapshot_probes_exact_and_says_why_the_logits_are_not_measured(tmp_path):
+    """HF ``torch_compile=True`` calls its compiled wrapper, which the callback never sees: no eager place to read a
+    batch. Snapshot probes equal the uncompiled run; the logits are NaN with one hint and no alert; a probe waiting
+    for a training batch is disabled with the fix."""
+
+    def run(folder, **extra):
+        probes = [InductionProbe(period=10, batch_size=2), LogitsProbe(), CollapseProbe()]
+        callback = MechMonitorCallback(probes=probes, schedule=every(2), log_dir=None)
+        model = train(tmp_path / folder, callback, max_steps=4, **extra)
+        assert hook_count(model) == 0
+        return callback
+
+    plain = run("plain").engine.latest
+    try:
+        with pytest.warns(UserWarning, match="probe 'repr_collapse' takes its probe batch") as seen:
+            compiled = run("compiled", torch_compile=True, torch_compile_backend="eager")
+    finally:  # accelerate keeps its dynamo setting in a process-wide state: later Accelerators would compile
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert any("no full logits reached it" in str(w.message) for w in seen)
+    assert [a.rule for a in compiled.alerts] == ["probe_failed"] and "repr_collapse" in compiled.engine.disabled
+    induction = {k: v for k, v in plain.items() if k.startswith("mechmon/induction/")}
+    assert induction and {k: compiled.engine.latest[k] for k in induction} == pytest.approx(induction, rel=1e-5)
+    assert all(v != v for k, v in compiled.engine.latest.items() if k.startswith("mechmon/logits/"))

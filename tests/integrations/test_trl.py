@@ -23,8 +23,18 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="0", eos_token="1", unk_token="0")
 
 
-def test_sft_trainer_logits_equal_an_eager_unfused_computation_on_the_same_rows(tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_sft_trainer_logits_equal_an_eager_unfused_computation_on_the_same_rows(tmp_path, lora):
+    """With ``peft_config`` (LoRA) the callback watches the ``PeftModel``; LoRA's B starts at zero, so step 1's
+    forward equals the base model's."""
     from datasets import Dataset
+
+    peft_config = None
+    if lora:
+        peft = pytest.importorskip("peft")
+        peft_config = peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM"
+        )
 
     model = tiny_gpt2()
     before = copy.deepcopy(model).eval()  # the weights of step 1's forward, no dropout (the shadow runs in eval)
@@ -39,8 +49,10 @@ def test_sft_trainer_logits_equal_an_eager_unfused_computation_on_the_same_rows(
                          use_cpu=True, disable_tqdm=True, dataset_kwargs={"skip_prepare_dataset": True},
                          remove_unused_columns=False)  # fmt: skip
     data = Dataset.from_dict({"input_ids": ids.tolist()})
-    trl.SFTTrainer(model=model, args=args, processing_class=word_tokenizer(), train_dataset=data,
-                   callbacks=[callback]).train()  # fmt: skip
+    trainer = trl.SFTTrainer(model=model, args=args, processing_class=word_tokenizer(), train_dataset=data,
+                             callbacks=[callback], peft_config=peft_config)  # fmt: skip
+    trainer.train()
+    assert type(trainer.model).__name__ == ("PeftModelForCausalLM" if lora else "GPT2LMHeadModel")
     assert seen[0].get("fused_lm_head") is True  # TRL's fused head: no logits in the training forward
     got = callback.engine.latest
     assert [a.rule for a in callback.alerts] == [] and not callback.engine.disabled

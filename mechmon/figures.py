@@ -7,11 +7,12 @@ Without matplotlib, :func:`heatmap_image` falls back to plain coloured cells (:f
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["available", "heatmap_image", "draw_heatmap", "draw_series", "best_cell"]
+__all__ = ["available", "heatmap_image", "draw_heatmap", "draw_series", "draw_scopes", "best_cell"]
 
 
 def available() -> bool:
@@ -117,3 +118,21 @@ def draw_series(
     ax.grid(alpha=0.3)
     if level is not None:
         ax.legend(fontsize=7, loc="best")
+
+
+def draw_scopes(ax, scopes: dict[str, Sequence[tuple[int, float]]], title: str) -> None:
+    """One statistic over steps per scope (layer, expert): a colour and a legend entry each, every value in range.
+
+    ``scopes`` maps a scope name (``L0``, ``layer3``) to its ``(step, value)`` series; NaN values leave gaps.
+    """
+    for i, (scope, series) in enumerate(sorted(scopes.items(), key=lambda kv: _natural(kv[0]))):
+        ax.plot([s for s, _ in series], [v for _, v in series], color=f"C{i % 10}", linewidth=1.2, label=scope)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best", ncol=2 if len(scopes) > 6 else 1)
+
+
+def _natural(name: str) -> tuple:
+    """``L2`` before ``L10``: digit runs compare as numbers."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))

@@ -1,8 +1,9 @@
 """``mechmon report``: one picture of a run, read back from its TensorBoard event files.
 
 One figure per probe family: each unscoped statistic over steps (the family's headline first) with its alert level
-dashed and each alert a red line at the step it fired, then the family's ``[layer, head]`` heatmaps at the first,
-middle and last evaluation that wrote one. Needs matplotlib (``pip install "mechmon[report]"``).
+dashed and each alert a red line at the step it fired, then each statistic written per scope (layer, expert) as one
+line per scope with a legend, then the family's ``[layer, head]`` heatmaps at the first, middle and last evaluation
+that wrote one. Needs matplotlib (``pip install "mechmon[report]"``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from mechmon.events import RunEvents, Series, load_run
-from mechmon.figures import draw_heatmap, draw_series
-from mechmon.writers import LEVEL
+from mechmon.figures import draw_heatmap, draw_scopes, draw_series
+from mechmon.writers import BEYOND, LEVEL
 
 __all__ = ["write_report", "family_figures"]
 
@@ -44,6 +45,16 @@ def _stats(scalars: Series, probe: str, namespace: str) -> list[str]:
         return (0 if key.endswith(f"/{head}") else 1 if f"{key}/{LEVEL}" in scalars else 2, key)
 
     return sorted(keys, key=order)[:_MAX_STATS]
+
+
+def _scoped(scalars: Series, probe: str, namespace: str) -> dict[str, dict[str, Series]]:
+    """Statistics of one family written per scope: ``{stat: {scope: series}}`` (alert level and shading left out)."""
+    out: dict[str, dict[str, Series]] = {}
+    for key in sorted(scalars):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[:2] == [namespace, probe] and parts[3] not in (LEVEL, BEYOND):
+            out.setdefault(parts[2], {})[parts[3]] = scalars[key]
+    return dict(list(out.items())[:_MAX_STATS])
 
 
 def _family_alerts(alerts: Sequence[tuple[int, str]], probe: str, namespace: str) -> list[tuple[int, str]]:
@@ -82,18 +93,23 @@ def _figures(run: RunEvents, namespace: str) -> dict[str, object]:
     figures: dict[str, object] = {}
     for probe in families:
         stats = _stats(scalars, probe, namespace)
+        scoped = _scoped(scalars, probe, namespace)
         maps = [(k, sm) for k, v in sorted(heatmaps.items()) if k.split("/")[1] == probe for sm in _thirds(v)]
-        rows = -(-len(stats) // _STATS_PER_ROW) + -(-len(maps) // 3)
+        panels = [("stat", key) for key in stats] + [("scoped", stat) for stat in scoped]
+        rows = -(-len(panels) // _STATS_PER_ROW) + -(-len(maps) // 3)
         figure = Figure(figsize=(16, 3.2 * max(rows, 1)), dpi=90)
         figure.suptitle(f"{namespace}/{probe}", fontsize=13, fontweight="bold", x=0.01, ha="left")
         grid = figure.add_gridspec(max(rows, 1), 12)
         family_alerts = _family_alerts(alerts, probe, namespace)
-        for i, key in enumerate(stats):
+        for i, (kind, key) in enumerate(panels):
             row, col = divmod(i, _STATS_PER_ROW)
-            level = scalars.get(f"{key}/{LEVEL}")
             ax = figure.add_subplot(grid[row, col * 3 : col * 3 + 3])
+            if kind == "scoped":
+                draw_scopes(ax, scoped[key], f"{key} by scope")
+                continue
+            level = scalars.get(f"{key}/{LEVEL}")
             draw_series(ax, scalars[key], key.split("/", 2)[2], level[-1][1] if level else None, family_alerts)
-        first_map_row = -(-len(stats) // _STATS_PER_ROW)
+        first_map_row = -(-len(panels) // _STATS_PER_ROW)
         for i, (key, (step, matrix)) in enumerate(maps):
             row, col = divmod(i, 3)
             ax = figure.add_subplot(grid[first_map_row + row, col * 4 : col * 4 + 4])

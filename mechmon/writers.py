@@ -2,7 +2,8 @@
 
 Scalars go to every Lightning logger of the trainer (``log_metrics``: TensorBoard, CSV, ...) and, when the
 trainer has no TensorBoardLogger, to mechmon's own ``SummaryWriter``. Heatmaps, alert text and the
-custom-scalars layout go to the TensorBoard experiment.
+custom-scalars layout go to the TensorBoard experiment. :func:`open_writer` puts the TensorBoard side on a
+background thread (:class:`mechmon.background.BackgroundWriter`): drawing and serialising stay off the training loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from mechmon.background import BackgroundWriter
 
 __all__ = [
     "NullWriter",
@@ -127,7 +130,7 @@ def open_writer(
     log_dir: str | os.PathLike | None = None,
     purge_step: int | None = None,
 ) -> NullWriter:
-    """The writing rank's writer.
+    """The writing rank's writer: TensorBoard files written on a background thread, loggers called at once.
 
     Args:
         experiment: a ``SummaryWriter`` a logger already owns (Lightning's TensorBoardLogger): heatmaps, text and
@@ -141,18 +144,17 @@ def open_writer(
     if experiment is None and log_dir is None and not loggers:
         return NullWriter()
     if experiment is not None or log_dir is None:
-        return TensorBoardWriter(experiment, loggers, own_scalars=False)
+        return BackgroundWriter(TensorBoardWriter(experiment, own_scalars=False), loggers)
     try:
         from torch.utils.tensorboard import SummaryWriter
 
-        return TensorBoardWriter(
-            SummaryWriter(str(log_dir), purge_step=purge_step), loggers, own_scalars=True, owned=True
-        )
+        own = SummaryWriter(str(log_dir), purge_step=purge_step)
+        return BackgroundWriter(TensorBoardWriter(own, own_scalars=True, owned=True), loggers)
     except Exception as err:  # caveat: an unwritable folder must not stop training
         warnings.warn(
             f"mechmon cannot write TensorBoard files to {log_dir}: {err}; metrics go to loggers only", stacklevel=2
         )
-        return TensorBoardWriter(None, loggers, own_scalars=False) if loggers else NullWriter()
+        return BackgroundWriter(NullWriter(), loggers) if loggers else NullWriter()
 
 
 LEVEL = "alert_level"  # scope of the constant series carrying a threshold rule's level
@@ -200,7 +202,8 @@ def scalar_layout(
             layout.setdefault(f"{ns}/{probe}", {})[f"{probe}: {stat}{suffix}"] = chart
         if any(k.startswith(f"{key}/") and not k.endswith((LEVEL, BEYOND)) for k in keys):
             scoped = ["Multiline", [rf"^{re.escape(key)}/(?!{LEVEL}$|{BEYOND}$).+$"]]
-            layout.setdefault(f"{ns}/{probe} by scope", {})[f"{probe}: {stat} by scope"] = scoped
+            title = f"{probe}: {stat} by scope (hover a line for its layer)"  # one colour per run, not per tag
+            layout.setdefault(f"{ns}/{probe} by scope", {})[title] = scoped
     layout[f"{namespace}/alerts"] = {
         "alerts fired at each step (count)": ["Multiline", [rf"^{namespace}/alerts/{ALERT_COUNT}$"]],
         "alerts by rule (1 at the step)": ["Multiline", [rf"^{namespace}/alerts/(?!{ALERT_COUNT}$)"]],

@@ -39,6 +39,21 @@ def test_each_family_has_its_stats_levels_alerts_and_heatmaps(run):
     assert fired and [t.get_text() for t in norm.texts] == ["marker"]
 
 
+def test_a_stat_written_per_layer_is_one_line_per_layer_with_a_legend(run):
+    from mechmon.events import load_run
+
+    scalars = load_run(run).scalars
+    layers = sorted(k.rsplit("/", 1)[1] for k in scalars if k.startswith("mechmon/induction/score_max/L"))
+    assert len(layers) == 2  # TinyLM's two layers
+    panel = {ax.get_title(): ax for ax in family_figures(run)["induction"].axes}["score_max by scope"]
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == layers
+    assert len({line.get_color() for line in panel.lines}) == len(layers)  # told apart
+    for line, layer in zip(panel.lines, layers, strict=True):
+        assert list(line.get_ydata()) == [v for _, v in scalars[f"mechmon/induction/score_max/{layer}"]]
+    low, high = panel.get_ylim()
+    assert all(low <= v <= high for line in panel.lines for v in line.get_ydata())  # no value clipped
+
+
 def test_the_report_command_writes_a_png_and_an_html_page(run, tmp_path):
     done = mechmon_command("report", str(run), "-o", str(tmp_path / "report.png"))
     assert done.returncode == 0, done.stderr

@@ -31,7 +31,7 @@ def test_layout_opens_on_an_overview_draws_levels_and_keeps_scopes_and_alerts_ap
     induction = layout["mechmon/induction"]
     assert list(induction) == ["induction: loss_gap_nats", title]
     assert induction["induction: loss_gap_nats"] == ["Margin", [KEYS[3]] * 3]  # a line alone
-    [scoped] = layout["mechmon/induction by scope"]["induction: score_max by scope"][1]
+    [scoped] = layout["mechmon/induction by scope"]["induction: score_max by scope (hover a line for its layer)"][1]
     assert re.match(scoped, "mechmon/induction/score_max/L01") and not re.match(scoped, KEYS[1])
     assert not re.match(scoped, beyond)
     assert layout["mechmon/alerts"] == {
@@ -39,7 +39,8 @@ def test_layout_opens_on_an_overview_draws_levels_and_keeps_scopes_and_alerts_ap
         "alerts by rule (1 at the step)": ["Multiline", ["^mechmon/alerts/(?!count$)"]],
     }
     per_group = scalar_layout(["mechmon/moe_pathway/edit_dist/json"])
-    assert list(per_group["mechmon/moe_pathway by scope"]) == ["moe_pathway: edit_dist by scope"]
+    hover = "moe_pathway: edit_dist by scope (hover a line for its layer)"
+    assert list(per_group["mechmon/moe_pathway by scope"]) == [hover]
     written = tensorboard_order(layout)  # margin charts reversed: TensorBoard draws them last-written first
     assert list(written["mechmon/induction"]) == [title, "induction: loss_gap_nats"]
     assert written["mechmon/induction by scope"] == layout["mechmon/induction by scope"]

@@ -1,0 +1,103 @@
+"""The writing rank's writer thread: the training loop never waits for drawing or files, never sees their errors."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from mechmon import InductionProbe, LogitsProbe, Monitor
+from mechmon.background import BackgroundWriter
+from tests.callbacks.helpers import read_events, scalar_steps
+from tests.conftest import plain_run, tiny_gpt2
+
+
+class Gated:
+    """An inner writer whose calls wait for ``gate``: records (method, args, thread name) in order."""
+
+    def __init__(self):
+        self.gate, self.calls = threading.Event(), []
+
+    def __getattr__(self, method):
+        def call(*args):
+            self.gate.wait(10)
+            self.calls.append((method, args[0] if args else None, threading.current_thread().name))
+
+        return call
+
+
+def test_calls_return_at_once_while_the_writer_is_stalled_and_are_made_in_order_on_close():
+    inner = Gated()
+    writer = BackgroundWriter(inner, size=4)
+    for step in range(3):
+        writer.text("t", f"entry {step}", step)  # returns although the writer thread is blocked
+    assert inner.calls == []
+    inner.gate.set()
+    writer.close()
+    assert inner.calls == [("text", "t", "mechmon-writer")] * 3 + [("close", None, "mechmon-writer")]
+
+
+def test_a_full_queue_drops_with_one_warning_instead_of_blocking():
+    inner = Gated()
+    writer = BackgroundWriter(inner, size=2)
+    with pytest.warns(UserWarning, match="the event writer fell 2 calls behind") as seen:
+        for step in range(8):
+            writer.image("h", np.zeros((2, 2)), step)
+    assert len([w for w in seen if "fell" in str(w.message)]) == 1 and writer.dropped >= 5
+    inner.gate.set()
+    writer.close()
+    assert 1 <= len([c for c in inner.calls if c[0] == "image"]) <= 3  # the one taken plus the two queued
+
+
+def test_a_writer_that_raises_on_its_thread_stops_writing_and_the_caller_never_sees_it():
+    class Broken:
+        def text(self, *args):
+            raise OSError("No space left on device")
+
+        def close(self):
+            raise AssertionError("never called once the writer stopped")
+
+    writer = BackgroundWriter(Broken())
+    with pytest.warns(UserWarning, match=r"stopped writing metrics after Broken.text raised OSError"):
+        writer.text("t", "x", 1)
+        writer.text("t", "y", 2)
+        writer.flush()
+    writer.close()
+
+
+def test_a_logger_that_raises_is_dropped_and_the_files_go_on():
+    class Logger:
+        def log_metrics(self, metrics, step):
+            raise RuntimeError("logger down")
+
+    inner = Gated()
+    inner.gate.set()
+    writer = BackgroundWriter(inner, loggers=[Logger()])
+    with pytest.warns(UserWarning, match="after Logger.log_metrics raised RuntimeError"):
+        writer.scalars({"a": 1.0}, 1)
+    writer.scalars({"a": 2.0}, 2)
+    writer.close()
+    assert [c[1] for c in inner.calls if c[0] == "scalars"] == [{"a": 1.0}, {"a": 2.0}]
+
+
+def test_in_a_real_run_heatmaps_are_drawn_on_the_writer_thread_and_read_back(tmp_path, monkeypatch):
+    import mechmon.figures
+
+    drawn_on = []
+    real = mechmon.figures.heatmap_image
+
+    def spy(matrix, title):
+        drawn_on.append(threading.current_thread().name)
+        return real(matrix, title)
+
+    monkeypatch.setattr(mechmon.figures, "heatmap_image", spy)
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probes = [InductionProbe(period=10, batch_size=2), LogitsProbe()]
+    monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, image_schedule=2, log_dir=tmp_path)
+    plain_run(monitor, model, optimizer, 4)
+    assert drawn_on and set(drawn_on) == {"mechmon-writer"}
+    events = read_events(tmp_path)
+    assert scalar_steps(events, "mechmon/induction/score_max") == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("mechmon/induction/head_scores")] == [1, 2, 4]  # the first, then every 2nd
+    assert not any(t.name == "mechmon-writer" for t in threading.enumerate())  # joined on close

@@ -7,7 +7,7 @@ AdamW lr 3e-3, each with MechMonitor (LogitsProbe, WeightsProbe, NLMProbe) attac
     (b) float32 loss, weight decay 1.0  -> grokking (test accuracy > 0.95), no collapse alert
     (c) float64 loss, no weight decay   -> collapse later than (a), or not within the budget
 
-    python examples/grokking_collapse.py                       # all three, about 10 minutes on 2 CPU cores
+    python examples/grokking_collapse.py                       # all three, about 7 minutes on 2 CPU cores
     python examples/grokking_collapse.py --runs a --max-steps 1000
 
 Prints, per run: the step each alert fired, the step test accuracy passed 0.9, the final collapse fraction; writes

@@ -26,6 +26,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from rich.console import Console
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -272,8 +273,10 @@ def main() -> None:  # noqa: D103
         print(f"alert {name} fired after {seconds:.1f} s of wall time")
     if not args.no_monitor:  # what matters last on screen: the alerts, then where to see more
         print(f"alerts ({len(monitor.alerts)}):" if monitor.alerts else "no alert fired")
+        console = Console(highlight=False)  # one line per alert, cut to the terminal's width
         for alert in monitor.alerts:
-            print(f"  step {alert.step:>5}  {alert.rule}: {alert.reason.splitlines()[0][:56]}")
+            line = f"  step {alert.step:>5}  {alert.rule}: {alert.reason.splitlines()[0]}"
+            console.print(line, markup=False, no_wrap=True, overflow="ellipsis")
     print(f"every latest value: {runnable('mechmon')} summary {logger.log_dir}")
     print(f"TensorBoard, Custom Scalars tab: {runnable('tensorboard')} --logdir {logger.log_dir}")
 

@@ -231,19 +231,34 @@ class Collapse(Rule):
     Mode ``"max"``: below ``ratio`` x the running maximum minus ``margin``; mode ``"min"``: above the running
     minimum / ``ratio`` plus ``margin``. Values seen during ``warmup`` do not enter the running extreme.
 
+    With ``rise``, the running extreme starts only once the value has come back from its first trough by that
+    factor (mode ``"max"``: risen to ``(1 + rise)`` x its lowest value so far): a quantity that falls from its
+    value at initialisation before training builds it up (RankMe early in training) is judged against what
+    training built, never against the initialisation.
+
     Args:
         ratio: in (0, 1], e.g. 0.5 for "halved from its best"; 1 with a ``margin`` for an absolute fall.
         mode: ``"max"`` tracks a running max (collapse = drop), ``"min"`` a running min (collapse = rise).
         margin: absolute distance beyond ``ratio`` x the extreme (>= 0), e.g. 0.1 for "0.1 below the running max".
+        rise: ``None`` (the extreme starts after ``warmup``) or a factor > 0 (the extreme starts after the trough).
         **kwargs: see :class:`Rule`.
 
     Raises:
-        ValueError: unless ``0 < ratio <= 1``, ``margin >= 0``, one of them is strict, and ``mode`` is valid.
+        ValueError: unless ``0 < ratio <= 1``, ``margin >= 0``, one of them is strict, ``rise`` is ``None`` or
+            positive, and ``mode`` is valid.
     """
 
-    _extra_state = ("extreme",)
+    _extra_state = ("extreme", "trough", "armed")
 
-    def __init__(self, key: str, ratio: float = 0.5, mode: Mode = "max", margin: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        key: str,
+        ratio: float = 0.5,
+        mode: Mode = "max",
+        margin: float = 0.0,
+        rise: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         _check("ratio", ratio, lambda: _number(ratio) and 0 < ratio <= 1, "a number in (0, 1]")
         _check(
             "margin",
@@ -252,23 +267,39 @@ class Collapse(Rule):
             "a number >= 0, and > 0 when ratio is 1",
         )
         _check("mode", mode, lambda: mode in ("min", "max"), "'min' or 'max'")
+        _check("rise", rise, lambda: rise is None or (_number(rise) and rise > 0), "None or a number > 0")
         self.ratio, self.mode, self.margin = float(ratio), mode, float(margin)
+        self.rise = None if rise is None else float(rise)
         kwargs.setdefault("name", "collapse")
         super().__init__(key, **kwargs)
 
     def reset(self) -> None:
-        """Forget history and the running extreme."""
+        """Forget history, the trough and the running extreme."""
         super().reset()
         self.extreme: float | None = None
+        self.trough: float | None = None
+        self.armed = False
 
     def _condition(self, value: float) -> bool:
         if self._seen <= self.warmup:  # warmup values (e.g. the initialisation) do not set the running extreme
+            return False
+        if self.rise is not None and not self.armed and not self._back_from_trough(value):
             return False
         pick = max if self.mode == "max" else min
         self.extreme = value if self.extreme is None else pick(self.extreme, value)
         if self.mode == "max":
             return value < self.ratio * self.extreme - self.margin
         return value > self.extreme / self.ratio + self.margin
+
+    def _back_from_trough(self, value: float) -> bool:
+        """Track the first trough (a peak in mode ``"min"``); True, and armed, once the value is back by ``rise``."""
+        if self.mode == "max":
+            self.trough = value if self.trough is None else min(self.trough, value)
+            self.armed = value >= self.trough * (1 + self.rise)
+        else:
+            self.trough = value if self.trough is None else max(self.trough, value)
+            self.armed = value <= self.trough / (1 + self.rise)
+        return self.armed
 
     def _reason(self, value: float) -> str:
         word = "max" if self.mode == "max" else "min"

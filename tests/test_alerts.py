@@ -209,3 +209,37 @@ def test_collapse_warmup_values_do_not_set_the_running_max():
     values = [67.0, 17.0, 23.0, 27.0, 30.0]
     assert run(Collapse(K, ratio=0.5, patience=2, warmup=1), values) == []
     assert run(Collapse(K, ratio=0.5, patience=2), values) == [2]
+
+
+def rankme_rule():
+    """The default ``dimensional_collapse`` rule on ``repr_rank/rankme`` of a real, set-up ``RankProbe``."""
+    from mechmon import Monitor, RankProbe
+    from tests.conftest import tiny_gpt2
+
+    monitor = Monitor(tiny_gpt2(), probes=[RankProbe()], log_dir=None)
+    monitor.close()
+    [rule] = [r for r in monitor.probes[0].rules() if r.key == "mechmon/repr_rank/rankme"]
+    return rule
+
+
+def test_the_early_training_rankme_drop_does_not_warn_and_a_later_sustained_collapse_does():
+    # a healthy HF run evaluated every 10 steps: 48 at init, 34.9 at step 10, 14.8 at 20, the trough, then training
+    # builds rank back up; the warmup alone let 34.9 set the running max, so 14.8 and 15.1 warned
+    early = [48.0, 34.9, 14.8, 15.1, 18.0, 24.0, 31.0, 36.0, 40.0]
+    assert run(rankme_rule(), early) == []
+    assert run(Collapse(K, ratio=0.5, patience=2, warmup=1), early) == [3]  # the rule before the trough rise
+    collapsed = early + [38.0, 17.0, 15.0, 14.0]  # later: below half of the 40 training built, for 2 evaluations
+    assert run(rankme_rule(), collapsed) == [11]
+    assert run(rankme_rule(), early + [38.0, 17.0, 30.0, 18.0]) == []  # one low evaluation is not sustained
+
+
+def test_collapse_rise_arms_after_the_trough_in_either_mode_and_round_trips():
+    assert run(Collapse(K, ratio=0.5, patience=1, rise=0.1), [10.0, 4.0, 4.2, 4.5, 9.0, 4.0]) == [5]
+    assert run(Collapse(K, ratio=0.5, mode="min", patience=1, rise=0.1), [1.0, 3.0, 2.9, 2.5, 1.0, 2.5]) == [5]
+    rule = Collapse(K, ratio=0.5, patience=1, rise=0.1)
+    run(rule, [10.0, 4.0, 4.5])
+    again = Collapse(K, ratio=0.5, patience=1, rise=0.1)
+    again.load_state_dict(rule.state_dict())
+    assert (again.trough, again.armed, again.extreme) == (4.0, True, 4.5)
+    with pytest.raises(ValueError, match="rise"):
+        Collapse(K, rise=0)

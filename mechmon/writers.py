@@ -3,7 +3,8 @@
 Scalars go to every Lightning logger of the trainer (``log_metrics``: TensorBoard, CSV, ...) and, when the
 trainer has no TensorBoardLogger, to mechmon's own ``SummaryWriter``. Heatmaps, alert text and the
 custom-scalars layout go to the TensorBoard experiment. :func:`open_writer` puts the TensorBoard side on a
-background thread (:class:`mechmon.background.BackgroundWriter`): drawing and serialising stay off the training loop.
+background thread (:class:`mechmon.background.BackgroundWriter`) and draws heatmaps in a child process
+(:func:`mechmon.render.shared`): neither drawing nor serialising holds the training loop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mechmon.background import BackgroundWriter
+from mechmon.render import shared as shared_renderer
 
 __all__ = [
     "NullWriter",
@@ -65,9 +67,15 @@ class TensorBoardWriter(NullWriter):
     """
 
     def __init__(
-        self, experiment: Any | None, loggers: Sequence[Any] = (), own_scalars: bool = True, owned: bool = False
+        self,
+        experiment: Any | None,
+        loggers: Sequence[Any] = (),
+        own_scalars: bool = True,
+        owned: bool = False,
+        renderer: Any | None = None,
     ) -> None:
         self.experiment, self.loggers, self.own_scalars, self.owned = experiment, list(loggers), own_scalars, owned
+        self.renderer = renderer  # ``fn(matrix, title) -> RGB`` (default: figures.heatmap_image, in this thread)
         self._layout_written = False
 
     def scalars(self, metrics: Mapping[str, float], step: int) -> None:
@@ -88,7 +96,8 @@ class TensorBoardWriter(NullWriter):
         from mechmon.figures import heatmap_image
 
         title = tag.split("/", 2)[-1]
-        self.experiment.add_image(tag, heatmap_image(matrix, title), global_step=step, dataformats="HWC")
+        rgb = (self.renderer or heatmap_image)(matrix, title)
+        self.experiment.add_image(tag, rgb, global_step=step, dataformats="HWC")
         if hasattr(self.experiment, "_get_file_writer"):  # torch's SummaryWriter (the file writer adds raw summaries)
             import torch
             from torch.utils.tensorboard.summary import tensor_proto
@@ -144,12 +153,14 @@ def open_writer(
     if experiment is None and log_dir is None and not loggers:
         return NullWriter()
     if experiment is not None or log_dir is None:
-        return BackgroundWriter(TensorBoardWriter(experiment, own_scalars=False), loggers)
+        return BackgroundWriter(TensorBoardWriter(experiment, own_scalars=False, renderer=shared_renderer()), loggers)
     try:
         from torch.utils.tensorboard import SummaryWriter
 
         own = SummaryWriter(str(log_dir), purge_step=purge_step)
-        return BackgroundWriter(TensorBoardWriter(own, own_scalars=True, owned=True), loggers)
+        return BackgroundWriter(
+            TensorBoardWriter(own, own_scalars=True, owned=True, renderer=shared_renderer()), loggers
+        )
     except Exception as err:  # caveat: an unwritable folder must not stop training
         warnings.warn(
             f"mechmon cannot write TensorBoard files to {log_dir}: {err}; metrics go to loggers only", stacklevel=2

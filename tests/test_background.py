@@ -1,5 +1,6 @@
 """The writing rank's writer thread: the training loop never waits for drawing or files, never sees their errors."""
 
+import os
 import threading
 
 import numpy as np
@@ -80,24 +81,52 @@ def test_a_logger_that_raises_is_dropped_and_the_files_go_on():
     assert [c[1] for c in inner.calls if c[0] == "scalars"] == [{"a": 1.0}, {"a": 2.0}]
 
 
-def test_in_a_real_run_heatmaps_are_drawn_on_the_writer_thread_and_read_back(tmp_path, monkeypatch):
-    import mechmon.figures
+def test_in_a_real_run_heatmaps_are_asked_for_on_the_writer_thread_and_read_back(tmp_path, monkeypatch):
+    from mechmon.render import Renderer
 
-    drawn_on = []
-    real = mechmon.figures.heatmap_image
+    asked_on = []
+    real = Renderer.__call__
 
-    def spy(matrix, title):
-        drawn_on.append(threading.current_thread().name)
-        return real(matrix, title)
+    def spy(self, matrix, title):
+        asked_on.append(threading.current_thread().name)
+        return real(self, matrix, title)
 
-    monkeypatch.setattr(mechmon.figures, "heatmap_image", spy)
+    monkeypatch.setattr(Renderer, "__call__", spy)
     model = tiny_gpt2()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     probes = [InductionProbe(period=10, batch_size=2), LogitsProbe()]
     monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, image_schedule=2, log_dir=tmp_path)
     plain_run(monitor, model, optimizer, 4)
-    assert drawn_on and set(drawn_on) == {"mechmon-writer"}
+    assert asked_on and set(asked_on) == {"mechmon-writer"}
     events = read_events(tmp_path)
     assert scalar_steps(events, "mechmon/induction/score_max") == [1, 2, 3, 4]
     assert [e.step for e in events.Images("mechmon/induction/head_scores")] == [1, 2, 4]  # the first, then every 2nd
     assert not any(t.name == "mechmon-writer" for t in threading.enumerate())  # joined on close
+
+
+def test_the_heatmap_process_draws_the_same_pixels_as_matplotlib_here():
+    from mechmon.figures import heatmap_image
+    from mechmon.render import Renderer
+
+    renderer = Renderer()
+    matrix = np.array([[0.1, np.nan, 0.7], [0.0, 0.35, 1.0]])
+    try:
+        drawn = renderer(matrix, "induction/head_scores")
+        assert renderer._child is not None and renderer._child.pid != os.getpid()  # drawn in another process
+    finally:
+        renderer.close()
+    assert drawn.dtype == np.uint8 and np.array_equal(drawn, heatmap_image(matrix, "induction/head_scores"))
+
+
+def test_a_heatmap_process_that_cannot_start_falls_back_to_drawing_here_with_one_warning(tmp_path, monkeypatch):
+    import mechmon.render
+    from mechmon.figures import heatmap_image
+
+    broken = tmp_path / "worker.py"
+    broken.write_text("import sys; sys.exit(3)\n")
+    monkeypatch.setattr(mechmon.render, "_WORKER", broken)
+    renderer = mechmon.render.Renderer()
+    matrix = np.eye(2)
+    with pytest.warns(UserWarning, match="the heatmap process failed .*drawn in the writer thread") as seen:
+        first, second = renderer(matrix, "t"), renderer(matrix, "t")
+    assert len(seen) == 1 and np.array_equal(first, heatmap_image(matrix, "t")) and np.array_equal(first, second)

@@ -72,7 +72,7 @@ def measure(name: str, repeats: int) -> None:
     from transformer_lens.head_detector import detect_head
 
     model = bridge(*SHAPES[name])
-    adapter, probe = resolve_adapter(model), InductionProbe()  # the adapter is found once, as the monitor does
+    adapter, probe = resolve_adapter(model), InductionProbe(batch_size=10)  # found once, as the monitor does
     mechmon_ms, out = median_ms(lambda: evaluate(probe, adapter), repeats)
     ours = out["mechmon/induction/head_scores"]
     batch = probe.probe_batch

@@ -56,7 +56,10 @@ class InductionProbe(SnapshotProbe):
     Args:
         period: n, length of one random copy (>= 2); ``None`` (default): 50, or the largest period whose two copies
             fit the model's context (read from HF, nanoGPT, LitGPT and TransformerLens configs), with one warning.
-        batch_size: sequences in the probe batch (>= 1).
+        batch_size: sequences in the probe batch (>= 1). 6 by default: on the stdlib demo the score's standard
+            error over rows is 0.015 at 0.22, 0.026 at the emergence (0.69) and 0.021 after it with 6 rows
+            (0.011, 0.020, 0.016 with 10; ``benchmarks/induction_rows.py``), far below the 0.3 level and the jump,
+            for 40 % less probe time.
         seed: seed of the probe batch.
         bos_token_id: prepended to every sequence when given (use it iff the model trains with a BOS).
         level: absolute level of the emergence alert on ``score_max`` (0.3 by default; ARENA uses 0.3-0.4).
@@ -84,7 +87,7 @@ class InductionProbe(SnapshotProbe):
     def __init__(
         self,
         period: int | None = None,
-        batch_size: int = 10,
+        batch_size: int = 6,
         seed: int = 0,
         bos_token_id: int | None = None,
         level: float = 0.3,

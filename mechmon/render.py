@@ -74,8 +74,12 @@ class Renderer:
         return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
     def close(self) -> None:
-        """End the child (it exits when its input closes; killed after 10 s). A later call starts another."""
+        """End the child (it exits when its input closes; killed after 10 s); later calls draw in their thread.
+
+        At interpreter exit this runs before the writers drain their queues: no child is started again then.
+        """
         with self._lock:
+            self._broken = True
             self._end()
 
     def _end(self) -> None:

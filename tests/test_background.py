@@ -116,6 +116,8 @@ def test_the_heatmap_process_draws_the_same_pixels_as_matplotlib_here():
     finally:
         renderer.close()
     assert drawn.dtype == np.uint8 and np.array_equal(drawn, heatmap_image(matrix, "induction/head_scores"))
+    # closed (at interpreter exit, before the writers drain): drawn here, no new process
+    assert np.array_equal(renderer(matrix, "induction/head_scores"), drawn) and renderer._child is None
 
 
 def test_a_heatmap_process_that_cannot_start_falls_back_to_drawing_here_with_one_warning(tmp_path, monkeypatch):
@@ -130,3 +132,32 @@ def test_a_heatmap_process_that_cannot_start_falls_back_to_drawing_here_with_one
     with pytest.warns(UserWarning, match="the heatmap process failed .*drawn in the writer thread") as seen:
         first, second = renderer(matrix, "t"), renderer(matrix, "t")
     assert len(seen) == 1 and np.array_equal(first, heatmap_image(matrix, "t")) and np.array_equal(first, second)
+
+
+def test_a_run_that_never_closes_has_its_scalars_and_heatmaps_on_disk_after_the_interpreter_exits(tmp_path):
+    """No ``close()``: the queue is drained at exit (the drawing process already ended: drawn in the thread)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import torch
+from mechmon import InductionProbe, LogitsProbe, Monitor
+from tests.conftest import tiny_gpt2
+model = tiny_gpt2()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+monitor = Monitor(model, optimizer=optimizer, probes=[InductionProbe(period=10, batch_size=2), LogitsProbe()],
+                  schedule=1, image_schedule=1, log_dir={str(tmp_path)!r})
+data = torch.randint(1, 64, (3, 2, 32), generator=torch.Generator().manual_seed(0))
+for step, batch in enumerate(data, start=1):
+    with monitor.step(step, batch):
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    events = read_events(tmp_path)
+    assert scalar_steps(events, "mechmon/induction/score_max") == [1, 2, 3]
+    assert [e.step for e in events.Images("mechmon/induction/head_scores")] == [1, 2, 3]

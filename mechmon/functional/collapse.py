@@ -50,10 +50,12 @@ def gram_with_ones(hidden_BTD: Tensor, mask_BT: Tensor, projection_DK: Tensor | 
     Returns:
         ``[K+1, K+1]``: top-left ``ZᵀZ``, last column ``Σz`` (and count at ``[-1, -1]``).
     """
-    z_ND = hidden_BTD.float()[mask_BT]
+    keep_N1 = mask_BT.reshape(-1, 1)
+    z_ND = hidden_BTD.float().reshape(keep_N1.shape[0], -1)
     if projection_DK is not None:
         z_ND = z_ND @ projection_DK.float()
-    z1_ND = torch.cat([z_ND, torch.ones_like(z_ND[:, :1])], dim=1)
+    # caveat: rows left out are zeroed (even NaN ones), not dropped: hidden[mask] sizes its result on the host (a sync)
+    z1_ND = torch.where(keep_N1, torch.cat([z_ND, torch.ones_like(z_ND[:, :1])], dim=1), 0.0)
     return z1_ND.T @ z1_ND
 
 

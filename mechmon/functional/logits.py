@@ -174,8 +174,9 @@ def measured_absorption_gap(vocab: int, dtype: torch.dtype, device: torch.device
     rows_GV = torch.zeros(gaps_G.numel(), vocab, dtype=dtype, device=device)
     rows_GV[:, 0] = gaps_G.to(dtype)
     collapsed_G = softmax_collapse(rows_GV, dtype)
-    first = collapsed_G.to(torch.int8).argmax()
-    return torch.where(collapsed_G.any(), gaps_G[first], torch.full_like(gaps_G[0], math.inf))
+    first = collapsed_G.to(torch.int8).argmax().view(1)
+    smallest = gaps_G.index_select(0, first)[0]  # caveat: gaps_G[first] with a 0-d tensor is .item(), a host sync
+    return torch.where(collapsed_G.any(), smallest, torch.full_like(gaps_G[0], math.inf))
 
 
 def row_stats(logits_RV: Tensor, targets_R: Tensor, dtype: torch.dtype, fp64: bool = False) -> dict[str, Tensor]:

@@ -20,7 +20,6 @@ warning or critical alert is a false alarm; info alerts are listed with their ru
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
 import sys
@@ -35,6 +34,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2MoeConfig, Trainer, TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from examples_module import load_example  # noqa: E402
 
 from mechmon import (  # noqa: E402
     AttentionEntropyProbe,
@@ -58,14 +59,7 @@ from mechmon.hf import MechMonitorCallback  # noqa: E402
 CTX, WIDTH, LAYERS, HEADS, BATCH, LR, EVERY = 128, 128, 2, 4, 16, 1e-3, 25
 
 
-def _demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "stdlib_induction.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
-
-
-DEMO = _demo()
+DEMO = load_example("stdlib_induction")
 
 
 def config(arch: str):
@@ -293,7 +287,9 @@ def main() -> None:  # noqa: D103
     print("\n" + text)
     args.out.write_text(
         "# Alert benchmark: healthy controls\n\n"
-        f"`python benchmarks/alerts.py {' '.join(sys.argv[1:])}`, counts are critical/warning/info.\n\n{text}\n"
+        f"`python benchmarks/alerts.py {' '.join(sys.argv[1:])}`. Counts are critical/warning/info; the loss-based "
+        'columns count the steps each detector flags on the same per-step training loss; "keys measured" counts '
+        f"the mechmon series whose last value is finite.\n\n{text}\n"
     )
     print(f"\nwrote {args.out}")
 

@@ -13,24 +13,14 @@ standard error of a ``batch_size``-row score (std / sqrt(n)) for n = 10 (the old
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
 import warnings
-from pathlib import Path
 
 import torch
+from examples_module import load_example
 
 from mechmon import InductionProbe, evaluate
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "stdlib_induction.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def per_row(model, rows: int) -> torch.Tensor:
@@ -48,7 +38,7 @@ def main() -> None:  # noqa: D103
     p.add_argument("--at", type=int, nargs="+", default=[0, 350, 450, 600])
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    d = demo()
+    d = load_example("stdlib_induction")
     torch.manual_seed(0)
     lm = d.ByteLM(2, 128, 4, 128, 1e-3, "llama")
     optimizer = lm.configure_optimizers()

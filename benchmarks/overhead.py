@@ -8,21 +8,16 @@ the wall-time ratio, and the time spent inside the monitor's hooks per scheduled
 """
 
 import argparse
-import importlib.util
 import time
-from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import lightning.pytorch as pl
+from examples_module import load_example
 from torch.utils.data import DataLoader
 
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, NLMProbe, WeightsProbe
 
-spec = importlib.util.spec_from_file_location(
-    "demo", Path(__file__).resolve().parents[1] / "examples/stdlib_induction.py"
-)
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
+demo = load_example("stdlib_induction")
 
 
 class TimedMonitor(MechMonitor):

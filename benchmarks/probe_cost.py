@@ -14,12 +14,12 @@ layers, width 128, probe batch 8 x 128 text bytes). Prints the median and the mi
 """
 
 import argparse
-import importlib.util
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from examples_module import load_example
 
 from mechmon import (
     AttentionEntropyProbe,
@@ -43,11 +43,7 @@ from mechmon.engine.forward import forward_groups, run_group
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+load = load_example
 
 
 def one_evaluation(probe, adapter, names, forward=True) -> None:

@@ -27,7 +27,6 @@ default 1 % budget) and prints the steps it evaluated and the share of wall time
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -38,6 +37,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from examples_module import load_example  # noqa: E402
 
 from mechmon import (  # noqa: E402
     AttentionEntropyProbe,
@@ -58,10 +59,7 @@ from tests.memory import LiveBytes  # noqa: E402
 
 def demo_config():
     """The stdlib demo's model config (examples/stdlib_induction.py)."""
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "stdlib_induction.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo.byte_config("llama", 2, 128, 4, 128)
+    return load_example("stdlib_induction").byte_config("llama", 2, 128, 4, 128)
 
 
 SHAPES = {  # name -> (config, batch, context)

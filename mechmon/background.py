@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BackgroundWriter", "QUEUE_SIZE", "JOIN_SECONDS"]
+__all__ = ["BackgroundWriter", "QUEUE_SIZE", "JOIN_SECONDS", "warn_stopped"]
 
 QUEUE_SIZE = 256  # calls waiting (a scheduled step queues 1 scalars call, a few texts and images)
 JOIN_SECONDS = 60.0  # the longest flush() and close() wait for the thread (a stalled file system)
@@ -52,7 +52,7 @@ class BackgroundWriter:
             for logger in self.loggers:
                 logger.log_metrics(dict(metrics), step=step)
         except Exception as err:  # caveat: a logger that raises must never stop training
-            _stopped(f"{type(logger).__name__}.log_metrics", err)
+            warn_stopped(f"{type(logger).__name__}.log_metrics", err)
             self.loggers = []
         self._put("scalars", dict(metrics), step)
 
@@ -135,13 +135,14 @@ class BackgroundWriter:
         try:
             getattr(self.inner, method)(*args)
         except Exception as err:  # caveat: I/O under the run's own folder must never stop training
-            _stopped(f"{type(self.inner).__name__}.{method}", err)
+            warn_stopped(f"{type(self.inner).__name__}.{method}", err)
             self.inner = None
 
 
-def _stopped(call: str, err: Exception) -> None:
+def warn_stopped(call: str, err: Exception, stacklevel: int = 3) -> None:
+    """The one warning for a writer or logger call that raised (``call``: ``"<type>.<method>"``): writing stops."""
     warnings.warn(
         f"mechmon stopped writing metrics after {call} raised {type(err).__name__}: {err}; the run goes on, "
         "values stay in monitor.latest and monitor.alerts",
-        stacklevel=3,
+        stacklevel=stacklevel,
     )

@@ -57,31 +57,23 @@ class NullWriter:
 
 
 class TensorBoardWriter(NullWriter):
-    """Rank-0 writer.
+    """Rank-0 writer of the TensorBoard files (the loggers' ``log_metrics`` are :class:`BackgroundWriter`'s).
 
     Args:
         experiment: a ``torch.utils.tensorboard.SummaryWriter`` (the TensorBoardLogger's ``experiment`` or ours).
-        loggers: Lightning loggers that receive scalars through ``log_metrics``.
-        own_scalars: also write scalars to ``experiment`` (when no TensorBoardLogger is among ``loggers``).
+        own_scalars: also write scalars to ``experiment`` (when no TensorBoardLogger receives them).
         owned: close ``experiment`` in :meth:`close`.
+        renderer: ``fn(matrix, title) -> RGB`` drawing the heatmaps (default: ``figures.heatmap_image``, here).
     """
 
     def __init__(
-        self,
-        experiment: Any | None,
-        loggers: Sequence[Any] = (),
-        own_scalars: bool = True,
-        owned: bool = False,
-        renderer: Any | None = None,
+        self, experiment: Any | None, own_scalars: bool = True, owned: bool = False, renderer: Any | None = None
     ) -> None:
-        self.experiment, self.loggers, self.own_scalars, self.owned = experiment, list(loggers), own_scalars, owned
-        self.renderer = renderer  # ``fn(matrix, title) -> RGB`` (default: figures.heatmap_image, in this thread)
+        self.experiment, self.own_scalars, self.owned, self.renderer = experiment, own_scalars, owned, renderer
         self._layout_written = False
 
     def scalars(self, metrics: Mapping[str, float], step: int) -> None:
         """Python floats at ``step`` (``trainer.global_step``)."""
-        for logger in self.loggers:
-            logger.log_metrics(dict(metrics), step=step)
         if self.own_scalars:
             for key, value in metrics.items():
                 self.experiment.add_scalar(key, value, global_step=step)

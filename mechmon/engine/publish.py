@@ -19,6 +19,7 @@ import torch
 from rapidfuzz import process
 
 from mechmon.alerts import Alert, NonFinite, Rule, Threshold
+from mechmon.background import warn_stopped
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank_zero_warn
 from mechmon.naming import metric_key
@@ -137,11 +138,7 @@ class Publisher:
         try:
             getattr(self.writer, method)(*args)
         except Exception as err:  # caveat: I/O under the run's own folder must never stop training
-            warnings.warn(
-                f"mechmon stopped writing metrics after {type(self.writer).__name__}.{method} raised "
-                f"{type(err).__name__}: {err}; the run goes on, values stay in monitor.latest and monitor.alerts",
-                stacklevel=3,
-            )
+            warn_stopped(f"{type(self.writer).__name__}.{method}", err, stacklevel=4)
             self.writer = NullWriter()
 
     def deliver(self, alerts: Iterable[Alert]) -> None:

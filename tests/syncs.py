@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections import Counter
+from types import ModuleType
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -50,10 +51,14 @@ class Syncs(TorchDispatchMode):
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def within(self, package: str) -> dict[tuple[str, str], int]:
-        """The syncs whose origin is a file of ``package`` (a folder name on the path, e.g. ``"mechmon"``)."""
-        part = os.sep + package + os.sep
-        return {key: n for key, n in self.counts.items() if part in key[1]}
+    def within(self, package: ModuleType) -> dict[tuple[str, str], int]:
+        """The syncs whose origin is a file of ``package`` (an imported package, e.g. ``mechmon``).
+
+        Its folder is matched as a path prefix: a folder name alone would also match a clone or a virtual environment
+        that happens to be called the same (``/tmp/x/mechmon/.venv/.../transformers``).
+        """
+        folder = os.path.dirname(os.path.abspath(package.__file__)) + os.sep
+        return {key: n for key, n in self.counts.items() if key[1].startswith(folder)}
 
 
 def _origin() -> str:

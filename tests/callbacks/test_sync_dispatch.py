@@ -5,6 +5,7 @@ training batch cost one read of its mask per probe, at step 1 only."""
 
 import torch
 
+import mechmon
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, RankProbe, WeightsProbe, every
 from tests.conftest import CTX, VOCAB, tiny_gpt2
 from tests.syncs import Syncs
@@ -49,7 +50,7 @@ def test_no_sync_on_unscheduled_steps_and_none_from_mechmon_on_scheduled_ones():
     plain = [s.total for s in per_step()]
     watched = per_step(monitor([InductionProbe(period=10, batch_size=2), LogitsProbe(), WeightsProbe()]))
     for step, (base, syncs) in enumerate(zip(plain, watched, strict=True), start=1):
-        assert syncs.within("mechmon") == {}, (step, syncs.within("mechmon"))
+        assert syncs.within(mechmon) == {}, (step, syncs.within(mechmon))
         if step not in SCHEDULED:
             assert syncs.total == base, (step, syncs.counts)
         else:  # the snapshot forward runs the model's own code (here GPT-2's padding check and mask): its syncs only
@@ -58,6 +59,6 @@ def test_no_sync_on_unscheduled_steps_and_none_from_mechmon_on_scheduled_ones():
 
 def test_rows_taken_from_training_cost_one_mask_read_per_probe_at_step_1_only():
     watched = per_step(monitor([CollapseProbe(), RankProbe()]))  # rows from the first training batch
-    first = watched[0].within("mechmon")
+    first = watched[0].within(mechmon)
     assert sum(first.values()) == 2 and all("fixed_batch.py" in origin for _, origin in first), first
-    assert all(s.within("mechmon") == {} for s in watched[1:]), [s.within("mechmon") for s in watched[1:]]
+    assert all(s.within(mechmon) == {} for s in watched[1:]), [s.within(mechmon) for s in watched[1:]]

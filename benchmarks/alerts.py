@@ -1,20 +1,30 @@
-"""Alert quality: false alarms on healthy runs, mechmon's and the loss-based detectors' (part "controls").
+"""Alert quality: false alarms on healthy runs, and how early mechmon flags real pathologies.
 
-    python benchmarks/alerts.py                                   # every control: 3 architectures, 2 loops
-    python benchmarks/alerts.py --archs llama --loops lightning --seeds 0 --steps 300
+    python benchmarks/alerts.py                                   # both parts (about 25 minutes on 2 cores)
+    python benchmarks/alerts.py --parts pathologies               # the seven pathologies (about 8 minutes)
+    python benchmarks/alerts.py --parts controls --archs llama --loops lightning --seeds 0 --steps 300
 
-Healthy controls: byte-level models built from HF configs (nothing downloaded), 2 layers, width 128, 4 heads,
-context 128, on windows of the Python standard library's own source (read from the running interpreter): GPT-2
-(learned positions), Llama (RoPE, SwiGLU) and Qwen2-MoE (4 experts, top-2), AdamW lr 1e-3, batch 16, through
+Part "controls", healthy runs: byte-level models built from HF configs (nothing downloaded), 2 layers, width 128,
+4 heads, context 128, on windows of the Python standard library's own source (read from the running interpreter):
+GPT-2 (learned positions), Llama (RoPE, SwiGLU) and Qwen2-MoE (4 experts, top-2), AdamW lr 1e-3, batch 16, through
 Lightning (``MechMonitor``) and through the HF ``Trainer`` with gradient accumulation 4 and bf16
 (``MechMonitorCallback``; ``hf-checkpointing`` adds gradient checkpointing), every probe that applies scheduled
-every 25 steps (``--every``).
+every 25 steps (``--every``). On a healthy run every warning or critical alert is a false alarm; info alerts are
+listed with their rule (an emergence may be real).
 
-Printed (and written to ``--out``, default ``docs/alert_benchmark.md``): per run, the alerts mechmon raised by
-severity, and the alarms of three loss-based detectors written here on the same per-step training loss:
-Lightning's ``SpikeDetection`` rule (running mean of 10, ``rtol`` 2), OLMo-core's (mean + 6 sigma of the last 128
-losses) and Megatron's rerun threshold (10 x the largest loss of the first 100 steps). On a healthy run every
-warning or critical alert is a false alarm; info alerts are listed with their rule (an emergence may be real).
+Part "pathologies" (``benchmarks/alert_runs.py``), each with a ground-truth onset the benchmark measures itself,
+probes every 10 steps (``--every-pathology``; the plateau every 5 and the grokking task every 50, as in their
+examples): attention-logit growth (Llama without qk-norm at lr 3e-2 against its
+qk-norm twin), softmax collapse (the grokking task, float32 loss, no weight decay), the loss plateau of the
+moving-window-sum task (its exit), induction emergence (the demo's curriculum), MoE routing collapse (top-1 of 8
+experts, router at 100x the learning rate, no balancing loss), output-logit divergence (qk-norm model, learning
+rate warmed up to 1.0, no z-loss) and an fp16 overflow (float16 autocast). The lead is the onset's step minus the
+step of mechmon's first alert on the rules that name the pathology.
+
+Both parts run three loss-based detectors, written here on the same per-step training loss: Lightning's
+``SpikeDetection`` rule (running mean of 10, ``rtol`` 2), OLMo-core's (mean + 6 sigma of the last 128 losses) and
+Megatron's rerun threshold (10 x the largest loss of the first 100 steps); a non-finite loss is an alarm for each.
+Each part prints its table and writes it to ``docs/`` (``alert_benchmark.md``, ``alert_pathologies.md``).
 """
 
 from __future__ import annotations
@@ -31,75 +41,27 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from transformers import AutoModelForCausalLM, Qwen2MoeConfig, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from examples_module import load_example  # noqa: E402
+from alert_runs import CTX, DEMO, HEADS, LAYERS, PATHOLOGIES, WIDTH, Outcome, every_probe, moe_config  # noqa: E402
 
-from mechmon import (  # noqa: E402
-    AttentionEntropyProbe,
-    AttentionLogitProbe,
-    AttentionSinkProbe,
-    CollapseProbe,
-    InductionProbe,
-    LogitsProbe,
-    MassiveActivationProbe,
-    MechMonitor,
-    NLMProbe,
-    PrefixMatchingProbe,
-    RankProbe,
-    RoutingProbe,
-    WeightsProbe,
-    every,
-)
+from mechmon import MechMonitor, every  # noqa: E402
 from mechmon.events import load_run  # noqa: E402
 from mechmon.hf import MechMonitorCallback  # noqa: E402
 
-CTX, WIDTH, LAYERS, HEADS, BATCH, LR, EVERY = 128, 128, 2, 4, 16, 1e-3, 25
-
-
-DEMO = load_example("stdlib_induction")
+BATCH, LR, EVERY = 16, 1e-3, 25
 
 
 def config(arch: str):
-    """A byte-level HF config of ``arch``: ``gpt2``, ``llama`` (the demo's) or ``qwen2_moe``."""
-    if arch != "qwen2_moe":
-        return DEMO.byte_config(arch, LAYERS, WIDTH, HEADS, CTX)
-    return Qwen2MoeConfig(
-        vocab_size=256,
-        hidden_size=WIDTH,
-        intermediate_size=4 * WIDTH,
-        moe_intermediate_size=2 * WIDTH,
-        shared_expert_intermediate_size=2 * WIDTH,
-        num_experts=4,
-        num_experts_per_tok=2,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        max_position_embeddings=CTX,
-        bos_token_id=0,
-        eos_token_id=0,
-        tie_word_embeddings=True,
-    )
+    """A byte-level HF config of ``arch``: ``gpt2``, ``llama`` (the demo's) or ``qwen2_moe`` (4 experts, top-2)."""
+    return moe_config() if arch == "qwen2_moe" else DEMO.byte_config(arch, LAYERS, WIDTH, HEADS, CTX)
 
 
 def probes(arch: str, text: torch.Tensor) -> list:
-    """Every probe that applies: the defaults, the plateau and attention-side ones on 8 text windows, routing."""
-    found = [
-        InductionProbe(),
-        PrefixMatchingProbe(),
-        LogitsProbe(),
-        WeightsProbe(),
-        NLMProbe(),
-        CollapseProbe(text),
-        RankProbe(text),
-        AttentionLogitProbe(text),
-        AttentionEntropyProbe(text),
-        AttentionSinkProbe(text),
-        MassiveActivationProbe(text),
-    ]
-    return found + ([RoutingProbe()] if arch == "qwen2_moe" else [])
+    """Every probe that applies, the text probes on 8 windows; routing for the MoE."""
+    return every_probe(text, moe=arch == "qwen2_moe")
 
 
 class Windows(torch.utils.data.IterableDataset):
@@ -222,7 +184,7 @@ def row(loop: str, arch: str, seed: int, alerts, losses: list[float], series: di
     by = Counter(a.severity for a in alerts)
     false = [f"{a.rule}@{a.step}" for a in alerts if a.severity in ("warning", "critical")]
     info = sorted({a.rule for a in alerts if a.severity == "info"})
-    detectors = {name: fn(losses) for name, fn in DETECTORS.items()}
+    detectors = alarms(losses)
     return {
         "run": f"{arch} / {loop} / seed {seed}",
         "steps": len(losses),
@@ -245,6 +207,41 @@ def _path(values: list[tuple[int, float]]) -> str:
     return f"{values[0][1]:.1f} → {low[1]:.1f}@{low[0]} → {values[-1][1]:.1f}"
 
 
+def alarms(losses: list[float]) -> dict[str, list[int]]:
+    """Each detector's alarm steps; a non-finite loss is an alarm for all (Lightning's ``finite_only`` default)."""
+    bad = {i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)}
+    return {name: sorted(set(fn(losses)) | bad) for name, fn in DETECTORS.items()}
+
+
+def pathology_row(name: str, rules: tuple[str, ...], run: Outcome) -> dict:
+    """One pathology: ground-truth onset, mechmon's first alert on its rules, each detector's first alarm, leads."""
+    hit = next((a for a in run.alerts if a.rule in rules), None)
+    loud = next((a for a in run.alerts if a.severity != "info"), None)
+    firsts = {det: (steps[0] if steps else None) for det, steps in alarms(run.losses).items()}
+    caught = [s for s in firsts.values() if s is not None]
+    others = {}
+    for a in run.alerts:
+        if a.rule not in rules and a.severity != "info":
+            others.setdefault(a.rule, f"{a.rule}@{a.step} ({a.severity})")
+    return {
+        "pathology": name,
+        "onset (ground truth)": f"{run.onset if run.onset is not None else 'none'}: {run.truth}",
+        "first mechmon alert": f"{hit.rule}@{hit.step} ({hit.severity})" if hit else "none",
+        "lead over onset": _lead(hit, run.onset),
+        "first warning or critical (lead)": f"{loud.rule}@{loud.step} ({_lead(loud, run.onset)})" if loud else "none",
+        **{det: str(step) if step is not None else "none" for det, step in firsts.items()},
+        "lead over first loss alarm": _lead(hit, min(caught)) if caught else "no loss alarm",
+        "other warning/critical": ", ".join(others.values()) or "none",
+        "steps": len(run.losses),
+        "time": f"{run.seconds:.0f} s",
+    }
+
+
+def _lead(alert, step: int | None) -> str:
+    """``step - alert.step``, signed (positive: mechmon first), or ``-`` when either is missing."""
+    return "-" if alert is None or step is None else f"{step - alert.step:+d}"
+
+
 DETECTORS = {"Lightning spike": lightning_spike, "OLMo 6σ": olmo_spike, "Megatron 10×": megatron_spike}
 LOOPS = {
     "lightning": run_lightning,
@@ -260,21 +257,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:  # noqa: D103
-    global LR  # the runs read it: a setting of the whole benchmark
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", nargs="+", default=["gpt2", "llama", "qwen2_moe"])
-    p.add_argument("--loops", nargs="+", choices=list(LOOPS), default=["lightning", "hf"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--every", type=int, default=EVERY, help="evaluate every N steps (25)")
-    p.add_argument("--lr", type=float, default=LR, help="AdamW learning rate (1e-3)")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "alert_benchmark.md")
-    args = p.parse_args()
-    LR = args.lr
-    warnings.filterwarnings("ignore")
-    corpus = DEMO.read_corpus(None, 4_000_000)
-    rows = []
+def controls(args, corpus: torch.Tensor) -> str:
+    """The healthy runs' table, and mechmon's warning or critical alerts on them counted per rule."""
+    rows, false = [], Counter()
     for loop in args.loops:
         for arch in args.archs:
             for seed in args.seeds:
@@ -282,16 +267,60 @@ def main() -> None:  # noqa: D103
                     start = time.perf_counter()
                     alerts, losses, series = LOOPS[loop](arch, seed, args.steps, corpus, folder, args.every)
                     rows.append(row(loop, arch, seed, alerts, losses, series, time.perf_counter() - start))
+                false.update(a.rule for a in alerts if a.severity in ("warning", "critical"))
                 print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
-    text = table(rows)
-    print("\n" + text)
-    args.out.write_text(
-        "# Alert benchmark: healthy controls\n\n"
-        f"`python benchmarks/alerts.py {' '.join(sys.argv[1:])}`. Counts are critical/warning/info; the loss-based "
-        'columns count the steps each detector flags on the same per-step training loss; "keys measured" counts '
-        f"the mechmon series whose last value is finite.\n\n{text}\n"
-    )
-    print(f"\nwrote {args.out}")
+    per_rule = ", ".join(f"{rule}: {n}" for rule, n in false.most_common()) or "none from any rule"
+    return f"{table(rows)}\n\nFalse alarms (warning or critical) over these runs, per rule: {per_rule}."
+
+
+def pathologies(args, corpus: torch.Tensor) -> str:
+    """The pathology runs' table."""
+    rows, lists = [], []
+    for name in args.pathologies:
+        run, rules = PATHOLOGIES[name]
+        outcome = run(corpus, args.seeds[0], args.every_pathology)
+        rows.append(pathology_row(name, rules, outcome))
+        print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
+        lists.append(f"- {name}: " + (", ".join(f"{a.rule}@{a.step} ({a.severity})" for a in outcome.alerts) or "none"))
+    return table(rows) + "\n\nEvery alert of each run, in order:\n\n" + "\n".join(lists)
+
+
+PARTS = {
+    "controls": (controls, "alert_benchmark.md", "healthy controls", "Counts are critical/warning/info; the "
+                 "loss-based columns count the steps each detector flags on the same per-step training loss; "
+                 '"keys measured" counts the mechmon series whose last value is finite.'),
+    "pathologies": (pathologies, "alert_pathologies.md", "pathologies", "Onsets are measured by the benchmark, "
+                    "not by mechmon; a lead is the onset's (or the loss alarm's) step minus mechmon's first alert's "
+                    "step on the rules that name the pathology: positive means mechmon came first."),
+}  # fmt: skip
+
+
+def main() -> None:  # noqa: D103
+    global LR  # the runs read it: a setting of the whole benchmark
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    p.add_argument("--archs", nargs="+", default=["gpt2", "llama", "qwen2_moe"])
+    p.add_argument("--loops", nargs="+", choices=list(LOOPS), default=["lightning", "hf"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="controls' seeds; pathologies take the first")
+    p.add_argument("--steps", type=int, default=600, help="controls' optimizer steps (600)")
+    p.add_argument("--every", type=int, default=EVERY, help="controls: evaluate every N steps (25)")
+    p.add_argument("--every-pathology", type=int, default=10, help="pathologies: evaluate every N steps (10)")
+    p.add_argument("--pathologies", nargs="+", choices=list(PATHOLOGIES), default=list(PATHOLOGIES))
+    p.add_argument("--lr", type=float, default=LR, help="controls' AdamW learning rate (1e-3)")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs", help="folder the tables are written to")
+    args = p.parse_args()
+    LR = args.lr
+    warnings.filterwarnings("ignore")
+    corpus = DEMO.read_corpus(None, 4_000_000)
+    for part in args.parts:
+        make, name, title, legend = PARTS[part]
+        start = time.perf_counter()
+        text = make(args, corpus)
+        print(f"\n{text}\n\n{part}: {time.perf_counter() - start:.0f} s")
+        out = args.docs / name
+        command = f"python benchmarks/alerts.py {' '.join(sys.argv[1:])}".strip()
+        out.write_text(f"# Alert benchmark: {title}\n\n`{command}`. {legend}\n\n{text}\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -133,21 +133,25 @@ def adapter(model: MWSModel) -> ModuleAdapter:
     return ModuleAdapter(model, points, n_layers=1, n_heads=1, vocab_size=P + 1)
 
 
+def probes(seed: int) -> list:
+    """The plateau probes, on one fixed batch of 64 task samples (seeded)."""
+    probe_batch = mws_batch(64, torch.Generator().manual_seed(seed + 1))
+    outputs = list(range(N + 1, 2 * N))  # output-predicting positions 17..31 (p_0 = 16 excluded, as the paper)
+    return [
+        CollapseProbe(probe_batch, positions=outputs, max_rows=64),
+        RepetitionProbe(probe_batch, gen_len=N, max_rows=64),
+        AttentionProgressProbe(target_map(), probe_batch, max_rows=64),
+        RankProbe(probe_batch, positions=outputs, max_rows=64),
+    ]
+
+
 def train(args: argparse.Namespace) -> tuple[dict, list, Path]:
     """Fit with the monitor attached; returns the scalars read back from TensorBoard, the alerts and the run folder.
 
     Each run gets its own folder (``mws/version_<n>``), so a rerun never mixes its events with an earlier run's.
     """
     pl.seed_everything(args.seed, verbose=False)
-    probe_batch = mws_batch(64, torch.Generator().manual_seed(args.seed + 1))
-    outputs = list(range(N + 1, 2 * N))  # output-predicting positions 17..31 (p_0 = 16 excluded, as the paper)
-    probes = [
-        CollapseProbe(probe_batch, positions=outputs, max_rows=64),
-        RepetitionProbe(probe_batch, gen_len=N, max_rows=64),
-        AttentionProgressProbe(target_map(), probe_batch, max_rows=64),
-        RankProbe(probe_batch, positions=outputs, max_rows=64),
-    ]
-    monitor = MechMonitor(probes=probes, schedule=args.every, adapter=adapter, console=args.live)
+    monitor = MechMonitor(probes=probes(args.seed), schedule=args.every, adapter=adapter, console=args.live)
     logger = TensorBoardLogger(args.out, name="mws")
     trainer = pl.Trainer(
         max_steps=args.max_steps,

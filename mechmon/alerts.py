@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mechmon.advice import advice
+
 __all__ = ["Alert", "Rule", "Threshold", "Emergence", "Collapse", "Plateau", "Trend", "Compound", "Phase", "NonFinite"]
 
 Severity = Literal["info", "warning", "critical"]
@@ -31,7 +33,9 @@ class Alert:
         step: optimizer step (``trainer.global_step``) at which it fired.
         value: the metric value at that step (may be NaN for non-finite alerts).
         severity: ``"info"``, ``"warning"`` or ``"critical"``.
-        reason: readable text.
+        reason: readable text: the value, the level and for how long.
+        advice: what people usually do about it, with the source (``mechmon.advice.ADVICE``; ``""`` for a rule
+            of your own).
     """
 
     rule: str
@@ -40,6 +44,11 @@ class Alert:
     value: float
     severity: Severity
     reason: str
+    advice: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.advice:  # the built-in rules' advice, by name
+            object.__setattr__(self, "advice", advice(self.rule))
 
 
 def _check(name: str, value: Any, ok: Callable[[], bool], need: str) -> None:

@@ -89,9 +89,10 @@ class ConsoleView:
         self._alerts.append(alert)
         style = _STYLE.get(alert.severity, "")
         line = f"[{style}]mechmon {alert.severity} at step {alert.step}: {alert.rule}[/] - {alert.reason}"
+        line += f"\n  [dim]what to do: {alert.advice}[/]" if alert.advice else ""
         owner = self.printer()
         with _write_mode() if owner is None else contextlib.nullcontext():
-            (owner or self.console).print(line, highlight=False, soft_wrap=True)  # one line per alert, also in logs
+            (owner or self.console).print(line, highlight=False, soft_wrap=True)  # each alert printed, also in logs
         if self._live is not None:
             self._live.update(self.panel())
 

@@ -147,7 +147,7 @@ class Publisher:
             self.alerts = (self.alerts + [alert])[-_MAX_ALERTS_KEPT:]
             # TensorBoard keeps one text per tag and step (the last): each entry lists every alert of its step
             same = [a for a in self.alerts if a.step == alert.step]
-            text = "\n\n".join(f"**{a.severity}** `{a.rule}`: {a.reason}" for a in same)
+            text = "\n\n".join(f"**{a.severity}** `{a.rule}`: {a.reason}" + _advice(a) for a in same)
             self._write("text", f"{self.namespace}/alerts", text, alert.step)
             if self.view is None:  # not the writing rank
                 continue
@@ -258,3 +258,8 @@ def declared_keys(probes: Sequence[Probe]) -> list[str]:
             pass
         keys += [probe.key(stat) for stat in probe.late_stats]
     return keys
+
+
+def _advice(alert: Alert) -> str:
+    """The alert's "what to do" line in TensorBoard's markdown, if it has one."""
+    return f" *What to do:* {alert.advice}." if alert.advice else ""

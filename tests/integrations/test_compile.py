@@ -15,9 +15,12 @@ def probes():
     return [LogitsProbe(), CollapseProbe(), WeightsProbe()]
 
 
-def fit(tmp_path, compile_as: str | None, backend: str = "eager"):
+def fit(tmp_path, compile_as: str | None, backend: str = "eager", dropout: bool = True):
     torch._dynamo.reset()
     module = TinyLM()
+    for layer in module.modules():  # inductor draws dropout masks from its own generator: no equal run with them
+        if isinstance(layer, torch.nn.Dropout) and not dropout:
+            layer.p = 0.0
     if compile_as == "model":  # self.model = torch.compile(model) inside the LightningModule
         module.model = torch.compile(module.model, backend=backend)
     elif compile_as == "module":  # trainer.fit(torch.compile(module))
@@ -49,12 +52,15 @@ def test_a_compiled_lightning_fit_shadows_the_logits_probe_and_keeps_the_others_
     assert hook_count(module) == 0
 
 
-def test_an_inductor_compiled_fit_is_not_broken_by_the_monitor(tmp_path):
+def test_an_inductor_compiled_fit_is_not_broken_by_the_monitor_and_measures_what_an_uncompiled_one_does(tmp_path):
     # with capture hooks present at its first compilation, inductor's backward failed ("invalid shape dimension")
     with pytest.warns(UserWarning, match="the training forward is compiled"):
-        values, monitor, _ = fit(tmp_path, "model", backend="inductor")
-    assert "mechmon/repr_collapse/mean_cos" in values and "mechmon/logits/loss_nats" in values
+        values, monitor, _ = fit(tmp_path / "inductor", "model", backend="inductor", dropout=False)
     assert not monitor.engine.disabled
+    reference = fit(tmp_path / "plain", None, dropout=False)[0]
+    assert values.keys() == reference.keys() and len(values) > 15
+    # measured: inductor's kernels move the values by at most 2e-6 relative after 4 steps (weights/norm_growth)
+    assert values == pytest.approx(reference, rel=2e-5, abs=0)
 
 
 def test_a_plain_loop_over_module_compile_is_detected_and_probed_uncompiled():

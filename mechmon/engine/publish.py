@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,7 @@ class Publisher:
         fired = _one_alert([a for a in bad if a is not None])
         for rule in self.rules:
             alert = rule.observe(step, scalars)
-            fired += [alert] if alert else []
+            fired += [_located(alert, scalars)] if alert else []
         return fired
 
     def _tell_unmeasured(self, step: int, scalars: Mapping[str, float], measured: set[str]) -> None:
@@ -234,6 +234,18 @@ def _beyond(value: float, level: float, mode: str) -> float:
     if not math.isfinite(value):
         return level
     return max(value, level) if mode == "max" else min(value, level)
+
+
+def _located(alert: Alert, scalars: Mapping[str, float]) -> Alert:
+    """An alert on a max or min over layers names the layer it came from (``<key>/Lxx`` equal to the value)."""
+    stat = alert.key.rsplit("/", 1)[-1]
+    if not (stat.endswith(("max", "min")) or stat.startswith(("max", "min"))) or not math.isfinite(alert.value):
+        return alert
+    layers = {k.rsplit("/", 1)[1]: v for k, v in scalars.items() if k.startswith(alert.key + "/L") and math.isfinite(v)}
+    if not layers:
+        return alert
+    where = min(layers, key=lambda layer: abs(layers[layer] - alert.value))
+    return replace(alert, reason=f"{alert.reason}; at layer {where} ({layers[where]:.4g})")
 
 
 def _one_alert(non_finite: list[Alert], shown: int = 5) -> list[Alert]:

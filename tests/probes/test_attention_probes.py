@@ -106,6 +106,10 @@ def test_logit_growth_and_entropy_collapse_alerts_fire_on_grown_logits_and_not_a
         assert hook_count(model) == 0
     assert monitor.latest["mechmon/attn_logits/max"] > 100
     assert monitor.latest["mechmon/attn_entropy/collapsed_frac"] > 0.5
+    layers = {k[-3:]: v for k, v in monitor.latest.items() if k.startswith("mechmon/attn_logits/max/L")}
+    worst = max(layers, key=layers.get)
+    growth = next(a for a in monitor.alerts if a.rule == "attention_logit_growth")
+    assert len(layers) == 2 and growth.reason.endswith(f"; at layer {worst} ({layers[worst]:.4g})")  # where it grew
 
 
 def test_a_real_fit_writes_every_new_key_and_heatmap(tmp_path):

@@ -1,5 +1,6 @@
 """TransformerLens models; each test runs only where its major version of transformer-lens is installed (an extra)."""
 
+import os
 from importlib import metadata
 
 import pytest
@@ -20,6 +21,12 @@ def _major() -> int | None:
 MAJOR = _major()
 needs3 = pytest.mark.skipif(MAJOR != 3, reason=f"needs transformer-lens 3.x (HookedTransformer); installed: {MAJOR}")
 needs4 = pytest.mark.skipif(MAJOR != 4, reason=f"needs transformer-lens 4.x (TransformerBridge); installed: {MAJOR}")
+
+
+def test_the_environment_has_the_major_version_it_was_built_for():
+    """``make test`` runs this file again in a 3.x environment: there, a 4.x install would only skip the 3.x tests."""
+    expected = os.environ.get("MECHMON_TL_MAJOR")
+    assert expected is None or MAJOR == int(expected), f"MECHMON_TL_MAJOR={expected}, installed: {MAJOR}"
 
 
 def scores_match_the_cache(model, run_with_cache):

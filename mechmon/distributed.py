@@ -1,7 +1,7 @@
 """Pack -> all_gather -> reduce locally: **one** collective per scheduled step for all probes together.
 
 Every rank must call :func:`reduce_states` on every scheduled step with the same probes, whatever its data:
-whether to enter a collective depends only on the step (CONVENTIONS.md §5-6). All non-replicated states, whatever
+whether to enter a collective depends only on the step and on what the ranks agreed. All non-replicated states, whatever
 their reduce op (sum, max, min) and dtype, travel as one float64 vector (exact for float32 and for int64 counts
 below 2**53) together with the monitor's per-probe failure flags; each rank gathers the ``[world, n]`` matrix and
 applies the ops itself. The gathered flags tell every rank which probes failed on which rank, so a probe that

@@ -1,7 +1,7 @@
 """Metric keys: the only home of mechmon's key grammar ``<namespace>/<probe>/<stat>[/<scope>]``.
 
 ``stat`` is snake_case (``_nats`` for log-probabilities, ``_frac`` for shares in [0, 1]); ``scope`` is ``L03``,
-``L03H07``, ``E12``, a group or parameter slug, or ``group.L03``. See CONVENTIONS.md §7.
+``L03H07``, ``E12``, a group or parameter slug, or ``group.L03``. Every key is listed in docs/metrics.md.
 """
 
 from __future__ import annotations

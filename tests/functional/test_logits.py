@@ -15,7 +15,8 @@ from mechmon.functional.logits import (
 )
 
 DTYPES = [torch.float16, torch.float32, torch.float64]
-# (p+1)·ln2, and the V=113 "max last" sequential threshold (p+1)·ln2 + ln(112) from METRICS.md A1.
+# (p+1)·ln2 (p: the mantissa bits), and the V=113 "max last" sequential threshold (p+1)·ln2 + ln(112): the band in
+# which the summation order decides whether a row collapses (docs/metrics.md A1).
 LOWER = {torch.float16: 7.62, torch.float32: 16.64, torch.float64: 36.74}
 UPPER_V113 = {torch.float16: 12.33, torch.float32: 21.36, torch.float64: 41.46}
 
@@ -74,7 +75,7 @@ def test_equal_non_max_logits_inside_band_agree_with_bounds(dtype):
     got = softmax_collapse(rows, dtype).tolist()
     first_true = got.index(True)
     assert all(got[first_true:]) and not any(got[:first_true])
-    # the switch lies in (gaps[first_true - 1], gaps[first_true]]; it must sit inside the band of METRICS.md A1
+    # the switch lies in (gaps[first_true - 1], gaps[first_true]]; it must sit inside that band
     assert float(gaps[first_true]) >= LOWER[dtype] and float(gaps[first_true - 1]) <= UPPER_V113[dtype] + 0.05
 
 

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, NLMProbe, Threshold, every
+from mechmon.functional.induction import induction_scores
 from mechmon.hf import STATE_FILE, MechMonitorCallback
 from tests.callbacks.helpers import read_events, scalar_steps
 from tests.conftest import CTX, VOCAB, hook_count, plant, tiny_gpt2
@@ -66,6 +67,14 @@ def test_trainer_fit_writes_event_files_and_resumes_without_refiring(tmp_path):
     assert scalar_steps(acc, "mechmon/alerts/marker") == [1]
     assert (tmp_path / "out" / "checkpoint-4" / STATE_FILE).is_file()
     assert hook_count(model) == 0 and not first.engine.disabled and [a.rule for a in first.alerts] == ["marker"]
+    # the value logged at step 4 is the final model's: its eager attention probabilities on the probe's batch
+    model.eval().set_attn_implementation("eager")
+    with torch.no_grad():
+        patterns = model(input_ids=first.engine.probes[0].probe_batch, output_attentions=True).attentions
+    expected = max(float(induction_scores(p.float(), 10).max()) for p in patterns)
+    logged = {e.step: e.value for e in acc.Scalars("mechmon/induction/score_max")}
+    # measured: equal to the last bit at step 4; the step-1 value differs by 4e-5 relative (4 steps at lr 1e-3)
+    assert logged[4] == pytest.approx(expected, rel=1e-6) and logged[1] != pytest.approx(expected, rel=1e-6)
 
     second = make(tmp_path / "resumed")
     train(tmp_path, second, max_steps=8, resume=str(tmp_path / "out" / "checkpoint-4"), accumulation=2)

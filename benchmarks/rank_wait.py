@@ -21,21 +21,32 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 
-def worker(rank: int, world: int, port: int, steps: int, folder: str, out: mp.Queue) -> None:
+def build(shape: str | None):
+    """The model, batch rows and context: a shape of ``benchmarks/shapes.py``, or GPT-2 2 x 128 on 8 x 128."""
+    if shape is None:
+        return GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=128, n_embd=128, n_layer=2, n_head=4)), 8, 128
+    from shapes import SHAPES
+
+    config, rows, ctx = SHAPES[shape]
+    return AutoModelForCausalLM.from_config(config), rows, ctx
+
+
+def worker(rank: int, world: int, port: int, steps: int, folder: str, out: mp.Queue, shape: str | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from mechmon import Monitor
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=128, n_embd=128, n_layer=2, n_head=4))
+    model, rows, ctx = build(shape)
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
     monitor = Monitor(ddp, optimizer=optimizer, schedule=1, budget=None, log_dir=folder, console=False)
-    data = torch.randint(1, 512, (8, 128), generator=torch.Generator().manual_seed(rank))
+    vocab = model.config.vocab_size
+    data = torch.randint(1, vocab, (rows, ctx), generator=torch.Generator().manual_seed(rank))
     backward: dict[int, float] = {}
     for step in range(1, steps + 1):
         with monitor.step(step, data):
@@ -53,26 +64,31 @@ def worker(rank: int, world: int, port: int, steps: int, folder: str, out: mp.Qu
     dist.destroy_process_group()
 
 
+def rank_one_waits(steps: int, port: int, shape: str | None = None) -> tuple[float, float, int]:
+    """Rank 1's median backward (s) after image steps and after the others, and the image steps counted."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    with tempfile.TemporaryDirectory() as folder:
+        procs = [ctx.Process(target=worker, args=(r, 2, port, steps, folder, out, shape)) for r in range(2)]
+        for proc in procs:
+            proc.start()
+        after_image, others = out.get(timeout=1800)
+        for proc in procs:
+            proc.join(60)
+    if any(proc.exitcode != 0 for proc in procs):
+        sys.exit(f"a rank failed: exit codes {[proc.exitcode for proc in procs]}")
+    return statistics.median(after_image), statistics.median(others), len(after_image)
+
+
 def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--port", type=int, default=29517)
     args = p.parse_args()
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    with tempfile.TemporaryDirectory() as folder:
-        procs = [ctx.Process(target=worker, args=(r, 2, args.port, args.steps, folder, out)) for r in range(2)]
-        for proc in procs:
-            proc.start()
-        after_image, others = out.get(timeout=600)
-        for proc in procs:
-            proc.join(60)
-    if any(proc.exitcode != 0 for proc in procs):
-        sys.exit(f"a rank failed: exit codes {[proc.exitcode for proc in procs]}")
-    image, plain = statistics.median(after_image), statistics.median(others)
+    image, plain, count = rank_one_waits(args.steps, args.port)
     print(f"2 ranks (gloo, 1 thread each), {args.steps} steps, heatmaps every 5th evaluation")
-    print(f"  rank 1's backward after an image step   {image * 1e3:7.1f} ms  ({len(after_image)} steps)")
-    print(f"  rank 1's backward after the other steps {plain * 1e3:7.1f} ms  ({len(others)} steps)")
+    print(f"  rank 1's backward after an image step   {image * 1e3:7.1f} ms  ({count} steps)")
+    print(f"  rank 1's backward after the other steps {plain * 1e3:7.1f} ms")
     print(f"  rank 1 waits for rank 0's image step    {(image - plain) * 1e3:7.1f} ms")
 
 

@@ -19,6 +19,15 @@ the CUDA allocator's peak). Text probes read 8 rows of the step's batch. The sha
 ``--rows shadow``) trains ``torch.compile(model)`` (``--compile-backend``, inductor by default) in both columns: its
 LogitsProbe measures 8 rows through an eager ``no_grad`` forward before the optimizer step, against the compiled step.
 
+``--thread`` prints the training thread's table instead, one line per shape, default probes on every step
+(``budget=None``), ``--steps`` monitored steps interleaved with as many plain ones (medians): the plain step; the
+probe forwards alone (the limit: the induction and prefix-matching batches' ``no_grad`` forwards); the monitor's
+extra time on the training thread per scheduled step without and with heatmaps; its share at the defaults
+(``every(50)``, heatmaps every 5th evaluation); with ``--ranks N``, how long rank 1 of a 2-process gloo DDP run waits
+at the next gradient all-reduce after an image step (N steps, ``benchmarks/rank_wait.py``)::
+
+    python benchmarks/scale.py --thread --steps 20 --ranks 16
+
 ``--budget-steps N`` then trains N more steps under a default ``Monitor()`` (default probes, ``every(50)``, the
 default 1 % budget) and prints the steps it evaluated and the share of wall time it measured itself
 (``mechmon/monitor/overhead_frac``: its evaluations after the first, over the run's elapsed time).
@@ -29,16 +38,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config
+from transformers import AutoModelForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from examples_module import load_example  # noqa: E402
+from rank_wait import rank_one_waits  # noqa: E402
+from shapes import SHAPES  # noqa: E402
+from training_thread import thread_times  # noqa: E402
 
 from mechmon import (  # noqa: E402
     AttentionEntropyProbe,
@@ -55,22 +67,6 @@ from mechmon import (  # noqa: E402
     WeightsProbe,
 )
 from tests.memory import LiveBytes  # noqa: E402
-
-
-def demo_config():
-    """The stdlib demo's model config (examples/stdlib_induction.py)."""
-    return load_example("stdlib_induction").byte_config("llama", 2, 128, 4, 128)
-
-
-SHAPES = {  # name -> (config, batch, context)
-    "demo": (demo_config(), 32, 128),
-    "6x384": (
-        GPT2Config(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6, bos_token_id=0, eos_token_id=0),
-        4,
-        256,
-    ),
-    "gpt2-124M": (GPT2Config(vocab_size=50257, n_positions=256, n_embd=768, n_layer=12, n_head=12), 4, 256),
-}
 
 
 def probe_sets(batch: torch.Tensor) -> dict[str, list]:
@@ -254,6 +250,25 @@ def measure(
         default_run(model, optimizer, batch, budget_steps)
 
 
+def thread_table(name: str, steps: int, ranks: int, port: int) -> None:
+    """The training thread's side of one shape: the limit, the monitor's time, its share, and rank 1's wait."""
+    config, rows, ctx = SHAPES[name]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = torch.randint(1, config.vocab_size, (rows, ctx), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as folder:
+        t = thread_times(model, optimizer, batch, steps, folder)
+    # the defaults: every(50), heatmaps every 5th evaluation
+    per_eval = (4 * t["without heatmaps"] + t["with heatmaps"]) / 5
+    line = (f"{name:<10} {t['plain'] * 1e3:>9.0f} {t['forwards'] * 1e3:>10.1f} {t['without heatmaps'] * 1e3:>12.1f} "
+            f"{t['with heatmaps'] * 1e3:>12.1f} {per_eval / (50 * t['plain']):>13.2%}")  # fmt: skip
+    if ranks:
+        image, plain, _ = rank_one_waits(ranks, port, name)
+        line += f" {(image - plain) * 1e3:>14.1f}"
+    print(line, flush=True)
+
+
 def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
@@ -262,7 +277,16 @@ def main() -> None:  # noqa: D103
     p.add_argument("--device", default="cpu", help="cpu or cuda (memory then from the CUDA allocator's peak)")
     p.add_argument("--budget-steps", type=int, default=0, help="then this many steps under a default Monitor()")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the shadow row")
+    p.add_argument("--thread", action="store_true", help="the training thread's table instead (default probes)")
+    p.add_argument("--ranks", type=int, default=0, help="with --thread: rank 1's wait over this many 2-rank steps")
+    p.add_argument("--port", type=int, default=29517, help="with --ranks: the gloo rendezvous port")
     args = p.parse_args()
+    if args.thread:
+        print(f"{'shape':<10} {'plain ms':>9} {'forwards ms':>10} {'no images ms':>12} {'images ms':>12} "
+              f"{'at every(50)':>13}{' rank-1 wait ms' if args.ranks else ''}")  # fmt: skip
+        for name in args.shapes:
+            thread_table(name, args.steps, args.ranks, args.port)
+        return
     for name in args.shapes:
         measure(name, args.steps, args.rows, args.device, args.budget_steps, args.compile_backend)
 

@@ -59,6 +59,33 @@ def probe_forwards(model, monitor) -> float:
     return seconds
 
 
+def thread_times(model, optimizer, data: torch.Tensor, steps: int, folder: str) -> dict:
+    """Medians in seconds: the plain step; the monitor's extra time on the training thread per scheduled step,
+    without and with heatmaps (default probes, ``schedule=1``, ``budget=None``); the probe forwards alone; close().
+    """
+    monitor = Monitor(model, optimizer=optimizer, schedule=1, budget=None, log_dir=folder, console=False)
+    step(model, optimizer, data)  # warm-up
+    plain, with_images, without = [], [], []
+    for n in range(1, steps + 1):  # interleaved, plain then monitored, so drift cancels
+        start = time.perf_counter()
+        step(model, optimizer, data)
+        middle = time.perf_counter()
+        with monitor.step(n, data):
+            step(model, optimizer, data)
+        end = time.perf_counter()
+        if n > 1:
+            plain.append(middle - start)
+            (with_images if monitor.config.image_schedule(n) else without).append(end - middle)
+    forwards = statistics.median(probe_forwards(model, monitor) for _ in range(5))
+    started = time.perf_counter()
+    monitor.close()
+    base = statistics.median(plain)
+    extra = {label: (statistics.median(t) - base if t else float("nan")) for label, t in
+             (("without heatmaps", without), ("with heatmaps", with_images))}  # fmt: skip
+    return {"plain": base, **extra, "without heatmaps steps": len(without), "with heatmaps steps": len(with_images),
+            "forwards": forwards, "close": time.perf_counter() - started}  # fmt: skip
+
+
 def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40, help="monitored steps (as many plain ones, interleaved)")
@@ -72,33 +99,16 @@ def main() -> None:  # noqa: D103
     model, optimizer = build(args.width, args.layers, args.ctx)
     data = torch.randint(1, 512, (args.rows, args.ctx), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
-        monitor = Monitor(model, optimizer=optimizer, schedule=1, budget=None, log_dir=folder, console=False)
-        step(model, optimizer, data)  # warm-up
-        plain, with_images, without = [], [], []
-        for n in range(1, args.steps + 1):
-            start = time.perf_counter()
-            step(model, optimizer, data)
-            middle = time.perf_counter()
-            with monitor.step(n, data):
-                step(model, optimizer, data)
-            end = time.perf_counter()
-            if n > 1:
-                plain.append(middle - start)
-                (with_images if monitor.config.image_schedule(n) else without).append(end - middle)
-        forwards = statistics.median(probe_forwards(model, monitor) for _ in range(5))
-        started = time.perf_counter()
-        monitor.close()
-        drain = time.perf_counter() - started
-        base = statistics.median(plain)
+        times = thread_times(model, optimizer, data, args.steps, folder)
         print(f"GPT-2 {args.layers} x {args.width}, batch {args.rows} x {args.ctx}, {args.steps} monitored steps")
-        print(f"  plain step                                  {base * 1e3:8.1f} ms")
-        for label, times in (("without heatmaps", without), ("with heatmaps", with_images)):
-            if times:
-                extra = statistics.median(times) - base
-                print(f"  monitored, {label:<18} ({len(times):>2} steps) {statistics.median(times) * 1e3:8.1f} ms"
-                      f"   on the training thread {extra * 1e3:7.1f} ms")  # fmt: skip
-        print(f"  probe forwards alone (the floor)            {forwards * 1e3:8.1f} ms")
-        print(f"  close() (drains the writer)                 {drain * 1e3:8.1f} ms")
+        print(f"  plain step                                  {times['plain'] * 1e3:8.1f} ms")
+        for label in ("without heatmaps", "with heatmaps"):
+            if times[label]:
+                print(f"  monitored, {label:<18} ({times[label + ' steps']:>2} steps) "
+                      f"{(times['plain'] + times[label]) * 1e3:8.1f} ms   on the training thread "
+                      f"{times[label] * 1e3:7.1f} ms")  # fmt: skip
+        print(f"  probe forwards alone (the floor)            {times['forwards'] * 1e3:8.1f} ms")
+        print(f"  close() (drains the writer)                 {times['close'] * 1e3:8.1f} ms")
         if args.profile:
             profile(model, optimizer, data, monitor_kwargs={"log_dir": folder}, steps=args.profile)
 

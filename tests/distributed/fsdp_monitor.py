@@ -19,7 +19,7 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, NLMProbe, WeightsProbe, every  # noqa: E402
 from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
-from tests.distributed.plain_ddp import CALLS, STEP, counting  # noqa: E402
+from tests.distributed.plain_ddp import STEP, calls_by_step, counting  # noqa: E402
 
 STEPS = 4
 
@@ -70,11 +70,8 @@ def worker(rank: int, port: int, out: Path, kind: str) -> None:
             optimizer.step()
             optimizer.zero_grad()
     monitor.close()
-    calls: dict[str, int] = {}
-    for step in CALLS:
-        calls[str(step)] = calls.get(str(step), 0) + 1
     result = {
-        "collectives": calls,
+        "collectives": calls_by_step(),
         "latest": monitor.latest,
         "alerts": [[a.rule, a.step] for a in monitor.alerts],
         "disabled": sorted(monitor.disabled),

@@ -38,6 +38,11 @@ def counting(fn):
     return wrapper
 
 
+def calls_by_step() -> dict[str, int]:
+    """How many collectives mechmon's own files issued at each step (the JSON-ready count of ``CALLS``)."""
+    return {str(step): CALLS.count(step) for step in sorted(set(CALLS))}
+
+
 def worker(rank: int, port: int, out: Path, budget: float | None) -> None:
     import faulthandler
 
@@ -67,13 +72,10 @@ def worker(rank: int, port: int, out: Path, budget: float | None) -> None:
         if budget is not None:
             time.sleep(0.01 * rank)  # the ranks measure different times; their decisions must still agree
     monitor.close()
-    calls: dict[str, int] = {}
-    for step in CALLS:
-        calls[str(step)] = calls.get(str(step), 0) + 1
     result = {
         "rank": rank,
         "pid": os.getpid(),
-        "collectives": calls,
+        "collectives": calls_by_step(),
         "latest": monitor.latest,
         "alerts": [[a.rule, a.step] for a in monitor.alerts],
         "hooks_during": hooks,

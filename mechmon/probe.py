@@ -54,6 +54,8 @@ class Probe:
             ``non_finite`` alert), and the fix; the monitor's one warning quotes it.
         replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): it reads the weights or
             runs its own forward, not the training forward or its gradients.
+        needs_batch: whether the probe still waits for rows from a training batch (snapshot probes given none).
+        batch_key: probes with equal keys share one forward of the same batch; ``None``: never shared.
 
     Args:
         schedule: optional per-probe schedule (int ``n`` means ``every(n)``) overriding the monitor default.
@@ -71,6 +73,8 @@ class Probe:
     replayable: ClassVar[bool] = True
     headline: ClassVar[str] = ""
     unmeasured_hint: ClassVar[str] = ""  # why its values may be NaN from the start, and the fix (for the warning)
+    needs_batch: bool = False  # a snapshot probe that builds its batch from the first training batch
+    batch_key: object = None  # equal keys: the same batch, so probes can share one forward (None: never shared)
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")
@@ -199,9 +203,7 @@ class SnapshotProbe(Probe):
     """
 
     kind: ClassVar[Kind] = "snapshot"
-    needs_batch: bool = False
     probe_batch: Tensor
-    batch_key: object = None  # equal keys: the same batch, so probes can share one forward (None: never shared)
 
     def take_batch(self, batch: Any) -> None:
         """Build the probe batch from a training batch; called once, before the first evaluation, if ``needs_batch``."""

@@ -95,7 +95,7 @@ def forward_groups(probes: Sequence[Probe], names: dict[str, list[str]]) -> list
     """
     groups: dict[Any, list[Probe]] = {}
     for probe in probes:
-        key = getattr(probe, "batch_key", None)
+        key = probe.batch_key
         single = key is None or type(probe).snapshot is not SnapshotProbe.snapshot
         groups.setdefault(id(probe) if single else (key, _mode(names[probe.name])), []).append(probe)
     for key in [k for k in groups if isinstance(k, tuple) and k[1] == "plain"]:
@@ -201,7 +201,7 @@ def evaluate(
     out: dict[str, Tensor] = {}
     for probe in probes:
         probe.setup(adapter.model, adapter, device)
-        if getattr(probe, "needs_batch", False) and batch is not None:
+        if probe.needs_batch and batch is not None:
             probe.take_batch(batch)
         names = resolve_names(adapter, probe.requires)
         for _ in range(forwards):

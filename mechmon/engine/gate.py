@@ -50,7 +50,7 @@ class Gate:
     def attach(self, root: nn.Module, probes: Sequence[Probe], device: torch.device) -> dict[str, str]:
         """Remember the run; returns probe name -> why its schedule cannot be trusted (the same on every rank)."""
         self._root = root
-        self._takes_batch = {p.name for p in probes if getattr(p, "needs_batch", False)}
+        self._takes_batch = {p.name for p in probes if p.needs_batch}
         self.has_batch = {p.name for p in probes if p.name not in self._takes_batch}
         if world_size() == 1:
             return {}
@@ -90,7 +90,7 @@ class Gate:
         pending = [p for p in due if p.name not in self.has_batch]
         if not pending:
             return list(due)
-        held = all_ranks([not getattr(p, "needs_batch", False) for p in pending], device)  # collective: see module
+        held = all_ranks([not p.needs_batch for p in pending], device)  # collective: see module
         for probe, ok in zip(pending, held, strict=True):
             if ok:
                 self.has_batch.add(probe.name)

@@ -214,7 +214,7 @@ class Monitor:
             self._names[probe.name] = resolve_names(self.adapter, probe.requires)
             probe.setup(self.adapter.model, self.adapter, self._device)
         rules = [rule for probe in self.probes for rule in probe.rules()] + self.config.rules
-        self._waiting = [p for p in self.probes if getattr(p, "needs_batch", False)]
+        self._waiting = [p for p in self.probes if p.needs_batch]
         writes = rank() == 0 if writes is None else writes
         writer = open_writer(experiment, loggers, log_dir, purge_step) if writes else None
         headlines = [p.key(p.headline) for p in self.probes if p.headline]
@@ -628,7 +628,7 @@ class Monitor:
         self.publisher.load_state_dict(state)
         for probe in self.probes:
             probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
-        self._waiting = [p for p in self._waiting if getattr(p, "needs_batch", False)]  # restored probe batches
+        self._waiting = [p for p in self._waiting if p.needs_batch]  # restored probe batches
         self.gate.restore(self.probes)
         again = sorted(set(state.get("disabled", ())) & {p.name for p in self.probes})
         if again:  # the user may have fixed what made them fail; if not, they fail again, with an alert

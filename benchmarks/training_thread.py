@@ -60,8 +60,9 @@ def probe_forwards(model, monitor) -> float:
 
 
 def thread_times(model, optimizer, data: torch.Tensor, steps: int, folder: str) -> dict:
-    """Medians in seconds: the plain step; the monitor's extra time on the training thread per scheduled step,
-    without and with heatmaps (default probes, ``schedule=1``, ``budget=None``); the probe forwards alone; close().
+    """Medians in seconds: the plain step; the monitor's extra time on the training thread per scheduled step
+    (each monitored step minus the plain step before it), without and with heatmaps (default probes,
+    ``schedule=1``, ``budget=None``); the probe forwards alone; close().
     """
     monitor = Monitor(model, optimizer=optimizer, schedule=1, budget=None, log_dir=folder, console=False)
     step(model, optimizer, data)  # warm-up
@@ -73,14 +74,14 @@ def thread_times(model, optimizer, data: torch.Tensor, steps: int, folder: str) 
         with monitor.step(n, data):
             step(model, optimizer, data)
         end = time.perf_counter()
-        if n > 1:
+        if n > 1:  # each monitored step against the plain step just before it
             plain.append(middle - start)
-            (with_images if monitor.config.image_schedule(n) else without).append(end - middle)
+            (with_images if monitor.config.image_schedule(n) else without).append((end - middle) - (middle - start))
     forwards = statistics.median(probe_forwards(model, monitor) for _ in range(5))
     started = time.perf_counter()
     monitor.close()
     base = statistics.median(plain)
-    extra = {label: (statistics.median(t) - base if t else float("nan")) for label, t in
+    extra = {label: (statistics.median(t) if t else float("nan")) for label, t in
              (("without heatmaps", without), ("with heatmaps", with_images))}  # fmt: skip
     return {"plain": base, **extra, "without heatmaps steps": len(without), "with heatmaps steps": len(with_images),
             "forwards": forwards, "close": time.perf_counter() - started}  # fmt: skip

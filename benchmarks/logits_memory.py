@@ -7,6 +7,7 @@ statistics; ``tests/memory.py``), for logits of the issue's shape ``[1, 4096, 32
 smaller one. The bound the probe keeps is 64 MiB plus 10 % of the logits' bytes.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def peak(shape: tuple[int, int, int], dtype: torch.dtype) -> tuple[float, float,
 
 
 def main() -> None:  # noqa: D103
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(f"{'logits':<24} {'dtype':<9} {'logits MiB':>10} {'extra peak MiB':>15} {'bound MiB':>10}")
     for shape in [(1, 4096, 32000), (4, 1024, 8192)]:
         for dtype in (torch.float32, torch.bfloat16):

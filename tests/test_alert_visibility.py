@@ -46,3 +46,16 @@ def test_a_chart_is_shaded_past_its_level_only(tmp_path):
     healthy, alarming = "mechmon/logits/norm_mean", "mechmon/logits/max_mean"
     assert series(f"{healthy}/beyond_level") == series(f"{healthy}/alert_level") == [1000.0] * 3
     assert series(f"{alarming}/beyond_level") == series(alarming) and series(f"{alarming}/alert_level") == [-100.0] * 3
+
+
+def test_rules_sharing_a_name_that_fire_together_are_one_alert_with_both_reasons(tmp_path):
+    rules = [Threshold("mechmon/logits/norm_mean", 0.0, name="same"),
+             Threshold("mechmon/logits/max_mean", -100.0, name="same")]  # fmt: skip
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), rules=rules,
+                      log_dir=tmp_path)  # fmt: skip
+    plain_run(monitor, model, optimizer, 1)
+    [alert] = monitor.alerts
+    assert "logits/norm_mean" in alert.reason and "logits/max_mean" in alert.reason
+    assert [(e.step, e.value) for e in read_events(tmp_path).Scalars("mechmon/alerts/count")] == [(1, 1.0)]

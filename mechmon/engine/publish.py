@@ -90,7 +90,7 @@ class Publisher:
         for rule in self.rules:
             alert = rule.observe(step, scalars)
             fired += [_located(alert, scalars)] if alert else []
-        return fired
+        return _one_per_rule(fired)
 
     def _tell_unmeasured(self, step: int, scalars: Mapping[str, float], measured: set[str]) -> None:
         """One warning per probe family whose every value is NaN and never was finite (not measured, no alert)."""
@@ -246,6 +246,18 @@ def _located(alert: Alert, scalars: Mapping[str, float]) -> Alert:
         return alert
     where = min(layers, key=lambda layer: abs(layers[layer] - alert.value))
     return replace(alert, reason=f"{alert.reason}; at layer {where} ({layers[where]:.4g})")
+
+
+def _one_per_rule(fired: list[Alert]) -> list[Alert]:
+    """One alert per rule name and step, with every reason.
+
+    Rules sharing a name (``routing_collapse`` on the dead share and on the entropy) that fire together are one event.
+    """
+    merged: dict[str, Alert] = {}
+    for alert in fired:
+        first = merged.get(alert.rule)
+        merged[alert.rule] = alert if first is None else replace(first, reason=f"{first.reason}; {alert.reason}")
+    return list(merged.values())
 
 
 def _one_alert(non_finite: list[Alert], shown: int = 5) -> list[Alert]:

@@ -121,13 +121,25 @@ class Trace(pl.Callback):
             trainer.should_stop = True
 
 
-def fit(module: pl.LightningModule, data, monitor: MechMonitor | None, steps: int, trace: Trace) -> float:
-    """``steps`` optimizer steps of ``module`` on ``data`` on the CPU; returns the wall time in seconds."""
-    folder = tempfile.TemporaryDirectory()  # mechmon's events: the benchmark reads the alerts, not the files
+def fit(
+    module: pl.LightningModule,
+    data,
+    monitor: MechMonitor | None,
+    steps: int,
+    trace: Trace,
+    folder: str | None = None,
+    batch_size: int | None = None,
+) -> float:
+    """``steps`` optimizer steps of ``module`` on ``data`` on the CPU; returns the wall time in seconds.
+
+    ``folder``: the trainer's root, where mechmon writes its events (default: a temporary one, removed after);
+    ``batch_size``: rows per batch when ``data`` yields single rows (``None``: it yields batches).
+    """
+    temporary = tempfile.TemporaryDirectory() if folder is None else None
     trainer = pl.Trainer(
         max_steps=steps,
         accelerator="cpu",
-        default_root_dir=folder.name,
+        default_root_dir=folder or temporary.name,
         callbacks=[c for c in (monitor, trace) if c is not None],
         logger=False,
         enable_checkpointing=False,
@@ -137,9 +149,10 @@ def fit(module: pl.LightningModule, data, monitor: MechMonitor | None, steps: in
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(module, DataLoader(data, batch_size=None))
+        trainer.fit(module, DataLoader(data, batch_size=batch_size))
     seconds = time.perf_counter() - start
-    folder.cleanup()
+    if temporary is not None:
+        temporary.cleanup()
     return seconds
 
 

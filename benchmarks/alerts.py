@@ -45,7 +45,20 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from alert_runs import CTX, DEMO, HEADS, LAYERS, PATHOLOGIES, WIDTH, Outcome, every_probe, moe_config  # noqa: E402
+from alert_runs import (  # noqa: E402
+    CTX,
+    DEMO,
+    HEADS,
+    LAYERS,
+    PATHOLOGIES,
+    WIDTH,
+    CausalLM,
+    Outcome,
+    Trace,
+    every_probe,
+    fit,
+    moe_config,
+)
 
 from mechmon import MechMonitor, every  # noqa: E402
 from mechmon.events import load_run  # noqa: E402
@@ -78,39 +91,14 @@ class Windows(torch.utils.data.IterableDataset):
             yield {"input_ids": row, "labels": row} if self.as_dict else row
 
 
-class LM(pl.LightningModule):
-    """The HF model under Lightning; logs its training loss per step."""
-
-    def __init__(self, arch: str, losses: list[float]) -> None:
-        super().__init__()
-        self.model, self.losses = AutoModelForCausalLM.from_config(config(arch)), losses
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:  # noqa: D102
-        loss = self.model(input_ids=batch, labels=batch).loss
-        self.losses.append(loss.item())  # benchmark-side: the loss-based detectors read it
-        return loss
-
-    def configure_optimizers(self):  # noqa: D102
-        return torch.optim.AdamW(self.parameters(), lr=LR)
-
-
 def run_lightning(arch: str, seed: int, steps: int, corpus: torch.Tensor, folder: str, gap: int):
     pl.seed_everything(seed, verbose=False)
-    losses: list[float] = []
     monitor = MechMonitor(probes=probes(arch, DEMO.text_windows(corpus, 8, CTX, 10_000 + seed)), schedule=every(gap))
-    loader = torch.utils.data.DataLoader(Windows(corpus, seed, as_dict=False), batch_size=BATCH)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        callbacks=[monitor],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=folder,
-    )
-    trainer.fit(LM(arch, losses), loader)
-    return monitor.alerts, losses, load_run(Path(folder) / "mechmon").scalars
+    trace = Trace()
+    model = AutoModelForCausalLM.from_config(config(arch))
+    module = CausalLM(model, lambda m: torch.optim.AdamW(m.parameters(), lr=LR))  # torch's defaults otherwise
+    fit(module, Windows(corpus, seed, as_dict=False), monitor, steps, trace, folder=folder, batch_size=BATCH)
+    return monitor.alerts, trace.losses, load_run(Path(folder) / "mechmon").scalars
 
 
 def run_hf(arch: str, seed: int, steps: int, corpus: torch.Tensor, folder: str, gap: int, checkpointing=False):

@@ -50,7 +50,7 @@ def test_a_chart_is_shaded_past_its_level_only(tmp_path):
 
 def test_rules_sharing_a_name_that_fire_together_are_one_alert_with_both_reasons(tmp_path):
     rules = [Threshold("mechmon/logits/norm_mean", 0.0, name="same"),
-             Threshold("mechmon/logits/max_mean", -100.0, name="same")]  # fmt: skip
+             Threshold("mechmon/logits/max_mean", -100.0, name="same", severity="critical")]  # fmt: skip
     model = tiny_gpt2()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = Monitor(model, optimizer=optimizer, probes=[LogitsProbe()], schedule=every(1), rules=rules,
@@ -58,4 +58,5 @@ def test_rules_sharing_a_name_that_fire_together_are_one_alert_with_both_reasons
     plain_run(monitor, model, optimizer, 1)
     [alert] = monitor.alerts
     assert "logits/norm_mean" in alert.reason and "logits/max_mean" in alert.reason
+    assert alert.severity == "critical"  # the louder of the two is kept
     assert [(e.step, e.value) for e in read_events(tmp_path).Scalars("mechmon/alerts/count")] == [(1, 1.0)]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from rapidfuzz import process
 
-from mechmon.alerts import Alert, NonFinite, Rule, Threshold
+from mechmon.alerts import _SEVERITIES, Alert, NonFinite, Rule, Threshold
 from mechmon.background import warn_stopped
 from mechmon.console import ConsoleView
 from mechmon.distributed import rank_zero_warn
@@ -256,7 +256,11 @@ def _one_per_rule(fired: list[Alert]) -> list[Alert]:
     merged: dict[str, Alert] = {}
     for alert in fired:
         first = merged.get(alert.rule)
-        merged[alert.rule] = alert if first is None else replace(first, reason=f"{first.reason}; {alert.reason}")
+        if first is None:
+            merged[alert.rule] = alert
+            continue
+        severity = max(first.severity, alert.severity, key=_SEVERITIES.index)  # never hide the louder one
+        merged[alert.rule] = replace(first, severity=severity, reason=f"{first.reason}; {alert.reason}")
     return list(merged.values())
 
 

@@ -109,6 +109,7 @@ class Trace(pl.Callback):
         self.measure, self.period, self.after = measure, period, after
         self.losses: list[float] = []
         self.truth: dict[int, float] = {}
+        self.first_bad: int | None = None  # 1-based step of the first non-finite loss
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: D102
         self.losses.append(float(outputs["loss"]))  # benchmark-side sync: the loss-based detectors read it
@@ -116,8 +117,9 @@ class Trace(pl.Callback):
         if self.measure is not None and (step == 1 or step % self.period == 0):
             with torch.no_grad():
                 self.truth[step] = float(self.measure(module))
-        bad = [i for i, loss in enumerate(self.losses) if not math.isfinite(loss)]
-        if bad and len(self.losses) - bad[0] > self.after:
+        if self.first_bad is None and not math.isfinite(self.losses[-1]):
+            self.first_bad = len(self.losses)
+        if self.first_bad is not None and len(self.losses) - self.first_bad >= self.after:
             trainer.should_stop = True
 
 
@@ -225,7 +227,7 @@ def fp16_overflow(corpus: torch.Tensor, seed: int, gap: int) -> Outcome:
     trace, monitor = Trace(), text_monitor(corpus, seed, gap)
     module = CausalLM(ATTN.build("llama", CTX), adamw(3e-2), autocast=torch.float16)
     seconds = fit(module, ATTN.Windows(corpus, 8, CTX, seed), monitor, 200, trace)
-    onset = next((i + 1 for i, loss in enumerate(trace.losses) if not math.isfinite(loss)), None)
+    onset = trace.first_bad
     return outcome(trace, monitor, onset, "first non-finite training loss", seconds)
 
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from rank_wait import rank_one_waits  # noqa: E402
 from shapes import SHAPES  # noqa: E402
-from training_thread import thread_times  # noqa: E402
+from training_thread import COLUMNS, OwnTime, profile, share_at_defaults, thread_times  # noqa: E402
 
 from mechmon import (  # noqa: E402
     AttentionEntropyProbe,
@@ -104,34 +104,6 @@ def clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-class OwnTime:
-    """Host seconds spent inside the monitor's per-step methods and its probe updates, for one monitor.
-
-    ``_update`` is where the streaming probes are fed, from the forward hook right after the training forward;
-    nested calls count once.
-    """
-
-    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step", "_update")
-
-    def __init__(self, monitor) -> None:
-        self.seconds, self._depth = 0.0, 0
-        for name in self.METHODS:  # instance attributes: the monitor's own calls go through them too
-            setattr(monitor, name, self._timed(getattr(monitor, name)))
-
-    def _timed(self, method):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            self._depth += 1
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self.seconds += time.perf_counter() - start
-
-        return timed
 
 
 def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[float], list[float], list[float]]:
@@ -250,7 +222,7 @@ def measure(
         default_run(model, optimizer, batch, budget_steps)
 
 
-def thread_table(name: str, steps: int, ranks: int, port: int) -> None:
+def thread_table(name: str, steps: int, ranks: int, port: int, profile_steps: int = 0) -> None:
     """The training thread's side of one shape: the limit, the monitor's time, its share, and rank 1's wait."""
     config, rows, ctx = SHAPES[name]
     torch.manual_seed(0)
@@ -259,13 +231,13 @@ def thread_table(name: str, steps: int, ranks: int, port: int) -> None:
     batch = torch.randint(1, config.vocab_size, (rows, ctx), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
         t = thread_times(model, optimizer, batch, steps, folder)
-    # the defaults: every(50), heatmaps every 5th evaluation
-    per_eval = (4 * t["without heatmaps"] + t["with heatmaps"]) / 5
-    line = (f"{name:<10} {t['plain'] * 1e3:>9.0f} {t['forwards'] * 1e3:>10.1f} {t['without heatmaps'] * 1e3:>12.1f} "
-            f"{t['with heatmaps'] * 1e3:>12.1f} {per_eval / (50 * t['plain']):>13.2%}")  # fmt: skip
+        if profile_steps:
+            profile(model, optimizer, batch, monitor_kwargs={"log_dir": folder}, steps=profile_steps)
+    line = f"{name:<10}" + "".join(f" {t.get(key, float('nan')) * 1e3:>9.1f}" for _, key in COLUMNS)
+    line += f" {share_at_defaults(t):>9.2%}"
     if ranks:
         image, plain, _ = rank_one_waits(ranks, port, name)
-        line += f" {(image - plain) * 1e3:>14.1f}"
+        line += f" {(image - plain) * 1e3:>9.1f}"
     print(line, flush=True)
 
 
@@ -280,12 +252,18 @@ def main() -> None:  # noqa: D103
     p.add_argument("--thread", action="store_true", help="the training thread's table instead (default probes)")
     p.add_argument("--ranks", type=int, default=0, help="with --thread: rank 1's wait over this many 2-rank steps")
     p.add_argument("--port", type=int, default=29517, help="with --ranks: the gloo rendezvous port")
+    p.add_argument("--profile", type=int, default=0, help="with --thread: cProfile this many monitored steps a shape")
     args = p.parse_args()
     if args.thread:
-        print(f"{'shape':<10} {'plain ms':>9} {'forwards ms':>10} {'no images ms':>12} {'images ms':>12} "
-              f"{'at every(50)':>13}{' rank-1 wait ms' if args.ranks else ''}")  # fmt: skip
+        print("ms per step (medians); columns:")
+        for n, (label, _) in enumerate(COLUMNS, 1):
+            print(f"  {n}. {label}")
+        print(f"  {len(COLUMNS) + 1}. {share_at_defaults.__doc__}")
+        if args.ranks:
+            print(f"  {len(COLUMNS) + 2}. rank 1's wait after a heatmap step, 2 processes (ms)")
+        print(f"{'shape':<10}" + "".join(f" {n:>9}" for n in range(1, len(COLUMNS) + 2 + bool(args.ranks))))
         for name in args.shapes:
-            thread_table(name, args.steps, args.ranks, args.port)
+            thread_table(name, args.steps, args.ranks, args.port, args.profile)
         return
     for name in args.shapes:
         measure(name, args.steps, args.rows, args.device, args.budget_steps, args.compile_backend)

@@ -33,6 +33,61 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from mechmon import Monitor
 
 
+class OwnTime:
+    """Host seconds spent inside the monitor's per-step methods and its probe updates, for one monitor.
+
+    ``_update`` is where the streaming probes are fed, from the forward hook right after the training forward;
+    nested calls count once.
+    """
+
+    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step", "_update")
+
+    def __init__(self, monitor) -> None:
+        self.seconds, self.depth = 0.0, 0
+        for name in self.METHODS:  # instance attributes: the monitor's own calls go through them too
+            setattr(monitor, name, self._timed(getattr(monitor, name)))
+
+    def _timed(self, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self.depth += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+class MeasureTime:
+    """Host seconds of the measures themselves inside an :class:`OwnTime`: the model's forwards (with the probes'
+    hooks, which reduce the captured tensors) and the probes' ``update`` calls; the rest of the own time is the
+    monitor's scaffolding (compute, the reduction, the transfer, the alert rules, handing the writes over).
+    """
+
+    def __init__(self, own: OwnTime, model, probes) -> None:
+        self.seconds, self._own, self._depth = 0.0, own, 0
+        model.forward = self._timed(model.forward)  # the instance attribute: nn.Module.__call__ reads it
+        for probe in probes:
+            probe.update = self._timed(probe.update)
+
+    def _timed(self, method):
+        def timed(*args, **kwargs):
+            if self._own.depth == 0 or self._depth:  # a training forward, or nested: not counted (again)
+                return method(*args, **kwargs)
+            start = time.perf_counter()
+            self._depth += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
 def build(width: int, layers: int, ctx: int):
     config = GPT2Config(vocab_size=512, n_positions=ctx, n_embd=width, n_layer=layers, n_head=4)
     torch.manual_seed(0)
@@ -60,31 +115,58 @@ def probe_forwards(model, monitor) -> float:
 
 
 def thread_times(model, optimizer, data: torch.Tensor, steps: int, folder: str) -> dict:
-    """Medians in seconds: the plain step; the monitor's extra time on the training thread per scheduled step
-    (each monitored step minus the plain step before it), without and with heatmaps (default probes,
-    ``schedule=1``, ``budget=None``); the probe forwards alone; close().
+    """Medians in seconds over the monitored steps (default probes, ``schedule=1``, ``budget=None``), split by
+    whether the step wrote heatmaps (``" images"`` suffix) or not (``" plain"``):
+
+    - ``step``: the plain step; ``extra``: each monitored step minus the plain step before it;
+    - ``own``: host time inside the monitor's step methods; ``measures``: of it, the probes' forwards (hooks
+      included) and ``update`` calls; ``beyond``: own minus measures, per step (the scaffolding);
+    - ``forwards``: the probe batches' bare forwards alone (default attention, no hooks); ``close``: ``close()``.
     """
     monitor = Monitor(model, optimizer=optimizer, schedule=1, budget=None, log_dir=folder, console=False)
+    own = OwnTime(monitor)
+    measures = MeasureTime(own, model, monitor.probes)
     step(model, optimizer, data)  # warm-up
-    plain, with_images, without = [], [], []
+    rows: dict[str, list[float]] = {}
     for n in range(1, steps + 1):  # interleaved, plain then monitored, so drift cancels
         start = time.perf_counter()
         step(model, optimizer, data)
         middle = time.perf_counter()
+        own.seconds = measures.seconds = 0.0
         with monitor.step(n, data):
             step(model, optimizer, data)
         end = time.perf_counter()
-        if n > 1:  # each monitored step against the plain step just before it
-            plain.append(middle - start)
-            (with_images if monitor.config.image_schedule(n) else without).append((end - middle) - (middle - start))
+        if n > 1:  # the first evaluation sets the probes up
+            kind = "images" if monitor.config.image_schedule(n) else "plain"
+            for name, value in (("step", middle - start), ("extra", (end - middle) - (middle - start)),
+                                ("own", own.seconds), ("measures", measures.seconds),
+                                ("beyond", own.seconds - measures.seconds)):  # fmt: skip
+                rows.setdefault(f"{name} {kind}", []).append(value)
     forwards = statistics.median(probe_forwards(model, monitor) for _ in range(5))
     started = time.perf_counter()
     monitor.close()
-    base = statistics.median(plain)
-    extra = {label: (statistics.median(t) if t else float("nan")) for label, t in
-             (("without heatmaps", without), ("with heatmaps", with_images))}  # fmt: skip
-    return {"plain": base, **extra, "without heatmaps steps": len(without), "with heatmaps steps": len(with_images),
+    out = {name: statistics.median(values) for name, values in rows.items()}
+    out["step"] = statistics.median(rows["step plain"] + rows.get("step images", []))
+    return {**out, "images": len(rows.get("step images", [])), "plain": len(rows["step plain"]),
             "forwards": forwards, "close": time.perf_counter() - started}  # fmt: skip
+
+
+COLUMNS = (  # (label, key of thread_times), in ms
+    ("plain step", "step"),
+    ("bare probe forwards", "forwards"),
+    ("the measures (forwards with hooks, updates)", "measures plain"),
+    ("monitor's own time, no heatmaps", "own plain"),
+    ("monitor's own time, heatmap step", "own images"),
+    ("beyond the measures, no heatmaps", "beyond plain"),
+    ("beyond the measures, heatmap step", "beyond images"),
+    ("step minus plain step, no heatmaps", "extra plain"),
+    ("step minus plain step, heatmap step", "extra images"),
+)
+
+
+def share_at_defaults(times: dict) -> float:
+    """The monitor's share of wall time at ``every(50)`` with heatmaps every 5th evaluation (paired extras)."""
+    return (4 * times["extra plain"] + times.get("extra images", times["extra plain"])) / 5 / (50 * times["step"])
 
 
 def main() -> None:  # noqa: D103
@@ -101,15 +183,12 @@ def main() -> None:  # noqa: D103
     data = torch.randint(1, 512, (args.rows, args.ctx), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
         times = thread_times(model, optimizer, data, args.steps, folder)
-        print(f"GPT-2 {args.layers} x {args.width}, batch {args.rows} x {args.ctx}, {args.steps} monitored steps")
-        print(f"  plain step                                  {times['plain'] * 1e3:8.1f} ms")
-        for label in ("without heatmaps", "with heatmaps"):
-            if times[label]:
-                print(f"  monitored, {label:<18} ({times[label + ' steps']:>2} steps) "
-                      f"{(times['plain'] + times[label]) * 1e3:8.1f} ms   on the training thread "
-                      f"{times[label] * 1e3:7.1f} ms")  # fmt: skip
-        print(f"  probe forwards alone (the floor)            {times['forwards'] * 1e3:8.1f} ms")
-        print(f"  close() (drains the writer)                 {times['close'] * 1e3:8.1f} ms")
+        print(f"GPT-2 {args.layers} x {args.width}, batch {args.rows} x {args.ctx}, {args.steps} monitored steps "
+              f"({times['plain']} without heatmaps, {times['images']} with), medians in ms")  # fmt: skip
+        for label, key in COLUMNS:
+            print(f"  {label:<46} {times.get(key, float('nan')) * 1e3:8.1f}")
+        print(f"  {'share at every(50), heatmaps every 5th':<46} {share_at_defaults(times):8.2%}")
+        print(f"  {'close() (drains the writer)':<46} {times['close'] * 1e3:8.1f}")
         if args.profile:
             profile(model, optimizer, data, monitor_kwargs={"log_dir": folder}, steps=args.profile)
 

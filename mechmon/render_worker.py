@@ -26,6 +26,10 @@ def _figures():
 
 def main() -> None:
     """Answer requests until stdin closes."""
+    try:  # drawing is background work: on a busy machine the training threads come first
+        os.nice(19)
+    except OSError:
+        pass
     figures = _figures()
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     for line in requests:

@@ -32,7 +32,7 @@ from mechmon.console import ConsoleView
 from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
 from mechmon.engine.budget import resolve_budget
 from mechmon.engine.config import MonitorConfig
-from mechmon.engine.forward import forward_groups, run_group
+from mechmon.engine.forward import run_groups
 from mechmon.engine.gate import Gate
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord, to_host
@@ -480,8 +480,8 @@ class Monitor:
     def _run(self, record: StepRecord) -> None:
         started = time.perf_counter()
         self._detach_streaming()
-        for group in forward_groups([p for p in record.due if p.kind == "snapshot"], self._names):
-            run_group(group, self.adapter, self._names, self._guarded)  # every rank runs the same forwards (FSDP)
+        snapshots = [p for p in record.due if p.kind == "snapshot"]
+        run_groups(snapshots, self.adapter, self._names, self._guarded)  # every rank runs the same forwards (FSDP)
         for probe in self._live(record.due):
             if probe.kind != "snapshot":
                 self._guarded(probe, probe.evaluate)

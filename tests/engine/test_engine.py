@@ -138,6 +138,38 @@ def test_plain_readers_join_the_sdpa_forward_of_their_batch_and_other_batches_ru
     monitor.close()
 
 
+def test_a_step_switches_the_model_into_each_probe_mode_once_and_logs_what_each_probe_logs_alone():
+    from mechmon import AttentionLogitProbe, CollapseProbe, PrefixMatchingProbe
+
+    text = torch.randint(1, 64, (4, 32), generator=torch.Generator().manual_seed(1))
+
+    def run(probes):
+        model = tiny_gpt2()
+        implementation = model.config._attn_implementation
+        switches = []
+        train = model.train
+        model.train = lambda mode=True: (switches.append(mode), train(mode))[1]  # eval() is train(False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=every(1), log_dir=None)
+        switches.clear()
+        plain_run(monitor, model, optimizer, 1)
+        assert model.training and model.config._attn_implementation == implementation
+        return monitor.latest, switches.count(False)
+
+    def every_mode():  # two pattern readers on two batches, an SDPA reader and a plain one on a third
+        patterns = [InductionProbe(period=10), PrefixMatchingProbe(period=6)]
+        return [*patterns, AttentionLogitProbe(text), CollapseProbe(text)]
+
+    together, switches = run(every_mode())
+    assert switches == 2  # eager attention for both pattern batches, SDPA for the text batch
+    alone = {}
+    for i in range(4):
+        alone.update(run([every_mode()[i]])[0])
+    assert together.keys() == alone.keys()
+    for key, value in alone.items():
+        assert together[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
 def test_a_probe_failing_in_a_shared_forward_is_the_only_one_disabled():
     from mechmon import CollapseProbe, RankProbe
 

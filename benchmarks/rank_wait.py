@@ -1,6 +1,7 @@
 """How long rank 1 waits for rank 0 after an image step, in a 2-process gloo DDP run.
 
     python benchmarks/rank_wait.py                   # 2-layer GPT-2, width 128, 8 x 128 tokens a rank, 30 steps
+    python benchmarks/rank_wait.py --shape 6x384 --steps 16   # a shape of benchmarks/shapes.py
 
 Only rank 0 writes (and, on image steps, draws the heatmaps); every rank runs the same probes and the one
 reduction. Rank 1's time in the next step's backward (where DDP's gradient all-reduce waits for rank 0) is printed
@@ -84,9 +85,13 @@ def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--port", type=int, default=29517)
+    p.add_argument("--shape", help="a shape of benchmarks/shapes.py (default: GPT-2 2 x 128 on 8 x 128 tokens)")
     args = p.parse_args()
-    image, plain, count = rank_one_waits(args.steps, args.port)
-    print(f"2 ranks (gloo, 1 thread each), {args.steps} steps, heatmaps every 5th evaluation")
+    image, plain, count = rank_one_waits(args.steps, args.port, args.shape)
+    print(
+        f"{args.shape or 'GPT-2 2 x 128'}: 2 ranks (gloo, 1 thread each), {args.steps} steps, heatmaps every 5th "
+        "evaluation"
+    )
     print(f"  rank 1's backward after an image step   {image * 1e3:7.1f} ms  ({count} steps)")
     print(f"  rank 1's backward after the other steps {plain * 1e3:7.1f} ms")
     print(f"  rank 1 waits for rank 0's image step    {(image - plain) * 1e3:7.1f} ms")

@@ -57,7 +57,7 @@ def main() -> None:  # noqa: D103
         per = n // len(PACKAGES)
         ids = torch.cat([ex.package_windows(g, per, 128, i) for i, g in enumerate(PACKAGES)])
         probe = PathwayProbe(ids, groups=[g for g in PACKAGES for _ in range(per)], epsilon=10.0)
-        probe.setup(model, adapter, torch.device("cpu"))
+        probe.attach(model, adapter, torch.device("cpu"))
         names = resolve_names(adapter, probe.requires)
 
         def on_thread(probe=probe, names=names):

@@ -57,7 +57,7 @@ def one_evaluation(probe, adapter, names, forward=True) -> None:
 
 
 def time_probe(probe, model, adapter, repeats: int) -> tuple[float, float]:
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     names = resolve_names(adapter, probe.requires)
     return timed(lambda: one_evaluation(probe, adapter, names), repeats)
 
@@ -66,7 +66,7 @@ def time_shared(probes, model, adapter, repeats: int) -> tuple[float, float, int
     """Milliseconds of the probes evaluated together (their shared forwards), and how many forwards that is."""
     names = {}
     for probe in probes:
-        probe.setup(model, adapter, torch.device("cpu"))
+        probe.attach(model, adapter, torch.device("cpu"))
         names[probe.name] = resolve_names(adapter, probe.requires)
     groups = forward_groups(probes, names)
 

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in mechmon.list_probes():
             cls = mechmon.get_probe(name)
-            Console().print(f"[bold]{name}[/] ({cls.kind}): {(cls.__doc__ or '').strip().splitlines()[0]}")
+            source = cls.source.replace("_", " ")
+            Console().print(f"[bold]{name}[/] ({source}): {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
     try:
         print_summary(args.run_dir)

@@ -12,7 +12,7 @@ Memory: ``world × n`` float64 on the states' device, n being a few thousand num
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -41,31 +41,35 @@ def rank_zero_warn(message: str, stacklevel: int = 3) -> None:
         warnings.warn(message, stacklevel=stacklevel)
 
 
-def reduce_states(probes: Iterable[Probe], flags: Tensor) -> tuple[Tensor, int]:
-    """Reduce every non-replicated state across ranks in place, and gather the failure flags.
+def reduce_states(probes: Iterable[Probe], sent: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+    """Reduce every non-replicated state across ranks in place, and gather each of this rank's ``sent`` parts.
 
     Args:
         probes: the probes due at this step (the same list on every rank).
-        flags: this rank's per-probe failure flags ``[P]`` (0/1), on the states' device.
+        sent: part name -> this rank's 1-d tensor on the states' device (the same names and sizes on every rank),
+            e.g. the per-probe failure flags ``[P]``.
 
     Returns:
-        ``(flags_WP, collectives)``: every rank's flags ``[world, P]`` (``[1, P]`` in one process) and the number of
-        collectives issued (1, or 0 in one process).
+        ``(gathered, collectives)``: part name -> every rank's copy ``[world, n]`` (``[1, n]`` in one process), and
+        the number of collectives issued (1, or 0 in one process).
     """
     world = world_size()
     if world == 1:
-        return flags.unsqueeze(0), 0
-    parts = [(t, spec.reduce) for probe in probes for t, spec in probe.states().values() if not spec.replicated]
-    dtype = torch.float32 if flags.device.type == "mps" else torch.float64  # MPS has no float64
-    flat = torch.cat([t.reshape(-1).to(dtype) for t, _ in parts] + [flags.to(dtype)])
-    gathered = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)  # collective: the one of a scheduled step
-    matrix = torch.stack(gathered)
-    offset = 0
-    for t, reduce in parts:
+        return {name: t.unsqueeze(0) for name, t in sent.items()}, 0
+    states = [(t, spec.reduce) for probe in probes for t, spec in probe.states().values() if not spec.replicated]
+    tensors = [t for t, _ in states] + list(sent.values())
+    dtype = torch.float32 if tensors[-1].device.type == "mps" else torch.float64  # MPS has no float64
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+    copies = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(copies, flat)  # collective: the one of a scheduled step
+    matrix, offset = torch.stack(copies), 0
+    for t, reduce in states:
         t.copy_(_REDUCE[reduce](matrix[:, offset : offset + t.numel()]).view_as(t))
         offset += t.numel()
-    return matrix[:, offset:], 1
+    gathered = {}
+    for name, t in sent.items():
+        gathered[name], offset = matrix[:, offset : offset + t.numel()], offset + t.numel()
+    return gathered, 1
 
 
 def all_ranks(flags: list[bool], device: torch.device) -> list[bool]:

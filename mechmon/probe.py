@@ -24,19 +24,37 @@ from mechmon.schedule import Schedule, as_schedule
 if TYPE_CHECKING:
     from mechmon.adapters import Adapter
 
-__all__ = ["Probe", "SnapshotProbe", "StreamingProbe", "StateSpec", "REDUCE_OPS"]
+__all__ = [
+    "Probe",
+    "SnapshotProbe",
+    "StreamingProbe",
+    "StateSpec",
+    "REDUCE_OPS",
+    "SOURCES",
+    "OWN_FORWARD",
+    "TRAINING_FORWARD",
+    "GRADIENTS",
+    "WEIGHTS",
+]
 
 REDUCE_OPS = ("sum", "max", "min")
 Kind = Literal["snapshot", "streaming"]
+Source = Literal["own_forward", "training_forward", "gradients", "weights"]
+OWN_FORWARD: Source = "own_forward"  # a no_grad forward of the probe's own batch (replayable)
+TRAINING_FORWARD: Source = "training_forward"  # hooks on the training forward of a scheduled step
+GRADIENTS: Source = "gradients"  # the gradients, read before the optimizer step
+WEIGHTS: Source = "weights"  # the parameters alone, after the optimizer step (replayable)
+SOURCES = (OWN_FORWARD, TRAINING_FORWARD, GRADIENTS, WEIGHTS)
 
 
 @dataclass
 class StateSpec:
-    """One declared state: its default, reduce op and whether it is identical on every rank."""
+    """One declared state: its default, reduce op, whether it is identical on every rank, whether ``setup`` made it."""
 
     default: Tensor
     reduce: str
     replicated: bool
+    from_setup: bool = False
 
 
 class Probe:
@@ -45,15 +63,19 @@ class Probe:
     Class attributes:
         name: registry name and key segment.
         requires: canonical capture names this probe reads (see :mod:`mechmon.adapters`).
-        kind: ``"snapshot"`` (own fixed batch, extra ``no_grad`` forward) or ``"streaming"`` (training batch).
-        higher_is_better: default alert mode.
+        source: what the probe reads, which decides when the monitor calls it: ``"own_forward"`` (its own batch,
+            one ``no_grad`` eval forward per scheduled step, then :meth:`update`), ``"training_forward"`` (hooks on
+            the scheduled step's training forwards, :meth:`update` after each), ``"gradients"``
+            (:meth:`before_optimizer_step`, then :meth:`evaluate`) or ``"weights"`` (:meth:`evaluate` after the
+            optimizer step). ``kind`` and ``replayable`` follow from it.
+        kind: ``"snapshot"`` (``source="own_forward"``) or ``"streaming"`` (the others); derived, for reading.
         late_stats: stats that may first appear after the first log (off-thread results, criteria that start
             later); named here so the TensorBoard panel layout, which is written once, has their charts.
         headline: the stat shown first (the overview panel, the report); default the first key logged.
         unmeasured_hint: why this probe's values may be NaN from its first evaluation on (never measured: no
             ``non_finite`` alert), and the fix; the monitor's one warning quotes it.
-        replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): it reads the weights or
-            runs its own forward, not the training forward or its gradients.
+        replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): its source is its own
+            forward or the weights, not the training forward or the gradients; derived.
         needs_batch: whether the probe still waits for rows from a training batch (snapshot probes given none).
         batch_key: probes with equal keys share one forward of the same batch; ``None``: never shared.
 
@@ -67,14 +89,31 @@ class Probe:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    source: ClassVar[Source] = OWN_FORWARD
     kind: ClassVar[Kind] = "snapshot"
-    higher_is_better: ClassVar[bool] = True
     late_stats: ClassVar[tuple[str, ...]] = ()
     replayable: ClassVar[bool] = True
     headline: ClassVar[str] = ""
     unmeasured_hint: ClassVar[str] = ""  # why its values may be NaN from the start, and the fix (for the warning)
     needs_batch: bool = False  # a snapshot probe that builds its batch from the first training batch
     batch_key: object = None  # equal keys: the same batch, so probes can share one forward (None: never shared)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Derive ``kind`` and ``replayable`` from ``source``.
+
+        A subclass that names only ``kind`` keeps it: its source is its own forward for ``"snapshot"``, the training
+        forward for ``"streaming"``.
+
+        Raises:
+            ValueError: at class definition, if ``source`` is not one of :data:`SOURCES`.
+        """
+        super().__init_subclass__(**kwargs)
+        if "source" not in cls.__dict__ and "kind" in cls.__dict__:
+            cls.source = OWN_FORWARD if cls.kind == "snapshot" else TRAINING_FORWARD
+        if cls.source not in SOURCES:
+            raise ValueError(f"{cls.__name__}.source must be one of {SOURCES}, got {cls.source!r}")
+        cls.kind = "snapshot" if cls.source == OWN_FORWARD else "streaming"
+        cls.replayable = cls.source in (OWN_FORWARD, WEIGHTS)
 
     def __init__(self, schedule: Schedule | int | None = None, rules: list[Rule] | None = None) -> None:
         self.schedule = None if schedule is None else as_schedule(schedule, "schedule")
@@ -83,11 +122,15 @@ class Probe:
             fail(type(self).__name__, "rules", rules, "a list of mechmon.alerts.Rule ([] silences it)", TypeError)
         self._rules = None if rules is None else list(rules)
         self._specs: dict[str, StateSpec] = {}
+        self._attaching = False
         self.namespace = "mechmon"
 
     # -- state -------------------------------------------------------------------------------------------
     def add_state(self, name: str, default: Tensor, reduce: str, replicated: bool = False) -> None:
         """Declare a fixed-shape tensor state, reset to ``default`` after every log.
+
+        In ``__init__`` for states whose shape is known there, in :meth:`setup` for the others (declared anew at each
+        run: :meth:`attach` forgets the previous run's).
 
         Raises:
             ValueError: if ``reduce`` is not one of ``sum``, ``max``, ``min`` or the name is taken.
@@ -97,9 +140,9 @@ class Probe:
             raise ValueError(f"reduce must be one of {REDUCE_OPS}, got {reduce!r}")
         if not isinstance(default, Tensor):
             raise TypeError(f"state {name!r} needs a tensor default (no list states), got {type(default).__name__}")
-        if name in self._specs:
+        if name in self._specs and not self._attaching:
             raise ValueError(f"state {name!r} is already declared")
-        self._specs[name] = StateSpec(default.detach().clone(), reduce, replicated)
+        self._specs[name] = StateSpec(default.detach().clone(), reduce, replicated, self._attaching)
         setattr(self, name, default.detach().clone())
 
     def states(self) -> dict[str, tuple[Tensor, StateSpec]]:
@@ -129,8 +172,27 @@ class Probe:
                 getattr(self, n).copy_(state[n])
 
     # -- lifecycle ---------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+        """Set the probe up for a run (what the monitor calls, once per fit, on every rank).
+
+        Forgets the states an earlier run's :meth:`setup` declared, calls :meth:`setup`, and moves every state to
+        ``device``; a probe overrides :meth:`setup`, not this.
+        """
+        for name in [n for n, spec in self._specs.items() if spec.from_setup]:
+            del self._specs[name]
+        self._attaching = True
+        try:
+            self.setup(model, adapter, device)
+        finally:
+            self._attaching = False
+        self.to(device)
+
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
-        """Resolve model-dependent sizes and declare states. Called once per fit, on every rank."""
+        """Resolve model-dependent sizes and declare the states that depend on them (:meth:`add_state`).
+
+        Called by :meth:`attach`, which then moves every state to ``device``. Build tensors the probe keeps besides
+        its states (a probe batch) on ``device`` here.
+        """
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """Shrink a capture inside its hook (e.g. ``[B, H, Q, K]`` patterns to ``[H]`` scores). Identity by default."""
@@ -202,7 +264,7 @@ class SnapshotProbe(Probe):
     built-in probes (``tests/probes/test_snapshot_memory.py``). A subclass that keeps whole captures breaks that.
     """
 
-    kind: ClassVar[Kind] = "snapshot"
+    source: ClassVar[Source] = OWN_FORWARD
     probe_batch: Tensor
 
     def take_batch(self, batch: Any) -> None:
@@ -214,10 +276,10 @@ class SnapshotProbe(Probe):
 
 
 class StreamingProbe(Probe):
-    """A probe fed by the training forward itself.
+    """A probe fed by the training run itself: its forward (the default source), its gradients or its weights.
 
-    Its captures come from hooks attached for the scheduled step's micro-batches; ``batch`` is the training batch.
+    With ``source="training_forward"`` its captures come from hooks attached for the scheduled step's micro-batches,
+    and ``batch`` is the training batch; with ``"gradients"`` or ``"weights"`` it is never updated from a forward.
     """
 
-    kind: ClassVar[Kind] = "streaming"
-    replayable: ClassVar[bool] = False
+    source: ClassVar[Source] = TRAINING_FORWARD

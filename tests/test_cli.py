@@ -43,8 +43,9 @@ def test_probes_lists_every_registered_probe():
     assert done.returncode == 0
     names = mechmon.list_probes()
     assert len(names) >= 16  # the built-in probes registered themselves
-    for name in names:
-        assert f"{name} (" in done.stdout, name
+    for name in names:  # with what each reads: weights for WeightsProbe, gradients for NLMProbe, ...
+        assert f"{name} ({mechmon.get_probe(name).source.replace('_', ' ')})" in done.stdout, name
+    assert "weights (weights)" in done.stdout and "nlm (gradients)" in done.stdout
 
 
 def test_help_answers_without_importing_torch():

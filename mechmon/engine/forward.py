@@ -82,7 +82,7 @@ def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None
     """Run ``probe``'s forward(s) under its hooks and feed it the captures; restores mode and sharding.
 
     Args:
-        probe: a set-up snapshot probe (``probe.setup(...)`` called, its batch known).
+        probe: a set-up snapshot probe (``probe.attach(...)`` called, its batch known).
         adapter: the model's adapter.
         names: the probe's resolved capture names; resolved from ``probe.requires`` when ``None``.
 
@@ -234,7 +234,7 @@ def evaluate(
     device = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
     out: dict[str, Tensor] = {}
     for probe in probes:
-        probe.setup(adapter.model, adapter, device)
+        probe.attach(adapter.model, adapter, device)
         if probe.needs_batch and batch is not None:
             probe.take_batch(batch)
         names = resolve_names(adapter, probe.requires)

@@ -4,8 +4,10 @@ Under ``torch.distributed`` every rank must send the same vector to the step's c
 must run the same probe forwards (each forward all-gathers parameters). So every decision that changes what a rank
 sends is taken from facts every rank shares, or agreed first:
 
-- **due**: the probes' schedules on the step, minus the probes disabled by agreement. A schedule that raises on a
-  rank counts as due there and flags its probe as failed, so the step's collective disables it on every rank.
+- **due** (:meth:`Gate.plan`): the probes' schedules on the step, minus the probes disabled by agreement, thinned
+  by the budget (the same decision on every rank: the budget's stride is agreed at each evaluation). A schedule
+  that raises on a rank counts as due there and flags its probe as failed, so the step's collective disables it on
+  every rank.
   Schedules are also checked once at attach, over their first :data:`HORIZON` steps: a schedule that raises or
   answers differently on some rank (it reads rank-local state) is disabled on every rank before training starts.
 - **has its batch**: a probe that takes its rows from training may hold them on one rank and not on another (rows
@@ -24,6 +26,8 @@ import torch
 from torch import nn
 
 from mechmon.distributed import all_ranks, rank_zero_warn, same_on_all_ranks, world_size
+from mechmon.engine.budget import Budget
+from mechmon.engine.faults import Faults
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 
@@ -37,10 +41,13 @@ class Gate:
 
     Args:
         default: the monitor-wide schedule, for probes without their own.
+        probes: every probe of the monitor.
+        faults: the monitor's fault isolation (disabled probes; a schedule that raises fails its probe there).
+        budget: the overhead budget, or ``None``.
     """
 
-    def __init__(self, default: Schedule) -> None:
-        self.default = default
+    def __init__(self, default: Schedule, probes: Sequence[Probe], faults: Faults, budget: Budget | None) -> None:
+        self.default, self.probes, self.faults, self.budget = default, list(probes), faults, budget
         self.has_batch: set[str] = set()  # agreed: every rank holds these probes' batches
         self._takes_batch: set[str] = set()
         self._told: set[str] = set()
@@ -63,6 +70,33 @@ class Gate:
             for p, f, ok in zip(probes, prints, same, strict=True)
             if not ok or f < 0
         }
+
+    def plan(self, first: int, last: int, final: bool) -> list[Probe]:
+        """The probes to run for optimizer steps ``first .. last``: every gate but the batch (:meth:`with_batch`).
+
+        The enabled probes whose schedule is due (:meth:`due`; a schedule that raises fails its probe, see
+        :class:`~mechmon.engine.faults.Faults`), thinned by the budget: on a due step it skips, only the probes with
+        their own schedule run. ``final``: the optimizer step happened, so the budget counts the step as evaluated or
+        skipped (before the training forward the same question is asked without counting).
+        """
+        enabled = [p for p in self.probes if p.name not in self.faults.disabled]
+        due, errors = self.due(enabled, first, last)
+        for name, err in errors.items():
+            probe = self.probe(name)
+            error = f"{type(err).__name__} at step {first}: {err}"
+            self.faults.fail_here(probe, f"the schedule of probe {name!r} raised {error}")
+            if name in self.faults.disabled:
+                due.remove(probe)
+        if self.budget is None or all(p.schedule is not None for p in due):
+            return due
+        admitted = self.budget.admits()
+        if final:
+            self.budget.take() if admitted else self.budget.skip()
+        return due if admitted else [p for p in due if p.schedule is not None]
+
+    def probe(self, name: str) -> Probe:
+        """The probe named ``name``."""
+        return next(p for p in self.probes if p.name == name)
 
     def schedule(self, probe: Probe) -> Schedule:
         """The schedule in force for ``probe``."""

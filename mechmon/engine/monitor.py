@@ -11,9 +11,7 @@ the alert rules on identical floats; rank 0 writes. Other steps evaluate a Pytho
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -29,15 +27,15 @@ from mechmon.alerts import Alert, Rule
 from mechmon.capture import resolve_names
 from mechmon.checks import fail
 from mechmon.console import ConsoleView
-from mechmon.distributed import rank, rank_zero_warn, reduce_states, world_size
+from mechmon.distributed import rank, rank_zero_warn
 from mechmon.engine.budget import resolve_budget
 from mechmon.engine.config import MonitorConfig
-from mechmon.engine.forward import run_groups
+from mechmon.engine.faults import Faults
 from mechmon.engine.gate import Gate
+from mechmon.engine.pipeline import StepPipeline
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
-from mechmon.engine.record import StepRecord, to_host
+from mechmon.engine.record import StepRecord
 from mechmon.engine.stream import Stream, compiled, model_inputs
-from mechmon.naming import metric_key
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 from mechmon.writers import open_writer
@@ -139,11 +137,10 @@ class Monitor:
         self.probes = self.config.probes
         self.budget = resolve_budget(budget, schedule is not None, "Monitor")
         self.publisher = Publisher(self.config.namespace, self.config.on_alert)
-        self.gate = Gate(self.config.schedule)
         self.latest: dict[str, float] = {}
         self.adapter: Adapter | None = None
-        self.disabled: set[str] = set()  # agreed by every rank
-        self._failed: dict[str, str] = {}  # failed on this rank, not yet agreed (DDP)
+        self.faults = Faults(self.probes, self.publisher.deliver, self.config.namespace, lambda: self._step)
+        self.gate = Gate(self.config.schedule, self.probes, self.faults, self.budget)
         self._device = torch.device("cpu")
         self._names: dict[str, list[str]] = {}
         self._waiting: list[Probe] = []
@@ -158,8 +155,14 @@ class Monitor:
         self._entry: nn.Module | None = None  # where the model's inputs are read (None: nowhere eager, compiled)
         self._pending: dict[str, Any] | None = None
         self._rule_keys = RuleKeys((), (), self.config.namespace)  # the real one is built in attach
+        self.pipeline: StepPipeline | None = None  # built in attach
         if model is not None:
             self.attach(model, optimizer=optimizer, log_dir=self.config.log_dir)
+
+    @property
+    def disabled(self) -> set[str]:
+        """Names of the probes disabled for the rest of the run (agreed by every rank)."""
+        return self.faults.disabled
 
     @property
     def alerts(self) -> list[Alert]:
@@ -208,11 +211,11 @@ class Monitor:
         self.adapter = resolve_adapter(root, self.config.adapter, self.config.submodule)
         self._thread = None
         params = list(self.adapter.model.parameters())
-        self._device, self._failed = (params[0].device if params else torch.device("cpu")), {}
+        self._device, self.faults.failed = (params[0].device if params else torch.device("cpu")), {}
         for probe in self.probes:
             probe.namespace = self.config.namespace
             self._names[probe.name] = resolve_names(self.adapter, probe.requires)
-            probe.setup(self.adapter.model, self.adapter, self._device)
+            probe.attach(self.adapter.model, self.adapter, self._device)
         rules = [rule for probe in self.probes for rule in probe.rules()] + self.config.rules
         self._waiting = [p for p in self.probes if p.needs_batch]
         writes = rank() == 0 if writes is None else writes
@@ -225,8 +228,12 @@ class Monitor:
         weakref.finalize(self, self.publisher.close)  # a run that ends by an exception: events flushed at exit
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())
+        self.pipeline = StepPipeline(
+            self.adapter, self._names, self.probes, self.faults, self.publisher, self.budget, self.config.namespace,
+            self._device, self._rule_keys.check,
+        )  # fmt: skip
         for name, reason in self.gate.attach(root, self.probes, self._device).items():  # the same on every rank
-            warnings.warn(self._disable(self._probe(name), reason), stacklevel=2)
+            warnings.warn(self.faults.disable(self.gate.probe(name), reason), stacklevel=2)
         self._entry = self.adapter.model
         if compiled_forward or compiled(root):
             self._entry = _compile_wrapper_of(root, self.adapter.model)
@@ -263,7 +270,7 @@ class Monitor:
                     "torch.compile'd model (dynamo ignores hooks added after compilation). To watch them, train "
                     "uncompiled, or measure on a fixed batch with a snapshot probe"
                 )
-                warnings.warn(self._disable(probe, reason), stacklevel=3)
+                warnings.warn(self.faults.disable(probe, reason), stacklevel=3)
 
     def _remember(self, scalars: dict[str, float], step: int) -> None:
         self.latest.update(scalars)
@@ -333,7 +340,7 @@ class Monitor:
         if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
             self._detach_streaming()
         if self._stream is None:
-            due = [p for p in self._thin(self._due(step, step + steps - 1), count=False) if p.kind == "streaming"]
+            due = [p for p in self.gate.plan(step, step + steps - 1, final=False) if p.kind == "streaming"]
             if due:
                 self._stream = Stream.open(
                     self.adapter,
@@ -365,13 +372,13 @@ class Monitor:
             )
 
     def _update(self, probe: Probe, caps: dict[str, Tensor], batch: Any) -> None:
-        if self._live([probe]):
-            self._guarded(probe, probe.update, caps, batch)
+        if self.faults.live([probe]):
+            self.faults.guarded(probe, probe.update, caps, batch)
 
     def _fail(self, probe: Probe, error: Exception) -> None:
         """A probe whose capture hook failed inside the training forward: disabled here, under the guard."""
-        if self._live([probe]):
-            self._guarded(probe, _reraise, error)
+        if self.faults.live([probe]):
+            self.faults.guarded(probe, _reraise, error)
 
     def end_batch(self, batch: Any = None) -> None:
         """After a micro-batch: feed the streaming probes what its training forward did not.
@@ -387,8 +394,8 @@ class Monitor:
         if self._stream is not None:
             if self._compiled:
                 self._stream.shadow_step()
-            for probe in self._live(self._stream.due):
-                self._guarded(probe, probe.before_optimizer_step, optimizer)
+            for probe in self.faults.live(self._stream.due):
+                self.faults.guarded(probe, probe.before_optimizer_step, optimizer)
 
     def after_optimizer_step(self, step: int, steps: int = 1) -> None:
         """After optimizer step ``step``: run the scheduled evaluation (once per step, whatever the micro-batches).
@@ -399,49 +406,20 @@ class Monitor:
         if step == self._last_step:
             return
         first = max(step - steps + 1, self._last_step + 1)
-        due = self.gate.with_batch(self._thin(self._due(first, step), count=True), self._device, step)
+        due = self.gate.with_batch(self.gate.plan(first, step, final=True), self._device, step)
         if not due:
             self._detach_streaming()
             return
         self._last_step = self._step = step
         images = any(_safe_call(self.config.image_schedule, s) for s in range(first, step + 1))
-        self._run(StepRecord(step, due, images))
-
-    def _due(self, first: int, last: int | None = None) -> list[Probe]:
-        """The enabled probes due at any step of ``first .. last`` (default ``first``), the same on every rank.
-
-        A schedule that raises disables its probe: at once in one process; under DDP the probe counts as due on
-        this rank, flagged as failed, and the step's collective disables it on every rank.
-        """
-        enabled = [p for p in self.probes if p.name not in self.disabled]
-        due, errors = self.gate.due(enabled, first, first if last is None else last)
-        for name, err in errors.items():
-            probe = self._probe(name)
-            self._fail_here(probe, f"the schedule of probe {name!r} raised {type(err).__name__} at step {first}: {err}")
-            if name in self.disabled:
-                due.remove(probe)
-        return due
-
-    def _thin(self, due: list[Probe], count: bool) -> list[Probe]:
-        """With a budget, on a due step it skips: only the probes with their own schedule (never thinned).
-
-        ``count``: the step is final (after the optimizer step), so a skip is counted.
-        """
-        if self.budget is None or all(p.schedule is not None for p in due):
-            return due
-        admitted = self.budget.admits()
-        if count:
-            self.budget.take() if admitted else self.budget.skip()
-        return due if admitted else [p for p in due if p.schedule is not None]
-
-    def _probe(self, name: str) -> Probe:
-        return next(p for p in self.probes if p.name == name)
+        self._detach_streaming()
+        self.pipeline.run(StepRecord(step, due, images))
 
     def _take_batch(self, batch: Any) -> None:
         """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
         for probe in self._waiting:
-            self._guarded(probe, probe.take_batch, batch)
-        self._waiting = [p for p in self._waiting if p.needs_batch and p.name not in self.disabled]
+            self.faults.guarded(probe, probe.take_batch, batch)
+        self._waiting = [p for p in self._waiting if p.needs_batch and p.name not in self.faults.disabled]
 
     def _tap_first_batch(self) -> None:
         """Read the first training batch from the model's inputs (one forward pre-hook, removed after it).
@@ -457,7 +435,7 @@ class Monitor:
                     "model called directly hides from hooks; hand the batch over (monitor.step(step, batch)), wrap "
                     "the model with torch.compile(model) instead of model.compile(), or give the probe a batch"
                 )
-                warnings.warn(self._disable(probe, reason), stacklevel=3)
+                warnings.warn(self.faults.disable(probe, reason), stacklevel=3)
             self._waiting = []
             return
 
@@ -477,120 +455,6 @@ class Monitor:
         self._stream = None
 
     # -- one scheduled step --------------------------------------------------------------------------------
-    def _run(self, record: StepRecord) -> None:
-        started = time.perf_counter()
-        self._detach_streaming()
-        snapshots = [p for p in record.due if p.kind == "snapshot"]
-        run_groups(snapshots, self.adapter, self._names, self._guarded)  # every rank runs the same forwards (FSDP)
-        for probe in self._live(record.due):
-            if probe.kind != "snapshot":
-                self._guarded(probe, probe.evaluate)
-        record.flags_WP, _ = reduce_states(record.due, self._flags())  # collective: every rank, by step only
-        self._collect(record)
-        metrics, inputs, flags_WP = record.unpack(to_host(record.tensors()))
-        gone = self._agree(flags_WP[:, : len(self.probes)])  # probes that failed on any rank log nothing this step
-        record.scalars.update(self._stretch(flags_WP[:, len(self.probes) :]))
-        for name, values in metrics.items():
-            if name not in gone:
-                record.scalars.update({k: v for k, v in values.items() if isinstance(v, float)})
-                record.images.update({k: v for k, v in values.items() if not isinstance(v, float)})
-        for probe in record.due:
-            if probe.name in inputs and probe.name not in gone:
-                record.scalars.update(self._guarded(probe, probe.finish, inputs[probe.name], record.step) or {})
-        self.publisher.publish(
-            record.step, record.scalars, record.images, self.publisher.check(record.step, record.scalars)
-        )
-        self._rule_keys.check(record.scalars)
-        for probe in record.due:
-            probe.reset()
-        self._publish_late()
-        if self.budget is not None:
-            self.budget.add(time.perf_counter() - started)
-
-    def _collect(self, record: StepRecord) -> None:
-        """Each live probe's metric tensors (0-d; 2-d at image steps) and host inputs, into the record."""
-        for probe in self._live(record.due):
-            computed = self._guarded(probe, probe.compute) or {}
-            keep = {k: v for k, v in computed.items() if v.ndim == 0 or (record.with_images and v.ndim == 2)}
-            record.metrics[probe.name] = keep
-            inputs = self._guarded(probe, probe.host_inputs) or {}
-            if inputs:
-                record.host_inputs[probe.name] = inputs
-
-    def _live(self, probes: list[Probe]) -> list[Probe]:
-        """The probes that have not failed on this rank (under DDP a local failure is agreed at the next reduction)."""
-        return [p for p in probes if p.name not in self._failed and p.name not in self.disabled]
-
-    def _stretch(self, times_W2: Any) -> dict[str, float]:
-        """With a budget: the next stride from the maxima over ranks of ``[spent, elapsed]`` (the same everywhere)."""
-        if self.budget is None:
-            return {}
-        spent, elapsed = times_W2.max(axis=0)
-        share = self.budget.agree(float(spent), float(elapsed))
-        ns = self.config.namespace
-        return {metric_key("monitor", "overhead_frac", namespace=ns): share,
-                metric_key("monitor", "stride", namespace=ns): float(self.budget.stride)}  # fmt: skip
-
-    def _flags(self) -> Tensor:
-        """This rank's failure flag per probe, then (with a budget) its ``[spent, elapsed]`` seconds: ``[P (+ 2)]``.
-
-        On the states' device, filled by fill kernels (no host copy), for the step's collective.
-        """
-        flags = torch.zeros(len(self.probes) + (2 if self.budget is not None else 0), device=self._device)
-        for i, probe in enumerate(self.probes):
-            if probe.name in self._failed:
-                flags[i] = 1.0
-        if self.budget is not None:
-            flags[-2], flags[-1] = self.budget.measured()
-        return flags
-
-    def _agree(self, flags_WP: Any) -> set[str]:
-        """Disable, on every rank alike, each probe some rank flagged; returns the names disabled now."""
-        gone = set()
-        for i, probe in enumerate(self.probes):
-            ranks = [int(r) for r in range(flags_WP.shape[0]) if flags_WP[r, i]] if flags_WP.size else []
-            if ranks and probe.name not in self.disabled:
-                gone.add(probe.name)
-                self._disable(probe, f"probe {probe.name!r} raised on rank(s) {ranks} (see the warning there)")
-        return gone
-
-    def _disable(self, probe: Probe, reason: str) -> str:
-        """Disable a probe for the rest of the run with a ``probe_failed`` alert; returns the alert's reason."""
-        self.disabled.add(probe.name)
-        self._failed.pop(probe.name, None)
-        key = metric_key("alerts", "probe_failed", namespace=self.config.namespace)
-        reason = f"{reason}; it is disabled for the rest of the fit"
-        self.publisher.deliver([Alert("probe_failed", key, self._step, math.nan, "warning", reason)])
-        return reason
-
-    def _publish_late(self, wait: bool = False) -> None:
-        """Publish off-thread results at the step of the probe forward they came from, after running the rules."""
-        for probe in self.probes:
-            for step, scalars in self._guarded(probe, probe.late_results, wait) or []:
-                self.publisher.publish(step, scalars, {}, self.publisher.check(step, scalars))
-
-    def _guarded(self, probe: Probe, fn: Callable, *args: Any) -> Any:
-        """Run ``fn``; a probe that raises is disabled with an alert and training goes on.
-
-        In one process the probe is disabled at once. Under DDP the failing rank warns and stops running the probe,
-        and the flag it sends with the next reduction disables the probe on every rank at the same step.
-        """
-        try:
-            with torch.no_grad():  # a probe never builds graph: a state tied to autograd would grow every step
-                return fn(*args)
-        except Exception as err:  # caveat: a failing probe must never stop the run it watches
-            self._fail_here(probe, f"probe {probe.name!r} raised {type(err).__name__}: {err}")
-            return None
-
-    def _fail_here(self, probe: Probe, text: str) -> None:
-        """A failure on this rank: disabled at once in one process; under DDP flagged for the step's collective."""
-        if world_size() == 1:
-            warnings.warn(self._disable(probe, text), stacklevel=3)
-        elif probe.name not in self._failed:
-            where = f"on rank {rank()}; it is disabled on every rank at the next scheduled step"
-            warnings.warn(f"{text} {where}", stacklevel=3)
-            self._failed[probe.name] = text
-
     def flush(self) -> None:
         """Write the events published so far to disk (before recording progress that says they are there)."""
         self.publisher.flush()
@@ -601,9 +465,10 @@ class Monitor:
         for handle in self._handles:
             handle.remove()
         self._handles, self._tapping = [], False
-        self._publish_late(wait=True)
+        if self.pipeline is not None:
+            self.pipeline.publish_late(wait=True)
         for probe in self.probes:
-            self._guarded(probe, probe.close)
+            self.faults.guarded(probe, probe.close)
         self.publisher.close()
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -613,7 +478,7 @@ class Monitor:
             "last_step": self._last_step,
             **self.publisher.state_dict(),
             "probes": {p.name: p.state_dict() for p in self.probes},
-            "disabled": sorted(self.disabled),
+            "disabled": sorted(self.faults.disabled),
             **({"budget": self.budget.state_dict()} if self.budget is not None else {}),
         }
 

@@ -31,7 +31,8 @@ class StepRecord:
         with_images: whether 2-d results are written as heatmaps at this step.
         metrics: probe name -> metric key -> device tensor (0-d, or 2-d at image steps).
         host_inputs: probe name -> input name -> device tensor for :meth:`Probe.finish`.
-        flags_WP: the gathered failure flags ``[world, P]`` on the device.
+        gathered: part name -> every rank's copy ``[world, n]`` on the device (the failure flags, the budget's
+            times: what the step's collective carried besides the states).
         scalars: metric key -> float, after the transfer and ``finish``.
         images: metric key -> ``[rows, cols]`` array.
     """
@@ -41,25 +42,25 @@ class StepRecord:
     with_images: bool
     metrics: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     host_inputs: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-    flags_WP: Tensor | None = None
+    gathered: dict[str, Tensor] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
     images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def tensors(self) -> list[Tensor]:
-        """Every tensor of the transfer, in a fixed order: metrics, host inputs, then the flags."""
+        """Every tensor of the transfer, in a fixed order: metrics, host inputs, then the gathered parts."""
         parts = [t for per in self.metrics.values() for t in per.values()]
         parts += [t for per in self.host_inputs.values() for t in per.values()]
-        return parts + ([self.flags_WP] if self.flags_WP is not None else [])
+        return parts + list(self.gathered.values())
 
     def unpack(
         self, values: Sequence[HostValue]
-    ) -> tuple[dict[str, dict[str, HostValue]], dict[str, dict], np.ndarray]:
-        """Split the host copies back into (metrics per probe, host inputs per probe, flags ``[world, P]``)."""
+    ) -> tuple[dict[str, dict[str, HostValue]], dict[str, dict], dict[str, np.ndarray]]:
+        """Split the host copies back into (metrics per probe, host inputs per probe, gathered parts ``[world, n]``)."""
         it = iter(values)
         metrics = {p: {k: next(it) for k in per} for p, per in self.metrics.items()}
         inputs = {p: {k: np.asarray(next(it)) for k in per} for p, per in self.host_inputs.items()}
-        flags = np.asarray(next(it)) if self.flags_WP is not None else np.zeros((1, 0))
-        return metrics, inputs, flags
+        gathered = {name: np.asarray(next(it)) for name in self.gathered}
+        return metrics, inputs, gathered
 
 
 def to_host(tensors: Sequence[Tensor]) -> list[HostValue]:

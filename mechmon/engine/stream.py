@@ -21,7 +21,7 @@ from mechmon.adapters import Adapter
 from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
 from mechmon.engine.forward import uncompiled
-from mechmon.probe import Probe
+from mechmon.probe import TRAINING_FORWARD, Probe
 from mechmon.probes.fixed_batch import batch_tokens
 
 __all__ = ["Stream", "compiled", "first_rows", "model_inputs"]
@@ -155,7 +155,7 @@ class Stream:
         weights the training forward used; once per scheduled step.
         """
         shadow = []
-        for probe in self.due:
+        for probe in (p for p in self.due if p.source == TRAINING_FORWARD):  # gradients and weights: no forward
             failed = [self.errors[n] for n in self.names[probe.name] if n in self.errors]
             if failed:
                 self._fail(probe, failed[0])

@@ -70,7 +70,6 @@ class AttentionProgressProbe(FixedBatchProbe):
     name = "apm"
     headline = "score"
     requires = ("blocks.*.attn.hook_pattern",)
-    higher_is_better = True
 
     def __init__(
         self,
@@ -109,7 +108,6 @@ class AttentionProgressProbe(FixedBatchProbe):
         self.add_state("apm_sum", torch.zeros(len(self.layers)), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
         self.add_loss_state()
-        self.to(device)
 
     def prepare(self) -> None:
         """Check the batch length against Ω; rows R minus padding."""

@@ -52,7 +52,6 @@ class AttentionRowsProbe(FixedBatchProbe):
         super().setup(model, adapter, device)
         self.names = [row_stats_name(i) for i in range(adapter.n_layers)]
         self.declare(adapter.n_layers, adapter.n_heads)
-        self.to(device)
 
     def declare(self, n_layers: int, n_heads: int) -> None:
         """Declare the states (called in ``setup``)."""

@@ -68,7 +68,6 @@ class AttentionEntropyProbe(AttentionRowsProbe):
 
     name = "attn_entropy"
     headline = "mean"
-    higher_is_better = True
 
     def __init__(
         self,

@@ -69,7 +69,6 @@ class AttentionLogitProbe(AttentionRowsProbe):
         "attention logit is not measurable there (entropy and sinks are)"
     )
     headline = "max"
-    higher_is_better = False
 
     def __init__(self, batch: Any = None, level: float = 100.0, patience: int = 1, **kwargs: Any) -> None:
         number("AttentionLogitProbe", "level", level, 0)

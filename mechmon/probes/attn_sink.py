@@ -66,7 +66,6 @@ class AttentionSinkProbe(AttentionRowsProbe):
 
     name = "attn_sink"
     headline = "sink_frac"
-    higher_is_better = True
 
     def __init__(
         self,

@@ -72,7 +72,6 @@ class CollapseProbe(FixedBatchProbe):
 
     name = "repr_collapse"
     headline = "mean_cos"
-    higher_is_better = False
 
     def __init__(
         self,
@@ -112,7 +111,6 @@ class CollapseProbe(FixedBatchProbe):
         self.add_state("cos_sum", torch.zeros(n), "sum")
         self.add_state("cos_count", torch.zeros(n, dtype=torch.int64), "sum")
         self.add_loss_state()
-        self.to(device)
 
     def prepare(self) -> None:
         """Select the positions (right padding and position 0 excluded by default)."""

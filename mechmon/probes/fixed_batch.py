@@ -160,7 +160,6 @@ class FixedBatchProbe(SnapshotProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Remember the device and, if the user gave a batch, prepare it now."""
         self._device, self._ready = device, False
-        self._specs.clear()
         if self._given is not None:
             self._use(*self._given, self._given_source)
 

@@ -65,7 +65,6 @@ class ICLProbe(FixedBatchProbe):
 
     name = "icl"
     headline = "score_nats"
-    higher_is_better = False
 
     def __init__(
         self,
@@ -96,7 +95,6 @@ class ICLProbe(FixedBatchProbe):
             )
         super().setup(model, adapter, device)
         self.add_state("sums_22", torch.zeros((2, 2)), "sum")
-        self.to(device)
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
         """Add the losses at the early and the late token."""

@@ -82,7 +82,6 @@ class InductionProbe(SnapshotProbe):
     name = "induction"
     headline = "score_max"
     requires = ("blocks.*.attn.hook_pattern",)
-    higher_is_better = True
 
     def __init__(
         self,
@@ -111,12 +110,10 @@ class InductionProbe(SnapshotProbe):
         ).to(device)
         self.layers = [pattern_name(i) for i in range(adapter.n_layers)]
         shape = (adapter.n_layers, adapter.n_heads)
-        self._specs.clear()
         self.add_state("induction_sum_LH", torch.zeros(shape), "sum")
         self.add_state("prev_sum_LH", torch.zeros(shape), "sum")
         self.add_state("loss_sum", torch.zeros(2), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
-        self.to(device)
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """``[B, H, Q, K]`` pattern -> ``[2, H]`` (induction, previous-token)."""

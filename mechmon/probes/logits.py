@@ -131,7 +131,6 @@ class LogitsProbe(StreamingProbe):
         "follow; train through the model's forward, or uncompiled"
     )
     requires = (LOGITS,)
-    higher_is_better = False
 
     def __init__(
         self,
@@ -173,10 +172,9 @@ class LogitsProbe(StreamingProbe):
         self.add_state("log_z_abs_max", torch.zeros(()), "max")
 
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
-        """Keep the states on the training device; decide the float64 test from the vocabulary (``fp64=None``)."""
+        """Decide the float64 test from the vocabulary (``fp64=None``)."""
         vocab = getattr(adapter, "vocab_size", None)
         self._fp64 = self.fp64 if self.fp64 is not None or not vocab else vocab <= FP64_AUTO_VOCAB
-        self.to(device)
 
     def update(self, captures: Mapping[str, Tensor], batch: Any) -> None:
         """Accumulate counts and sums from one micro-batch's logits and targets, a chunk of rows at a time.

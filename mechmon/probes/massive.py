@@ -70,7 +70,6 @@ class MassiveActivationProbe(FixedBatchProbe):
     name = "massive_act"
     headline = "ratio_max"
     requires = ("blocks.*.hook_resid_post",)
-    higher_is_better = False
 
     def __init__(self, batch: Any = None, factor: float = 10.0, patience: int = 2, max_rows: int = 10, **kwargs: Any):
         number("MassiveActivationProbe", "factor", factor, 1, closed=(True, False))
@@ -87,7 +86,6 @@ class MassiveActivationProbe(FixedBatchProbe):
         self.add_state("seqs_L", torch.zeros(L), "sum")
         self.add_state("top_L", torch.full((L,), float("-inf")), "max")
         self.add_state("massive_L", torch.zeros(L), "sum")
-        self.to(device)
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """``[B, T, D]`` block output -> ``[B, 5]`` per-sequence statistics (inside the hook)."""

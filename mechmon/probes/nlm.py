@@ -41,7 +41,7 @@ from mechmon.checks import fail, flag, integer, number
 from mechmon.functional.weights import cosines, dots_and_square_norms, global_cosine
 from mechmon.naming import metric_key
 from mechmon.params import check_globs, is_sharded, local, tracked_params
-from mechmon.probe import StreamingProbe
+from mechmon.probe import GRADIENTS, StreamingProbe
 from mechmon.registry import register_probe
 
 __all__ = ["NLMProbe"]
@@ -72,7 +72,7 @@ class NLMProbe(StreamingProbe):
     name = "nlm"
     headline = "cos_grad"
     requires = ()
-    higher_is_better = False
+    source = GRADIENTS
 
     def __init__(
         self,
@@ -97,14 +97,9 @@ class NLMProbe(StreamingProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve tensors; states are replicated (gradients are identical across data-parallel ranks)."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
-        self._specs.clear()
         rep = not any(is_sharded(p) for _, p in self.named)  # sharded: each rank sums its shard, then across ranks
         self.add_state("grad_3P", torch.zeros(3, len(self.named), dtype=torch.float64), "sum", replicated=rep)
         self.add_state("update_3K", torch.zeros(3, len(self.tracked), dtype=torch.float64), "sum", replicated=rep)
-        self.to(device)
-
-    def update(self, captures: Any, batch: Any) -> None:
-        """Nothing per micro-batch: gradients are read once per optimizer step."""
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradient statistics, and the pre-step copy of the tracked tensors for the update form."""

@@ -153,7 +153,6 @@ class PathwayProbe(FixedBatchProbe):
     name = "moe_pathway"
     headline = "edit_dist"
     requires = ("blocks.*.mlp.hook_router_logits",)
-    higher_is_better = False
     late_stats = ("edit_dist", "memorized_frac", "revoked", "epsilon")
 
     def __init__(
@@ -214,7 +213,6 @@ class PathwayProbe(FixedBatchProbe):
             self.add_state("smooth_N", torch.zeros(n), "sum", replicated=True)
             self.add_state("consist_N", torch.zeros(n), "sum", replicated=True)
         self._index = {g: torch.as_tensor(m, device=device) for g, m in self.members.items()}
-        self.to(device)
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """Router logits ``[N·T, E]`` -> each sample's mean routing weights ``[N, E]``."""

@@ -101,10 +101,8 @@ class PrefixMatchingProbe(SnapshotProbe):
             adapter, "PrefixMatchingProbe", self.period, COPIES, self.batch_size, self.seed, self.bos_token_id
         ).to(device)
         self.layers = [pattern_name(i) for i in range(adapter.n_layers)]
-        self._specs.clear()
         self.add_state("score_sum_LH", torch.zeros((adapter.n_layers, adapter.n_heads)), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
-        self.to(device)
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """``[B, H, T, T]`` pattern -> ``[H]`` prefix-matching scores."""

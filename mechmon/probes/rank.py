@@ -77,7 +77,6 @@ class RankProbe(FixedBatchProbe):
     name = "repr_rank"
     headline = "rankme"
     requires = ("blocks.*.hook_resid_post", FINAL_NORM)
-    higher_is_better = True
 
     def __init__(
         self,
@@ -110,7 +109,6 @@ class RankProbe(FixedBatchProbe):
             self.projection = (torch.randn(width, self.dim, generator=gen) / math.sqrt(self.dim)).to(device)
         shape = (len(self.names), self.dim + 1, self.dim + 1)
         self.add_state("gram", torch.zeros(shape, dtype=torch.float64), "sum")
-        self.to(device)
 
     def prepare(self) -> None:
         """Select the tokens (right padding and position 0 excluded by default)."""

@@ -67,7 +67,6 @@ class RepetitionProbe(FixedBatchProbe):
 
     name = "repetition"
     headline = "model_frac"
-    higher_is_better = False
 
     def __init__(
         self,
@@ -89,7 +88,6 @@ class RepetitionProbe(FixedBatchProbe):
         super().setup(model, adapter, device)
         self.add_state("frac_sum", torch.zeros(2), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
-        self.to(device)
 
     def prepare(self) -> None:
         """Check that every row has a prompt before its last ``gen_len`` tokens."""

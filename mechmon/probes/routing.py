@@ -69,7 +69,6 @@ class RoutingProbe(StreamingProbe):
     name = "moe_routing"
     headline = "load_cv"
     requires = ("blocks.*.mlp.hook_router_logits", "blocks.*.mlp.hook_expert_indices")
-    higher_is_better = True
 
     def __init__(self, dead_level: float = 0.25, entropy_level: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -84,10 +83,8 @@ class RoutingProbe(StreamingProbe):
         if not self.layers or adapter.n_experts < 2:
             raise ValueError(f"RoutingProbe needs an MoE model; {adapter!r} has no router the adapter can hook")
         self.n_experts = adapter.n_experts
-        self._specs.clear()
         self.add_state("counts_LE", torch.zeros(len(self.layers), self.n_experts, dtype=torch.int64), "sum")
         self.add_state("entropy_L2", torch.zeros(len(self.layers), 2), "sum")
-        self.to(device)
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
         """Add this micro-batch's entropy sums and expert counts (router outputs ``[B·T, E]`` / ``[B·T, k]``)."""

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mechmon.adapters.base import Adapter
 from mechmon.functional.weights import square_norms
 from mechmon.params import check_globs, is_sharded, local, tracked_params
-from mechmon.probe import StreamingProbe
+from mechmon.probe import WEIGHTS, StreamingProbe
 from mechmon.registry import register_probe
 
 __all__ = ["WeightsProbe"]
@@ -52,8 +52,7 @@ class WeightsProbe(StreamingProbe):
     name = "weights"
     headline = "norm"
     requires = ()
-    higher_is_better = False
-    replayable = True  # norms of the weights alone
+    source = WEIGHTS  # norms of the weights alone: replayable over checkpoints
     late_stats = ("norm_growth",)  # from the second evaluation on
 
     def __init__(self, params: Sequence[str] | None = None, **kwargs: Any) -> None:
@@ -63,15 +62,10 @@ class WeightsProbe(StreamingProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve the tensors; states are replicated (identical across data-parallel ranks) or, sharded, summed."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
-        self._specs.clear()
         sharded = any(is_sharded(p) for _, p in self.named)
         self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=not sharded)
-        self.to(device)
         self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
         self._evaluations = self._kept = 0  # host counts (no sync): evaluations made, and the one prev_norm holds
-
-    def update(self, captures: Any, batch: Any) -> None:
-        """Nothing per micro-batch: weights are read once, in :meth:`evaluate`."""
 
     def evaluate(self) -> None:
         """Squared norms of every trainable tensor after this step's update."""

@@ -70,7 +70,7 @@ def test_attention_without_probabilities_or_sdpa_raises_clearly():
     adapter = ModuleAdapter(model, {"blocks.0.attn.hook_pattern": "1", "logits": "2"}, 1, 1, 16)
     adapter._points["blocks.0.attn.hook_pattern"] = HookPoint(model[1], attention=True)
     probe = InductionProbe(period=4, batch_size=2)
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="returned no probabilities and called no scaled_dot_product_attention"):
         snapshot_forward(probe, adapter)
 

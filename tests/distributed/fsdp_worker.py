@@ -26,7 +26,7 @@ from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
 def scalars(probe, model, batch):
     """The monitor's path for one probe: setup, forward or weight reads, the packed reduction, compute."""
     adapter = HFAdapter(model)
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     if probe.kind == "snapshot":
         snapshot_forward(probe, adapter, resolve_names(adapter, probe.requires))
     else:
@@ -35,7 +35,7 @@ def scalars(probe, model, batch):
         probe.before_optimizer_step(torch.optim.AdamW(model.parameters(), lr=1e-3))
         probe.evaluate()
     replicated = {n: spec.replicated for n, (_, spec) in probe.states().items()}
-    _, collectives = reduce_states([probe], torch.zeros(1))
+    _, collectives = reduce_states([probe], {"failed": torch.zeros(1)})
     out = {k: float(v) for k, v in probe.compute().items() if v.ndim == 0}
     return {"values": out, "replicated": replicated, "collectives": collectives}
 

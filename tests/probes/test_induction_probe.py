@@ -47,7 +47,7 @@ def test_vocabulary_too_small_raises_in_setup():
         match=r"InductionProbe\(period=50\) needs 50 distinct token ids, the vocabulary offers 20; pass "
         r"InductionProbe\(period=20\)",
     ):
-        InductionProbe(period=50).setup(adapter.model, adapter, torch.device("cpu"))
+        InductionProbe(period=50).attach(adapter.model, adapter, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("kwargs", [{"period": 1}, {"batch_size": 0}, {"level": 1.5}, {"top_k": 0}])

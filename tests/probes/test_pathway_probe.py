@@ -35,7 +35,7 @@ def test_worker_result_matches_the_formulas_on_the_model_routing():
     from mechmon.engine import snapshot_forward
 
     adapter = HFAdapter(model)
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     snapshot_forward(probe, adapter)
     losses = probe.compute()
     probe.finish({"weights": probe.host_inputs()["weights"].numpy()}, step=7)

@@ -46,7 +46,7 @@ def test_probe_matches_router_outputs_of_the_forward(kind):
     model = tiny_moe(kind).eval()
     adapter = HFAdapter(model)
     probe = RoutingProbe()
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     ids = torch.randint(1, VOCAB, (3, 10), generator=torch.Generator().manual_seed(1))
     seen = {}
     gates = [model.get_submodule(f"model.layers.{i}.mlp.gate") for i in range(2)]
@@ -127,7 +127,7 @@ def test_custom_moe_layer_through_module_adapter():
     model = TinyMoE()
     adapter = ModuleAdapter(model, points, n_layers=1, n_heads=0, vocab_size=16, n_experts=4, top_k=1)
     probe = RoutingProbe()
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     with torch.no_grad(), capture(adapter, resolve_names(adapter, probe.requires)) as caps:
         model(torch.randint(0, 16, (2, 5)))
         probe.update(caps)
@@ -141,7 +141,7 @@ def test_the_extra_peak_memory_of_an_update_is_bounded_by_64_mib_plus_a_tenth_of
     N, E_, k = 2**18, 64, 4  # a one-hot of the indices alone would be N·k·E·8 bytes = 512 MiB
     model = tiny_moe("olmoe", experts=E_)
     probe = RoutingProbe()
-    probe.setup(model, HFAdapter(model), torch.device("cpu"))
+    probe.attach(model, HFAdapter(model), torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(N, E_, generator=gen)
     indices = torch.randint(0, E_, (N, k), generator=gen)

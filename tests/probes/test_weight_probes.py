@@ -16,7 +16,7 @@ def homogeneous_mlp(seed=0):
 
 def setup(probe, model):
     adapter = ModuleAdapter(model, {"logits": "2"}, n_layers=0, n_heads=0, vocab_size=5)
-    probe.setup(model, adapter, torch.device("cpu"))
+    probe.attach(model, adapter, torch.device("cpu"))
     return probe
 
 

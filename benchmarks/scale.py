@@ -21,10 +21,12 @@ LogitsProbe measures 8 rows through an eager ``no_grad`` forward before the opti
 
 ``--thread`` prints the training thread's table instead, one line per shape, default probes on every step
 (``budget=None``), ``--steps`` monitored steps interleaved with as many plain ones (medians): the plain step; the
-probe forwards alone (the limit: the induction and prefix-matching batches' ``no_grad`` forwards); the monitor's
-extra time on the training thread per scheduled step without and with heatmaps; its share at the defaults
-(``every(50)``, heatmaps every 5th evaluation); with ``--ranks N``, how long rank 1 of a 2-process gloo DDP run waits
-at the next gradient all-reduce after an image step (N steps, ``benchmarks/rank_wait.py``)::
+bare forwards of the probe batches (the physical floor); the measures themselves (the probes' forwards with their
+hooks, and their updates); the monitor's own time on the training thread and what it spends beyond the measures,
+without and with heatmaps; each monitored step minus the plain step before it; the share at the defaults
+(``every(50)``, heatmaps every 5th evaluation); with ``--ranks N``, how long rank 1 of a 2-process gloo DDP run
+waits per heatmap step of rank 0 (two runs of N steps, heatmaps at every evaluation or never:
+``benchmarks/rank_wait.py``); with ``--profile N``, cProfile of N monitored steps::
 
     python benchmarks/scale.py --thread --steps 20 --ranks 16
 
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from rank_wait import rank_one_waits  # noqa: E402
 from shapes import SHAPES  # noqa: E402
-from training_thread import COLUMNS, OwnTime, profile, share_at_defaults, thread_times  # noqa: E402
+from training_thread import COLUMNS, SHARE, OwnTime, profile, share_at_defaults, thread_times  # noqa: E402
 
 from mechmon import (  # noqa: E402
     AttentionEntropyProbe,
@@ -236,7 +238,7 @@ def thread_table(name: str, steps: int, ranks: int, port: int, profile_steps: in
     line = f"{name:<10}" + "".join(f" {t.get(key, float('nan')) * 1e3:>9.1f}" for _, key in COLUMNS)
     line += f" {share_at_defaults(t):>9.2%}"
     if ranks:
-        image, plain, _ = rank_one_waits(ranks, port, name)
+        image, plain = rank_one_waits(ranks, port, name)
         line += f" {(image - plain) * 1e3:>9.1f}"
     print(line, flush=True)
 
@@ -258,7 +260,7 @@ def main() -> None:  # noqa: D103
         print("ms per step (medians); columns:")
         for n, (label, _) in enumerate(COLUMNS, 1):
             print(f"  {n}. {label}")
-        print(f"  {len(COLUMNS) + 1}. {share_at_defaults.__doc__}")
+        print(f"  {len(COLUMNS) + 1}. {SHARE}")
         if args.ranks:
             print(f"  {len(COLUMNS) + 2}. rank 1's wait after a heatmap step, 2 processes (ms)")
         print(f"{'shape':<10}" + "".join(f" {n:>9}" for n in range(1, len(COLUMNS) + 2 + bool(args.ranks))))

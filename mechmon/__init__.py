@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mechmon.probes import PROBES
+
 _WHERE = {
     "Adapter": "mechmon.adapters",
     "HFAdapter": "mechmon.adapters",
@@ -26,7 +28,7 @@ _WHERE = {
     "Rule": "mechmon.alerts",
     "Threshold": "mechmon.alerts",
     "Trend": "mechmon.alerts",
-    "MechMonitor": "mechmon.callbacks",
+    "MechMonitor": "mechmon.integrations.lightning",
     "capture": "mechmon.capture",
     "Monitor": "mechmon.engine",
     "evaluate": "mechmon.engine",
@@ -36,22 +38,6 @@ _WHERE = {
     "Probe": "mechmon.probe",
     "SnapshotProbe": "mechmon.probe",
     "StreamingProbe": "mechmon.probe",
-    "AttentionEntropyProbe": "mechmon.probes",
-    "AttentionLogitProbe": "mechmon.probes",
-    "AttentionProgressProbe": "mechmon.probes",
-    "AttentionSinkProbe": "mechmon.probes",
-    "CollapseProbe": "mechmon.probes",
-    "ICLProbe": "mechmon.probes",
-    "InductionProbe": "mechmon.probes",
-    "LogitsProbe": "mechmon.probes",
-    "MassiveActivationProbe": "mechmon.probes",
-    "NLMProbe": "mechmon.probes",
-    "PathwayProbe": "mechmon.probes",
-    "PrefixMatchingProbe": "mechmon.probes",
-    "RankProbe": "mechmon.probes",
-    "RepetitionProbe": "mechmon.probes",
-    "RoutingProbe": "mechmon.probes",
-    "WeightsProbe": "mechmon.probes",
     "get_probe": "mechmon.registry",
     "list_probes": "mechmon.registry",
     "register_probe": "mechmon.registry",
@@ -60,6 +46,8 @@ _WHERE = {
     "log_spaced": "mechmon.schedule",
     "union": "mechmon.schedule",
 }
+
+_WHERE.update(dict.fromkeys(PROBES, "mechmon.probes"))  # the probe catalogue
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from mechmon.adapters import (  # noqa: F401
@@ -72,29 +60,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         resolve_adapter,
     )
     from mechmon.alerts import Alert, Collapse, Compound, Emergence, NonFinite, Phase, Plateau, Rule, Threshold, Trend  # noqa: F401
-    from mechmon.callbacks import MechMonitor  # noqa: F401
     from mechmon.capture import capture  # noqa: F401
     from mechmon.engine import Monitor, evaluate, snapshot_forward  # noqa: F401
+    from mechmon.integrations.lightning import MechMonitor  # noqa: F401
     from mechmon.naming import KEY_RE, metric_key  # noqa: F401
     from mechmon.probe import Probe, SnapshotProbe, StreamingProbe  # noqa: F401
-    from mechmon.probes import (  # noqa: F401
-        AttentionEntropyProbe,
-        AttentionLogitProbe,
-        AttentionProgressProbe,
-        AttentionSinkProbe,
-        CollapseProbe,
-        ICLProbe,
-        InductionProbe,
-        LogitsProbe,
-        MassiveActivationProbe,
-        NLMProbe,
-        PathwayProbe,
-        PrefixMatchingProbe,
-        RankProbe,
-        RepetitionProbe,
-        RoutingProbe,
-        WeightsProbe,
-    )
+    from mechmon.probes import *  # noqa: F403 (the catalogue)
     from mechmon.registry import get_probe, list_probes, register_probe  # noqa: F401
     from mechmon.schedule import at, every, log_spaced, union  # noqa: F401
 

@@ -1,7 +1,7 @@
 """Figures through matplotlib (the ``mechmon[report]`` extra): labelled ``[layer, head]`` heatmaps and metric panels.
 
 Only the object-oriented API with the Agg canvas is used (no pyplot state), so figures can be drawn from any thread.
-Without matplotlib, :func:`heatmap_image` falls back to plain coloured cells (:func:`mechmon.writers.heatmap_rgb`).
+Without matplotlib, :func:`heatmap_image` falls back to plain coloured cells (:func:`heatmap_rgb`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["available", "heatmap_image", "draw_heatmap", "draw_series", "draw_scopes", "best_cell"]
+__all__ = ["available", "heatmap_image", "heatmap_rgb", "draw_heatmap", "draw_series", "draw_scopes", "best_cell"]
 
 
 def available() -> bool:
@@ -67,11 +67,9 @@ def draw_heatmap(ax, matrix: np.ndarray, title: str) -> None:
 def heatmap_image(matrix: np.ndarray, title: str) -> np.ndarray:
     """A labelled heatmap of ``[L, H]`` values as an RGB image ``[height, width, 3]`` uint8 (for TensorBoard).
 
-    Without matplotlib: the plain coloured cells of :func:`mechmon.writers.heatmap_rgb` on the same colour range.
+    Without matplotlib: the plain coloured cells of :func:`heatmap_rgb` on the same colour range.
     """
     if not available():
-        from mechmon.writers import heatmap_rgb
-
         return heatmap_rgb(matrix, *colour_range(matrix))
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -136,3 +134,21 @@ def draw_scopes(ax, scopes: dict[str, Sequence[tuple[int, float]]], title: str) 
 def _natural(name: str) -> tuple:
     """``L2`` before ``L10``: digit runs compare as numbers."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+
+
+def heatmap_rgb(matrix: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cell: int = 24) -> np.ndarray:
+    """Render ``[rows, cols]`` values as a viridis-like uint8 image ``[rows*cell, cols*cell, 3]``.
+
+    Values are clipped to ``[vmin, vmax]``; NaN cells are grey. Rows are layers, columns heads.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    t = np.clip((m - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    pos = np.nan_to_num(t, nan=0.0) * (len(_STOPS) - 1)
+    lo = np.minimum(pos.astype(int), len(_STOPS) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = _STOPS[lo] * (1 - frac) + _STOPS[lo + 1] * frac
+    rgb[np.isnan(m)] = 128
+    return np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8)

@@ -1,4 +1,8 @@
-"""Probe registry: ``@register_probe`` fills a name -> class dict; no string ``eval`` dispatch."""
+"""Probe registry: the catalogue's probes (:data:`mechmon.probes.PROBES`) and those ``@register_probe`` adds.
+
+No string ``eval`` dispatch. The built-in probes do not register themselves: the registry reads the catalogue,
+so no probe module imports this one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from mechmon.probe import Probe
 
-__all__ = ["register_probe", "get_probe", "list_probes"]
+__all__ = ["register_probe", "get_probe", "list_probes", "headline"]
 
 _REGISTRY: dict[str, type[Probe]] = {}
 P = TypeVar("P", bound="type[Probe]")
@@ -27,9 +31,18 @@ def register_probe(cls: P) -> P:
     return cls
 
 
+_LOADED: list[bool] = []
+
+
 def _builtin() -> None:
-    """Register mechmon's own probes (their modules register on import; ``mechmon`` imports lazily)."""
-    import mechmon.probes  # noqa: F401
+    """Register the catalogue's probes, once (their classes are imported here, on the first lookup)."""
+    if _LOADED:
+        return
+    import mechmon.probes as probes
+
+    for class_name in probes.PROBES:
+        register_probe(getattr(probes, class_name))
+    _LOADED.append(True)
 
 
 def get_probe(name: str) -> type[Probe]:
@@ -48,3 +61,10 @@ def list_probes(pattern: str = "*") -> list[str]:
     """Sorted names of the registered probes matching a glob ``pattern``."""
     _builtin()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def headline(name: str) -> str | None:
+    """The headline stat of the probe registered as ``name`` (``None`` for a name no probe holds)."""
+    _builtin()
+    cls = _REGISTRY.get(name)
+    return getattr(cls, "headline", None) if cls is not None else None

@@ -28,11 +28,9 @@ _STATS_PER_ROW, _MAX_STATS = 4, 8
 
 
 def _headline(probe: str) -> str | None:
-    from mechmon.registry import _REGISTRY, _builtin
+    from mechmon.registry import headline
 
-    _builtin()
-    cls = _REGISTRY.get(probe)
-    return getattr(cls, "headline", None) if cls is not None else None
+    return headline(probe)
 
 
 def _stats(scalars: Series, probe: str, namespace: str) -> list[str]:

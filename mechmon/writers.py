@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mechmon.background import BackgroundWriter
+from mechmon.figures import heatmap_image, heatmap_rgb
 from mechmon.render import shared as shared_renderer
 
 __all__ = [
@@ -85,8 +86,6 @@ class TensorBoardWriter(NullWriter):
         """
         if self.experiment is None:
             return
-        from mechmon.figures import heatmap_image
-
         title = tag.split("/", 2)[-1]
         rgb = (self.renderer or heatmap_image)(matrix, title)
         self.experiment.add_image(tag, rgb, global_step=step, dataformats="HWC")
@@ -224,21 +223,3 @@ def tensorboard_order(layout: dict[str, dict[str, list]]) -> dict[str, dict[str,
         title: dict(reversed(charts.items())) if all(c[0] == "Margin" for c in charts.values()) else charts
         for title, charts in layout.items()
     }
-
-
-_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
-
-
-def heatmap_rgb(matrix: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cell: int = 24) -> np.ndarray:
-    """Render ``[rows, cols]`` values as a viridis-like uint8 image ``[rows*cell, cols*cell, 3]``.
-
-    Values are clipped to ``[vmin, vmax]``; NaN cells are grey. Rows are layers, columns heads.
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    t = np.clip((m - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
-    pos = np.nan_to_num(t, nan=0.0) * (len(_STOPS) - 1)
-    lo = np.minimum(pos.astype(int), len(_STOPS) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = _STOPS[lo] * (1 - frac) + _STOPS[lo + 1] * frac
-    rgb[np.isnan(m)] = 128
-    return np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8)

@@ -8,6 +8,7 @@ import torch
 import mechmon
 from mechmon import MechMonitor, Monitor
 from mechmon.hf import MechMonitorCallback
+from mechmon.integrations.base import OPTIONS, Integration
 
 REQUIRED = {
     "AttentionProgressProbe": {"target": torch.eye(8)},
@@ -22,6 +23,9 @@ def cases():
     for cls in classes:
         for name, param in inspect.signature(cls.__init__).parameters.items():
             if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                yield pytest.param(cls, name, id=f"{cls.__name__}.{name}")
+        if issubclass(cls, Integration):  # Monitor's options, by keyword
+            for name in [*OPTIONS, "model"]:
                 yield pytest.param(cls, name, id=f"{cls.__name__}.{name}")
         if cls not in monitors:
             for name in ("schedule", "rules"):
@@ -89,3 +93,11 @@ def test_edges_of_closed_intervals_are_accepted_and_open_ones_refused():
         mechmon.PathwayProbe(ids, tau=0)
     with pytest.raises(TypeError, match=r"RankProbe\(centered=...\) must be True or False"):
         mechmon.RankProbe(centered=1)
+
+
+@pytest.mark.parametrize("cls", [MechMonitor, MechMonitorCallback])
+def test_an_integration_refuses_an_unknown_option_naming_it_and_the_nearest(cls):
+    with pytest.raises(TypeError, match=r"got an unknown option 'schedul' \(did you mean 'schedule'\?\)"):
+        cls(schedul=10)
+    with pytest.raises(TypeError, match="model=.* the former name of submodule="):
+        cls(model="student", submodule="student")

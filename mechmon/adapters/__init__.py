@@ -102,7 +102,7 @@ def _choose(root: nn.Module, found: list[tuple[str, Adapter]]) -> Adapter:
     ]
     raise RuntimeError(
         f"mechmon found {len(found)} models in {type(root).__name__} and cannot tell which one trains: {listed}; "
-        f"choose one with model='<path>' (e.g. model={found[-1][0]!r})"
+        f"choose one with submodule='<path>' (e.g. submodule={found[-1][0]!r})"
     )
 
 
@@ -112,17 +112,18 @@ def _submodule(root: nn.Module, path: str) -> nn.Module:
     except AttributeError as err:
         children = [n for n, _ in root.named_children()]
         raise ValueError(
-            f"model={path!r} is not a submodule of {type(root).__name__}; its children: {children}"
+            f"submodule={path!r} is not a submodule of {type(root).__name__}; its children: {children}"
         ) from err
 
 
-def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None, model: str | None = None) -> Adapter:
+def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None, submodule: str | None = None) -> Adapter:
     """Find the adapter for ``root`` (a LightningModule, a wrapper or a bare model).
 
     Args:
         root: the module to search.
         adapter: an :class:`Adapter`, a factory ``fn(root) -> Adapter``, or ``None`` to discover one.
-        model: the dotted path of the submodule to monitor (e.g. ``"student"``), when ``root`` holds several models.
+        submodule: the dotted path of the submodule to monitor (e.g. ``"student"``), when ``root`` holds several
+            models.
 
     Returns:
         An adapter bound to the model found: an HF decoder, a TransformerLens model, or a decoder module found by
@@ -130,8 +131,8 @@ def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None, model: str | N
 
     Raises:
         RuntimeError: if nothing is found (the message lists the modules looked at and how to write an adapter),
-            or several trainable models are found (the message lists them and names ``model=``).
-        ValueError: if ``model`` is not a submodule path of ``root``.
+            or several trainable models are found (the message lists them and names ``submodule=``).
+        ValueError: if ``submodule`` is not a submodule path of ``root``.
         TypeError: if ``adapter`` is neither an Adapter nor a callable returning one.
     """
     if isinstance(adapter, Adapter):
@@ -143,7 +144,7 @@ def resolve_adapter(root: nn.Module, adapter: AdapterSpec = None, model: str | N
         if not isinstance(built, Adapter):
             raise TypeError(f"the adapter factory returned {type(built).__name__}, not an Adapter")
         return built
-    search = root if model is None else _submodule(root, model)
+    search = root if submodule is None else _submodule(root, submodule)
     found = _candidates(search)
     if found:
         return _choose(search, found)

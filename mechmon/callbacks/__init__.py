@@ -1,5 +1,5 @@
-"""Lightning callbacks."""
+"""The Lightning callback's former home: ``mechmon.integrations.lightning`` (kept so old imports work)."""
 
-from mechmon.callbacks.monitor import MechMonitor
+from mechmon.integrations.lightning import MechMonitor
 
 __all__ = ["MechMonitor"]

@@ -34,12 +34,10 @@ from mechmon.functional.plateau import attention_progress
 from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe
-from mechmon.registry import register_probe
 
 __all__ = ["AttentionProgressProbe"]
 
 
-@register_probe
 class AttentionProgressProbe(FixedBatchProbe):
     """Attention progress measure (APM) for a user-supplied target attention map.
 

@@ -37,12 +37,10 @@ from mechmon.functional.attention_stats import head_entropy_sums
 from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.attention_rows import AttentionRowsProbe
-from mechmon.registry import register_probe
 
 __all__ = ["AttentionEntropyProbe"]
 
 
-@register_probe
 class AttentionEntropyProbe(AttentionRowsProbe):
     """Normalised attention entropy per layer and head on the fixed batch (docs/metrics.md A7).
 

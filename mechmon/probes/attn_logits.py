@@ -35,12 +35,10 @@ from mechmon.functional.attention_stats import head_max_logit
 from mechmon.functional.stats import finite_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.attention_rows import AttentionRowsProbe
-from mechmon.registry import register_probe
 
 __all__ = ["AttentionLogitProbe"]
 
 
-@register_probe
 class AttentionLogitProbe(AttentionRowsProbe):
     """Max attention logit per layer and head on the fixed batch (docs/metrics.md A6).
 

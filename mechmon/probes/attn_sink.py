@@ -35,12 +35,10 @@ from mechmon.checks import number
 from mechmon.functional.attention_stats import first_key_mass, sink_counts
 from mechmon.naming import layer_scope
 from mechmon.probes.attention_rows import AttentionRowsProbe
-from mechmon.registry import register_probe
 
 __all__ = ["AttentionSinkProbe"]
 
 
-@register_probe
 class AttentionSinkProbe(AttentionRowsProbe):
     """Attention-sink rate and first-token attention mass per layer and head (docs/metrics.md E2).
 

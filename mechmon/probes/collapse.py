@@ -36,12 +36,10 @@ from mechmon.functional.plateau import select_positions
 from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe, check_positions
-from mechmon.registry import register_probe
 
 __all__ = ["CollapseProbe"]
 
 
-@register_probe
 class CollapseProbe(FixedBatchProbe):
     """Mean pairwise cosine of hidden states across positions, per layer, and the loss at the same positions.
 

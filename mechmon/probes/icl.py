@@ -32,12 +32,10 @@ from mechmon.checks import integer, number
 from mechmon.functional.icl import token_loss_sums
 from mechmon.functional.stats import mean_or_nan
 from mechmon.probes.fixed_batch import FixedBatchProbe
-from mechmon.registry import register_probe
 
 __all__ = ["ICLProbe"]
 
 
-@register_probe
 class ICLProbe(FixedBatchProbe):
     """ICL score ℓ(late) − ℓ(early) on a fixed batch of long real contexts (docs/metrics.md D5).
 

@@ -42,14 +42,12 @@ from mechmon.functional.induction import induction_scores, prev_token_scores, re
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
 from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
-from mechmon.registry import register_probe
 
 __all__ = ["InductionProbe"]
 
 DEFAULT_PERIOD = 50  # period=None: this, or the largest that fits the model's context
 
 
-@register_probe
 class InductionProbe(SnapshotProbe):
     """Per-head induction and previous-token scores on a repeated random-token batch (docs/metrics.md D1, D2, D4).
 

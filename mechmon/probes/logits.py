@@ -61,7 +61,6 @@ from mechmon.functional.logits import (
     row_stats,
 )
 from mechmon.probe import StreamingProbe
-from mechmon.registry import register_probe
 
 __all__ = ["LogitsProbe", "default_targets", "FP64_AUTO_VOCAB"]
 
@@ -87,7 +86,6 @@ def default_targets(batch: Any) -> tuple[Tensor, bool]:
     )
 
 
-@register_probe
 class LogitsProbe(StreamingProbe):
     """Softmax-collapse fraction, zero-loss fraction and logit scale on training logits (docs/metrics.md A1-A3).
 

@@ -40,12 +40,10 @@ from mechmon.functional.massive import TOP_K, massive_stats
 from mechmon.functional.stats import finite_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe
-from mechmon.registry import register_probe
 
 __all__ = ["MassiveActivationProbe"]
 
 
-@register_probe
 class MassiveActivationProbe(FixedBatchProbe):
     """Top-1/2/3 |h| over the median |h| of every block output, and Sun et al.'s massive count (docs/metrics.md E1).
 

@@ -42,12 +42,10 @@ from mechmon.functional.weights import cosines, dots_and_square_norms, global_co
 from mechmon.naming import metric_key
 from mechmon.params import check_globs, is_sharded, local, tracked_params
 from mechmon.probe import GRADIENTS, StreamingProbe
-from mechmon.registry import register_probe
 
 __all__ = ["NLMProbe"]
 
 
-@register_probe
 class NLMProbe(StreamingProbe):
     """Gradient-weight and update-weight alignment cosines (docs/metrics.md A5).
 

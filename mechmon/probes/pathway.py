@@ -63,7 +63,6 @@ from mechmon.functional.pathway import (
 )
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe
-from mechmon.registry import register_probe
 
 __all__ = ["PathwayProbe"]
 
@@ -115,7 +114,6 @@ class _Memorization:
                 self.epsilon[g] = eps
 
 
-@register_probe
 class PathwayProbe(FixedBatchProbe):
     """Pathway edit distance, consistency and memorization within each data group, off the training thread (B1-B3).
 

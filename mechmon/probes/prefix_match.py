@@ -39,7 +39,6 @@ from mechmon.functional.induction import prefix_matching_scores
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
 from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
-from mechmon.registry import register_probe
 
 __all__ = ["PrefixMatchingProbe"]
 
@@ -48,7 +47,6 @@ DEFAULT_PERIOD = 25  # period=None: this, or the largest that fits the model's c
 COPIES = 4
 
 
-@register_probe
 class PrefixMatchingProbe(SnapshotProbe):
     """Per-head prefix-matching scores on a four-times-repeated random-token batch (docs/metrics.md D3).
 

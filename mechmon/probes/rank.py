@@ -42,12 +42,10 @@ from mechmon.functional.collapse import effective_rank, gram_with_ones, particip
 from mechmon.functional.plateau import select_positions
 from mechmon.naming import layer_scope
 from mechmon.probes.fixed_batch import FixedBatchProbe, check_positions, hidden_width
-from mechmon.registry import register_probe
 
 __all__ = ["RankProbe"]
 
 
-@register_probe
 class RankProbe(FixedBatchProbe):
     """RankMe and participation ratio of the residual stream after every block and of the final-norm states.
 

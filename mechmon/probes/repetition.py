@@ -34,14 +34,12 @@ from mechmon.checks import flag, integer, number
 from mechmon.functional.plateau import repetition_frac
 from mechmon.functional.stats import mean_or_nan
 from mechmon.probes.fixed_batch import FixedBatchProbe
-from mechmon.registry import register_probe
 
 __all__ = ["RepetitionProbe", "GENERATED"]
 
 GENERATED = "generated"
 
 
-@register_probe
 class RepetitionProbe(FixedBatchProbe):
     """Repetition frequency of greedy outputs on a fixed batch, and of the data itself.
 

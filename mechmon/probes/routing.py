@@ -41,12 +41,10 @@ from mechmon.functional.routing import expert_counts, load_stats, routing_entrop
 from mechmon.functional.stats import mean_or_nan
 from mechmon.naming import layer_scope
 from mechmon.probe import StreamingProbe
-from mechmon.registry import register_probe
 
 __all__ = ["RoutingProbe"]
 
 
-@register_probe
 class RoutingProbe(StreamingProbe):
     """Routing entropy and expert load of every MoE layer, from the training forward.
 

@@ -27,12 +27,10 @@ from mechmon.adapters.base import Adapter
 from mechmon.functional.weights import square_norms
 from mechmon.params import check_globs, is_sharded, local, tracked_params
 from mechmon.probe import WEIGHTS, StreamingProbe
-from mechmon.registry import register_probe
 
 __all__ = ["WeightsProbe"]
 
 
-@register_probe
 class WeightsProbe(StreamingProbe):
     """Global and per-tensor weight norms (docs/metrics.md A4).
 

@@ -52,15 +52,19 @@ class Distill(pl.LightningModule):
 def test_the_trainable_model_is_chosen_and_two_trainable_ones_fail_listing_them(tmp_path):
     module = Distill()
     assert resolve_adapter(module).model is module.student
-    with pytest.raises(RuntimeError, match=r"teacher \(GPT2LMHeadModel, trainable\).*student.*model='student'"):
+    with pytest.raises(RuntimeError, match=r"teacher \(GPT2LMHeadModel, trainable\).*student.*submodule='student'"):
         resolve_adapter(Distill(freeze_teacher=False))
-    assert resolve_adapter(Distill(freeze_teacher=False), model="teacher").model.transformer is not None
-    with pytest.raises(ValueError, match="model='techer' is not a submodule"):
-        resolve_adapter(module, model="techer")
+    assert resolve_adapter(Distill(freeze_teacher=False), submodule="teacher").model.transformer is not None
+    with pytest.raises(ValueError, match="submodule='techer' is not a submodule"):
+        resolve_adapter(module, submodule="techer")
     both = Distill(freeze_teacher=False)
-    mon = MechMonitor(probes=[CollapseProbe()], schedule=2, model="student")
+    mon = MechMonitor(probes=[CollapseProbe()], schedule=2, submodule="student")
     make_trainer(tmp_path, [mon], max_steps=2).fit(both, token_loader())
     assert mon.engine.adapter.model is both.student and not mon.engine.disabled
+    with pytest.warns(FutureWarning, match=r"MechMonitor\(model=...\) is now MechMonitor\(submodule=...\)"):
+        old = MechMonitor(probes=[CollapseProbe()], schedule=2, model="student")  # the former name still works
+    make_trainer(tmp_path / "old", [old], max_steps=2).fit(Distill(freeze_teacher=False), token_loader())
+    assert type(old.engine.adapter.model).__name__ == "GPT2LMHeadModel" and old.engine.config.submodule == "student"
 
 
 def test_a_single_frozen_model_is_monitored_with_a_warning():

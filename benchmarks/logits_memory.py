@@ -3,7 +3,7 @@
     python benchmarks/logits_memory.py
 
 Counted by a dispatch mode that adds up the storages operators allocate while they are alive (CPU has no allocator
-statistics; ``tests/memory.py``), for logits of the issue's shape ``[1, 4096, 32000]`` in float32 and bf16 and a
+statistics; ``tests/helpers/memory.py``), for logits of the issue's shape ``[1, 4096, 32000]`` in float32 and bf16 and a
 smaller one. The bound the probe keeps is 64 MiB plus 10 % of the logits' bytes.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mechmon import LogitsProbe  # noqa: E402
-from tests.memory import LiveBytes  # noqa: E402
+from tests.helpers.memory import LiveBytes  # noqa: E402
 
 MIB = 2**20
 

@@ -14,7 +14,7 @@ the same work, without the noise of a whole step; on a GPU, launch time only), "
 plain step, and "at every(50)" spreads that share over the default schedule's 50 steps (the monitor's share of a
 run at its defaults); "extra MiB" is the
 peak of the bytes that operators allocate during one monitored step minus that of one plain step
-(``tests/memory.py``'s accounting, which counts every storage, so it works on CPU; on a GPU, ``--device cuda``,
+(``tests/helpers/memory.py``'s accounting, which counts every storage, so it works on CPU; on a GPU, ``--device cuda``,
 the CUDA allocator's peak). Text probes read 8 rows of the step's batch. The shadow row (asked for with
 ``--rows shadow``) trains ``torch.compile(model)`` (``--compile-backend``, inductor by default) in both columns: its
 LogitsProbe measures 8 rows through an eager ``no_grad`` forward before the optimizer step, against the compiled step.
@@ -68,7 +68,7 @@ from mechmon import (  # noqa: E402
     RankProbe,
     WeightsProbe,
 )
-from tests.memory import LiveBytes  # noqa: E402
+from tests.helpers.memory import LiveBytes  # noqa: E402
 
 
 def probe_sets(batch: torch.Tensor) -> dict[str, list]:
@@ -128,7 +128,7 @@ def paired_times(model, optimizer, batch, steps: int, monitor) -> tuple[list[flo
 
 
 def peak_bytes(model, optimizer, batch, monitor=None, step: int = 10_000) -> int:
-    """Peak bytes one step allocates: the CUDA allocator's peak on a GPU, else ``tests/memory.py``'s accounting."""
+    """Peak bytes one step allocates: the CUDA allocator's peak on a GPU, else ``tests/helpers/memory.py``'s count."""
 
     def one():
         if monitor is None:

@@ -9,7 +9,7 @@ from mechmon import LogitsProbe, Monitor, every
 from mechmon.advice import ADVICE
 from mechmon.alerts import Alert, Threshold
 from mechmon.events import load_run
-from tests.conftest import CTX, plain_run, tiny_gpt2
+from tests.helpers import CTX, plain_run, tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 

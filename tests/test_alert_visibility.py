@@ -5,8 +5,7 @@ import torch
 from mechmon import LogitsProbe, Monitor, Threshold, every
 from mechmon.console import ConsoleView
 from mechmon.events import load_run
-from tests.callbacks.helpers import read_events
-from tests.conftest import plain_run, tiny_gpt2
+from tests.helpers import plain_run, read_events, tiny_gpt2
 
 
 def run(tmp_path, levels: tuple[float, float], steps: int) -> Monitor:

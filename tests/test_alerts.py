@@ -214,7 +214,7 @@ def test_collapse_warmup_values_do_not_set_the_running_max():
 def rankme_rule():
     """The default ``dimensional_collapse`` rule on ``repr_rank/rankme`` of a real, set-up ``RankProbe``."""
     from mechmon import Monitor, RankProbe
-    from tests.conftest import tiny_gpt2
+    from tests.helpers import tiny_gpt2
 
     monitor = Monitor(tiny_gpt2(), probes=[RankProbe()], log_dir=None)
     monitor.close()

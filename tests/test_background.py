@@ -9,8 +9,7 @@ import torch
 
 from mechmon import InductionProbe, LogitsProbe, Monitor
 from mechmon.background import BackgroundWriter
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import plain_run, tiny_gpt2
+from tests.helpers import plain_run, read_events, scalar_steps, tiny_gpt2
 
 
 class Gated:
@@ -145,7 +144,7 @@ def test_a_run_that_never_closes_has_its_scalars_and_heatmaps_on_disk_after_the_
     script = f"""
 import torch
 from mechmon import InductionProbe, LogitsProbe, Monitor
-from tests.conftest import tiny_gpt2
+from tests.helpers import tiny_gpt2
 model = tiny_gpt2()
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 monitor = Monitor(model, optimizer=optimizer, probes=[InductionProbe(period=10, batch_size=2), LogitsProbe()],

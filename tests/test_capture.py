@@ -3,7 +3,7 @@ import torch
 
 from mechmon.adapters import HFAdapter, pattern_name
 from mechmon.capture import capture, resolve_names
-from tests.conftest import hook_count, tiny_gpt2
+from tests.helpers import hook_count, tiny_gpt2
 
 
 def test_capture_hooks_only_inside_and_reduces():

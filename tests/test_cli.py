@@ -1,24 +1,13 @@
 """The ``mechmon`` command on a real run folder, as a user runs it."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from mechmon import LogitsProbe, MechMonitor, Threshold
-from tests.conftest import TinyLM, make_trainer, token_loader
+from tests.helpers import TinyLM, make_trainer, mechmon_command, token_loader
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def mechmon_command(*args, cwd=None, wait=True):
-    """``mechmon ARGS`` in a fresh interpreter (from ``cwd``, with this checkout importable); ``wait=False``: Popen."""
-    code = "import sys; from mechmon.cli import main; sys.exit(main(sys.argv[1:]))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = [sys.executable, "-c", code, *args]
-    if not wait:
-        return subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd, env=env)
-    return subprocess.run(run, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
 def test_summary_renders_the_alerts_and_a_missing_folder_is_one_line_and_exit_code_2(tmp_path):

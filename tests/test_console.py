@@ -10,7 +10,7 @@ from rich.console import Console
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, Monitor, Threshold
 from mechmon.alerts import Alert
 from mechmon.console import ConsoleView
-from tests.conftest import TinyLM, make_trainer, tiny_gpt2, token_loader
+from tests.helpers import TinyLM, make_trainer, tiny_gpt2, token_loader
 
 
 def terminal(width=80, height=24):

@@ -6,7 +6,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from mechmon.events import MAX_POINTS, RunError, load_run
-from tests.test_cli import mechmon_command
+from tests.helpers import mechmon_command
 
 
 def write(folder, steps, key="mechmon/logits/norm_mean", purge_step=None):

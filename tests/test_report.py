@@ -5,8 +5,7 @@ import pytest
 
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, Threshold
 from mechmon.report import family_figures
-from tests.conftest import TinyLM, make_trainer, token_loader
-from tests.test_cli import mechmon_command
+from tests.helpers import TinyLM, make_trainer, mechmon_command, token_loader
 
 
 @pytest.fixture(scope="module")

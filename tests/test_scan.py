@@ -12,8 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, Monitor, RankProbe, WeightsProbe
 from mechmon.cli import read_run
 from mechmon.replay import find_checkpoints, scan
-from tests.conftest import TinyLM, make_trainer, plant, tiny_gpt2, token_loader
-from tests.test_cli import mechmon_command
+from tests.helpers import TinyLM, make_trainer, mechmon_command, plant, tiny_gpt2, token_loader
 
 EVERY = 3
 
@@ -112,7 +111,7 @@ def test_probes_that_read_the_training_forward_are_refused_before_any_checkpoint
 def test_the_scan_command_measures_a_folder_and_names_a_missing_factory(live_run, tmp_path):
     folder = tmp_path / "ckpt"
     shutil.copytree(live_run / "ckpt", folder)
-    (tmp_path / "factory.py").write_text("from tests.conftest import TinyLM\n\ndef build():\n    return TinyLM()\n")
+    (tmp_path / "factory.py").write_text("from tests.helpers import TinyLM\n\ndef build():\n    return TinyLM()\n")
     args = ["scan", str(folder), "--out", str(tmp_path / "run"), "--probes", "repr_rank,weights"]
     missing = mechmon_command(*args)
     assert missing.returncode == 2 and "--model-factory" in missing.stderr
@@ -153,7 +152,7 @@ def test_a_scan_killed_at_any_moment_neither_repeats_nor_skips_a_step(live_run, 
     """A real kill (SIGKILL) of the command as soon as its first events reach the disk, then a rerun."""
     out = tmp_path / "run"
     args = ["scan", str(live_run / "ckpt"), "--out", str(out), "--probes", "repr_rank", "--model-factory", "f:build"]
-    (tmp_path / "f.py").write_text("from tests.conftest import TinyLM\n\ndef build():\n    return TinyLM()\n")
+    (tmp_path / "f.py").write_text("from tests.helpers import TinyLM\n\ndef build():\n    return TinyLM()\n")
     proc = mechmon_command(*args, cwd=tmp_path, wait=False)
     deadline = time.monotonic() + 120
     written = lambda: any(f.stat().st_size > 400 for f in out.glob("events.out.tfevents.*"))  # noqa: E731

@@ -11,7 +11,7 @@ import torch
 from mechmon import InductionProbe, evaluate, resolve_adapter
 from mechmon.adapters import FINAL_NORM, LOGITS, HFAdapter, pattern_name, resid_name
 from mechmon.functional.induction import induction_scores, prev_token_scores
-from tests.archs import ARCHITECTURES, SLIDING, tiny_model
+from tests.helpers.archs import ARCHITECTURES, SLIDING, tiny_model
 
 PERIOD = 8
 

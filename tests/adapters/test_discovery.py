@@ -7,9 +7,9 @@ import torch
 from mechmon import CollapseProbe, InductionProbe, MechMonitor, StructuralAdapter, evaluate, resolve_adapter
 from mechmon.adapters import LOGITS, HFAdapter
 from mechmon.functional.induction import induction_scores
-from tests.archs import tiny_model
-from tests.conftest import VOCAB, TinyLM, make_trainer, tiny_gpt2, token_loader
-from tests.nanogpt import gpt
+from tests.helpers import VOCAB, TinyLM, make_trainer, tiny_gpt2, token_loader
+from tests.helpers.archs import tiny_model
+from tests.helpers.nanogpt import gpt
 
 
 def test_nanogpt_is_found_and_its_patterns_equal_the_explicit_softmax():
@@ -118,7 +118,7 @@ def test_a_short_context_shrinks_the_default_periods_and_the_probes_run(recwarn)
     """nanoGPT (``config.block_size``) and LitGPT (``max_seq_length``) contexts of 64: the default induction and
     prefix-matching probes fit their period (50 -> 32, 25 -> 16) instead of failing at step 1."""
     from mechmon import InductionProbe, Monitor, PrefixMatchingProbe
-    from tests.nanogpt import gpt
+    from tests.helpers.nanogpt import gpt
 
     for context in ("config", "max_seq_length"):
         model = gpt(block_size=64)
@@ -139,7 +139,7 @@ def test_a_short_context_shrinks_the_default_periods_and_the_probes_run(recwarn)
 
 def test_an_explicit_period_too_long_for_the_context_fails_at_setup():
     from mechmon import InductionProbe, Monitor
-    from tests.nanogpt import gpt
+    from tests.helpers.nanogpt import gpt
 
     model = gpt(block_size=64)
     model.max_seq_length = 64

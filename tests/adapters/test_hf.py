@@ -6,8 +6,8 @@ import torch
 from mechmon import evaluate, snapshot_forward
 from mechmon.adapters import HFAdapter, HookPoint, ModuleAdapter, resolve_adapter
 from mechmon.probes import InductionProbe
-from tests.archs import tiny_model
-from tests.conftest import TinyLM, tiny_gpt2
+from tests.helpers import TinyLM, tiny_gpt2
+from tests.helpers.archs import tiny_model
 
 FAMILIES = {
     "gpt2": tiny_gpt2,

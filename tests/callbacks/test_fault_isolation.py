@@ -10,8 +10,7 @@ import torch
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, RoutingProbe, WeightsProbe, every
 from mechmon.probe import StreamingProbe
-from tests.conftest import TinyLM, hook_count, make_trainer, token_loader
-from tests.probes.test_routing_probe import tiny_moe
+from tests.helpers import TinyLM, hook_count, make_trainer, tiny_moe, token_loader
 
 
 def test_unwritable_tensorboard_folder_gives_one_warning_and_training_goes_on(tmp_path):

@@ -9,8 +9,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, Threshold, every
 from mechmon.alerts import Collapse, Emergence, Trend
 from mechmon.naming import KEY_RE
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import TinyLM, hook_count, make_trainer, token_loader
+from tests.helpers import TinyLM, hook_count, make_trainer, read_events, scalar_steps, token_loader
 
 
 def monitor(**kwargs):

@@ -4,8 +4,7 @@ import torch
 
 from mechmon import AttentionProgressProbe, CollapseProbe, MechMonitor, RankProbe, RepetitionProbe, every
 from mechmon.naming import KEY_RE
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, TinyLM, hook_count, make_trainer, token_loader
+from tests.helpers import CTX, TinyLM, hook_count, make_trainer, read_events, scalar_steps, token_loader
 
 
 def test_fit_writes_per_layer_plateau_keys(tmp_path):

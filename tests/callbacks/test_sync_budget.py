@@ -17,7 +17,7 @@ from mechmon import (
     WeightsProbe,
     every,
 )
-from tests.conftest import CTX, TinyLM, make_trainer, token_loader
+from tests.helpers import CTX, TinyLM, make_trainer, token_loader
 
 MECHMON_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep + "mechmon"
 SYNCING = ["item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__"]

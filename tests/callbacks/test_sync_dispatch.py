@@ -1,14 +1,14 @@
-"""Host-device syncs counted at the dispatcher in a real plain loop (``tests/syncs.py``: ``.item()``, ``bool()``,
-``nonzero``, boolean masks, ... wherever they are called from): none on unscheduled steps; on scheduled steps none
-from mechmon's own code, only the model's own forward code run by the snapshot probes; the rows taken from the first
-training batch cost one read of its mask per probe, at step 1 only."""
+"""Host-device syncs counted at the dispatcher in a real plain loop (``tests/helpers/syncs.py``: ``.item()``,
+``bool()``, ``nonzero``, boolean masks, ... wherever they are called from): none on unscheduled steps; on scheduled
+steps none from mechmon's own code, only the model's own forward code run by the snapshot probes; the rows taken from
+the first training batch cost one read of its mask per probe, at step 1 only."""
 
 import torch
 
 import mechmon
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, RankProbe, WeightsProbe, every
-from tests.conftest import CTX, VOCAB, tiny_gpt2
-from tests.syncs import Syncs
+from tests.helpers import CTX, VOCAB, tiny_gpt2
+from tests.helpers.syncs import Syncs
 
 STEPS = 10
 SCHEDULED = {1, 3, 6, 9}

@@ -18,7 +18,7 @@ import torch.distributed as dist  # noqa: E402
 import mechmon  # noqa: E402
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, RankProbe, Threshold, every  # noqa: E402
 from mechmon.probe import StreamingProbe  # noqa: E402
-from tests.conftest import TinyLM, hook_count, token_loader  # noqa: E402
+from tests.helpers import TinyLM, hook_count, token_loader  # noqa: E402
 
 OUT = Path(sys.argv[1])
 PACKAGE = os.path.dirname(mechmon.__file__) + os.sep  # not any path with 'mechmon' in it (.venv)

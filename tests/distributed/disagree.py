@@ -24,7 +24,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from mechmon import CollapseProbe, ICLProbe, InductionProbe, LogitsProbe, Monitor, RankProbe, every  # noqa: E402
-from tests.conftest import VOCAB, tiny_gpt2  # noqa: E402
+from tests.helpers import VOCAB, tiny_gpt2  # noqa: E402
 
 STEPS, CTX = 8, 128
 LOCAL: dict[str, int] = {}

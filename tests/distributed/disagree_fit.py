@@ -17,7 +17,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mechmon import ICLProbe, InductionProbe, LogitsProbe, MechMonitor, every  # noqa: E402
-from tests.conftest import VOCAB, TinyLM, tiny_gpt2  # noqa: E402
+from tests.helpers import VOCAB, TinyLM, tiny_gpt2  # noqa: E402
 
 WORLD, OUT, CTX = int(sys.argv[1]), Path(sys.argv[2]), 128
 CASE = sys.argv[3] if len(sys.argv) > 3 else "short_rows"

@@ -18,8 +18,8 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, NLMProbe, WeightsProbe, every  # noqa: E402
-from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
 from tests.distributed.plain_ddp import STEP, calls_by_step, counting  # noqa: E402
+from tests.helpers import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
 
 STEPS = 4
 

@@ -20,7 +20,7 @@ from mechmon.adapters import HFAdapter  # noqa: E402
 from mechmon.capture import resolve_names  # noqa: E402
 from mechmon.distributed import reduce_states  # noqa: E402
 from mechmon.engine import snapshot_forward  # noqa: E402
-from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
+from tests.helpers import CTX, VOCAB, hook_count, tiny_gpt2  # noqa: E402
 
 
 def scalars(probe, model, batch):

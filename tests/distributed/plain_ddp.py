@@ -20,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 import mechmon  # noqa: E402
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, Threshold, every  # noqa: E402
-from tests.conftest import CTX, VOCAB, hook_count  # noqa: E402
-from tests.nanogpt import gpt  # noqa: E402
+from tests.helpers import CTX, VOCAB, hook_count  # noqa: E402
+from tests.helpers.nanogpt import gpt  # noqa: E402
 
 STEPS = 6
 PACKAGE = os.path.dirname(mechmon.__file__) + os.sep  # not any path with 'mechmon' in it (.venv)

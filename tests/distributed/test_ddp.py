@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed import run_ranks
+from tests.helpers.ranks import run_ranks
 
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from tests.distributed import run_ranks
+from tests.helpers.ranks import run_ranks
 
 SCRIPT = Path(__file__).with_name("plain_ddp.py")
 

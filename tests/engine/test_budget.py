@@ -7,7 +7,7 @@ import torch
 
 from mechmon import LogitsProbe, Monitor, WeightsProbe, at
 from mechmon.engine.budget import MAX_STRIDE, WINDOW, Budget
-from tests.conftest import plain_run, tiny_gpt2
+from tests.helpers import plain_run, tiny_gpt2
 
 
 class SlowLogits(LogitsProbe):

@@ -8,8 +8,7 @@ import torch
 
 from mechmon import InductionProbe, LogitsProbe, Monitor, Threshold, at, every
 from mechmon.engine import StepRecord, model_inputs, to_host
-from tests.callbacks.helpers import read_events
-from tests.conftest import plain_run, tiny_gpt2
+from tests.helpers import plain_run, read_events, tiny_gpt2
 
 
 def test_a_probe_first_due_later_has_its_panel(tmp_path):

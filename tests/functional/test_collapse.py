@@ -2,20 +2,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mechmon.functional.collapse import effective_rank, gram_with_ones, mean_pairwise_cosine, participation_ratio
-
-
-def naive_mean_cos(hidden, mask):
-    out, valid = [], []
-    for b in range(hidden.shape[0]):
-        idx = [t for t in range(hidden.shape[1]) if mask[b, t]]
-        pairs = [(i, j) for a, i in enumerate(idx) for j in idx[:a]]
-        valid.append(len(pairs) > 0)
-        cos = [F.cosine_similarity(hidden[b, i].double(), hidden[b, j].double(), dim=0) for i, j in pairs]
-        out.append(float(sum(cos) / len(cos)) if cos else 0.0)
-    return torch.tensor(out), torch.tensor(valid)
+from tests.helpers.naive import naive_mean_cos, naive_rankme
 
 
 def random_mask(B, T, gen):
@@ -52,13 +41,6 @@ def naive_gram(hidden, mask):
     rows = [torch.cat([hidden[b, t].double(), torch.ones(1, dtype=torch.float64)]) for b, t in mask.nonzero().tolist()]
     z = torch.stack(rows)
     return z.T @ z
-
-
-def naive_rankme(z, eps=1e-5, drop_smallest=False):
-    sigma = torch.linalg.svdvals(z.double())  # descending, min(N, K) values
-    sigma = sigma[:-1] if drop_smallest else sigma
-    p = sigma / sigma.sum() + eps
-    return torch.exp(-(p * p.log()).sum())
 
 
 def test_gram_with_ones_and_projection():

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from mechmon.functional.plateau import attention_progress, loss_at_positions, repetition_frac, select_positions
+from tests.helpers.naive import naive_apm
 
 
 def test_select_positions_default_explicit_and_padding():
@@ -36,22 +37,6 @@ def test_loss_at_positions_matches_loop():
 def test_repetition_frac_hand_case():
     assert repetition_frac(torch.tensor([[1, 1, 2, 2], [3, 4, 5, 6]])).item() == pytest.approx(2 / 6)
     assert repetition_frac(torch.tensor([[7, 7, 7]])).item() == 1.0
-
-
-def naive_apm(pattern, target, rows):
-    out = []
-    for b in range(pattern.shape[0]):
-        num = den = 0.0
-        for h in range(pattern.shape[1]):
-            for q in range(pattern.shape[2]):
-                if not rows[b, q]:
-                    continue
-                for k in range(pattern.shape[3]):
-                    a = abs(pattern[b, h, q, k].item())
-                    num += a * target[q, k].item()
-                    den += a
-        out.append(num / den)
-    return torch.tensor(out)
 
 
 def test_attention_progress_matches_loop_with_signed_scores():

@@ -51,7 +51,7 @@ def test_measured_absorption_gap_lies_in_the_order_dependent_band(dtype):
 
 def test_chunked_norms_and_dots_equal_the_whole_tensor_and_stay_within_48_mib(monkeypatch):
     import mechmon.functional.weights as weights
-    from tests.memory import LiveBytes
+    from tests.helpers.memory import LiveBytes
 
     p = torch.randn(3000, 2000, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 6M elements
     g = torch.randn(3000, 2000, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)

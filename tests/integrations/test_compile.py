@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mechmon import CollapseProbe, LogitsProbe, MechMonitor, Monitor, WeightsProbe, every
-from tests.conftest import TinyLM, hook_count, make_trainer, plain_run, tiny_gpt2, token_loader
+from tests.helpers import TinyLM, hook_count, make_trainer, plain_run, tiny_gpt2, token_loader
 
 
 def probes():
@@ -84,7 +84,7 @@ def test_a_plain_loop_over_module_compile_is_detected_and_probed_uncompiled():
 def test_a_compiled_plain_loop_measures_the_logits_through_a_shadow_forward_equal_to_an_uncompiled_run(backend):
     """nanoGPT's shape (``model = torch.compile(model)``, ``model(X, Y)``), the batch handed to the monitor: the
     logits probe measures its rows through an eager forward before the optimizer step, equal to an uncompiled run."""
-    from tests.nanogpt import gpt
+    from tests.helpers.nanogpt import gpt
 
     data = torch.randint(0, 64, (3, 4, 49), generator=torch.Generator().manual_seed(0))
 
@@ -117,7 +117,7 @@ def test_a_compiled_fabric_loop_reads_its_batch_at_the_compile_wrapper_and_equal
     eagerly), so the shadow forward has rows to measure, equal to an uncompiled Fabric loop."""
     import lightning as L
 
-    from tests.nanogpt import gpt
+    from tests.helpers.nanogpt import gpt
 
     data = torch.randint(0, 64, (4, 4, 49), generator=torch.Generator().manual_seed(1))
 

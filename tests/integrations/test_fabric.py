@@ -5,9 +5,8 @@ import torch
 from lightning.fabric.loggers import TensorBoardLogger
 
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, NLMProbe, RankProbe, Threshold, every
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, VOCAB, hook_count
-from tests.nanogpt import gpt
+from tests.helpers import CTX, VOCAB, hook_count, read_events, scalar_steps
+from tests.helpers.nanogpt import gpt
 
 
 def batches(n, seed=0):

@@ -7,8 +7,7 @@ from torch.utils.data import Dataset
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, NLMProbe, Threshold, every
 from mechmon.functional.induction import induction_scores
 from mechmon.hf import STATE_FILE, MechMonitorCallback
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, VOCAB, hook_count, plant, tiny_gpt2
+from tests.helpers import CTX, VOCAB, hook_count, plant, read_events, scalar_steps, tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
 

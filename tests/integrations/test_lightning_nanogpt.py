@@ -4,9 +4,8 @@ import lightning.pytorch as pl
 import torch
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, MechMonitor, every
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, VOCAB, hook_count, make_trainer
-from tests.nanogpt import gpt
+from tests.helpers import CTX, VOCAB, hook_count, make_trainer, read_events, scalar_steps
+from tests.helpers.nanogpt import gpt
 
 
 class NanoLM(pl.LightningModule):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mechmon import InductionProbe, LogitsProbe, MechMonitor, Monitor, every
-from tests.conftest import hook_count
+from tests.helpers import hook_count
 
 litgpt_model = pytest.importorskip("litgpt.model")
 
@@ -50,7 +50,7 @@ def test_litgpt_gpt_in_a_fabric_loop_with_the_default_probes():
 
 def test_a_plain_loop_under_accelerate():
     accelerate = pytest.importorskip("accelerate")
-    from tests.conftest import tiny_gpt2
+    from tests.helpers import tiny_gpt2
 
     accelerator = accelerate.Accelerator(cpu=True)
     model = tiny_gpt2()

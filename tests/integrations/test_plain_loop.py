@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mechmon import CollapseProbe, InductionProbe, LogitsProbe, Monitor, NLMProbe, Threshold, WeightsProbe, every
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, VOCAB, hook_count, tiny_gpt2
+from tests.helpers import CTX, VOCAB, hook_count, read_events, scalar_steps, tiny_gpt2
 
 
 def data(n, seed=0):
@@ -94,7 +93,7 @@ def test_an_exception_in_the_block_removes_the_hooks_and_reaches_the_caller(tmp_
 def test_accumulation_written_inside_one_step_block_pairs_each_forward_with_its_own_targets():
     """nanoGPT's loop shape: one ``with monitor.step(step, (X, Y))`` around all micro-batches, fetching the next
     ``(X, Y)`` after each forward. Each forward's logits must meet its own targets."""
-    from tests.nanogpt import gpt
+    from tests.helpers.nanogpt import gpt
 
     model = gpt()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -9,7 +9,7 @@ import torch
 
 from mechmon import InductionProbe, LogitsProbe, every
 from mechmon.hf import MechMonitorCallback
-from tests.conftest import CTX, VOCAB, tiny_gpt2
+from tests.helpers import CTX, VOCAB, tiny_gpt2
 
 trl = pytest.importorskip("trl")
 

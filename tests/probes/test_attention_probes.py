@@ -16,10 +16,9 @@ from mechmon import (
     Monitor,
     evaluate,
 )
-from tests.archs import tiny_model
-from tests.callbacks.helpers import read_events
-from tests.conftest import CTX, VOCAB, TinyLM, hook_count, make_trainer, plain_run, tiny_gpt2, token_loader
-from tests.nanogpt import gpt
+from tests.helpers import CTX, VOCAB, TinyLM, hook_count, make_trainer, plain_run, read_events, tiny_gpt2, token_loader
+from tests.helpers.archs import tiny_model
+from tests.helpers.nanogpt import gpt
 
 BATCH = torch.randint(1, VOCAB, (3, CTX), generator=torch.Generator().manual_seed(0))
 

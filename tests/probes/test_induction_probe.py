@@ -3,7 +3,7 @@ import torch
 
 from mechmon import evaluate
 from mechmon.probes import InductionProbe
-from tests.forced import ForcedModel, forced_adapter
+from tests.helpers.forced import ForcedModel, forced_adapter
 
 
 def run_probe(probe, adapter, times=1):
@@ -59,7 +59,7 @@ def test_bad_arguments(kwargs):
 def test_prefix_matching_on_an_sdpa_gpt2_equals_its_eager_twins_patterns():
     from mechmon import PrefixMatchingProbe
     from mechmon.functional.induction import prefix_matching_scores
-    from tests.conftest import tiny_gpt2
+    from tests.helpers import tiny_gpt2
 
     probe = PrefixMatchingProbe(period=10, batch_size=3)
     out = evaluate(probe, tiny_gpt2("sdpa"))
@@ -72,7 +72,7 @@ def test_prefix_matching_on_an_sdpa_gpt2_equals_its_eager_twins_patterns():
 
 def test_prefix_matching_on_a_short_context_fits_its_default_period_and_refuses_an_explicit_one():
     from mechmon import PrefixMatchingProbe
-    from tests.conftest import tiny_gpt2  # context 48: four copies of 25 do not fit
+    from tests.helpers import tiny_gpt2  # context 48: four copies of 25 do not fit
 
     probe = PrefixMatchingProbe()
     with pytest.warns(UserWarning, match=r"context is 48 tokens, too short for the default period 25 .*period 12"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mechmon.probes.logits import LogitsProbe, default_targets
-from tests.memory import LiveBytes
+from tests.helpers.memory import LiveBytes
 
 
 def naive(logits_NV, targets_N, dtype):

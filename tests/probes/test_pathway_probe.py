@@ -18,9 +18,7 @@ from mechmon.functional.pathway import (
     serialize_pathways,
 )
 from mechmon.naming import KEY_RE
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import VOCAB, TinyLM, hook_count, make_trainer, token_loader
-from tests.probes.test_routing_probe import tiny_moe
+from tests.helpers import VOCAB, TinyLM, hook_count, make_trainer, read_events, scalar_steps, tiny_moe, token_loader
 
 GROUPS = ["json", "json", "json", "email", "email", "email"]
 

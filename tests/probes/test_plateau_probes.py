@@ -8,9 +8,8 @@ import torch.nn.functional as F
 import mechmon
 from mechmon.functional.plateau import repetition_frac
 from mechmon.probes import AttentionProgressProbe, CollapseProbe, RankProbe, RepetitionProbe
-from tests.conftest import VOCAB, tiny_gpt2
-from tests.functional.test_collapse import naive_mean_cos, naive_rankme
-from tests.functional.test_plateau import naive_apm
+from tests.helpers import VOCAB, tiny_gpt2
+from tests.helpers.naive import naive_apm, naive_mean_cos, naive_rankme
 
 T = 12
 

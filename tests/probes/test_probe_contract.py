@@ -6,7 +6,7 @@ import torch
 import mechmon
 from mechmon import Monitor, StreamingProbe
 from mechmon.probe import GRADIENTS, OWN_FORWARD, SOURCES, TRAINING_FORWARD, WEIGHTS, Probe
-from tests.conftest import plain_run, tiny_gpt2
+from tests.helpers import plain_run, tiny_gpt2
 
 
 def test_every_registered_probe_names_its_source_and_kind_and_replayable_follow_from_it():

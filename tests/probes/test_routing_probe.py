@@ -9,36 +9,19 @@ from mechmon import MechMonitor, RoutingProbe, every
 from mechmon.adapters import HFAdapter
 from mechmon.functional.routing import load_stats
 from mechmon.naming import KEY_RE
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import VOCAB, TinyLM, hook_count, make_trainer, tiny_gpt2, token_loader
-
-E, K = 8, 2
-
-
-def tiny_moe(kind: str, experts: int = E):
-    from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig
-
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        num_experts_per_tok=K,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    configs = {
-        "olmoe": lambda: OlmoeConfig(num_experts=experts, **common),
-        "mixtral": lambda: MixtralConfig(num_local_experts=E, **common),
-        "qwen2_moe": lambda: Qwen2MoeConfig(
-            num_experts=E, moe_intermediate_size=32, shared_expert_intermediate_size=32, **common
-        ),
-    }
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(configs[kind]())
+from tests.helpers import (
+    VOCAB,
+    E,
+    K,
+    TinyLM,
+    hook_count,
+    make_trainer,
+    read_events,
+    scalar_steps,
+    tiny_gpt2,
+    tiny_moe,
+    token_loader,
+)
 
 
 @pytest.mark.parametrize("kind", ["olmoe", "mixtral", "qwen2_moe"])
@@ -136,7 +119,7 @@ def test_custom_moe_layer_through_module_adapter():
 
 def test_the_extra_peak_memory_of_an_update_is_bounded_by_64_mib_plus_a_tenth_of_the_captures():
     from mechmon.adapters.base import expert_indices_name, router_name
-    from tests.memory import LiveBytes
+    from tests.helpers.memory import LiveBytes
 
     N, E_, k = 2**18, 64, 4  # a one-hot of the indices alone would be N·k·E·8 bytes = 512 MiB
     model = tiny_moe("olmoe", experts=E_)

@@ -15,8 +15,8 @@ from mechmon import (
     RankProbe,
     RepetitionProbe,
 )
-from tests.conftest import tiny_gpt2
-from tests.memory import LiveBytes
+from tests.helpers import tiny_gpt2
+from tests.helpers.memory import LiveBytes
 
 LAYERS, CTX = 4, 128
 TEXT = torch.randint(1, 64, (16, CTX), generator=torch.Generator().manual_seed(0))

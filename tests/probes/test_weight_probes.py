@@ -103,7 +103,7 @@ def test_params_must_be_a_list_of_globs(probe_cls):
 
 
 def test_gradient_and_weight_probes_stay_within_48_mib_on_large_parameters():
-    from tests.memory import LiveBytes
+    from tests.helpers.memory import LiveBytes
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4096, 4096, bias=False), nn.ReLU(), nn.Linear(4096, 5, bias=False))  # 64 MiB

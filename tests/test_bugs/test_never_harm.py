@@ -9,8 +9,18 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mechmon import LogitsProbe, MechMonitor, Monitor, at, every, union
 from mechmon.probe import StreamingProbe
-from tests.callbacks.helpers import read_events, scalar_steps
-from tests.conftest import CTX, VOCAB, TinyLM, hook_count, make_trainer, plain_run, tiny_gpt2, token_loader
+from tests.helpers import (
+    CTX,
+    VOCAB,
+    TinyLM,
+    hook_count,
+    make_trainer,
+    plain_run,
+    read_events,
+    scalar_steps,
+    tiny_gpt2,
+    token_loader,
+)
 
 
 def test_a_full_disk_stops_the_writing_not_the_run(tmp_path, monkeypatch):

@@ -1,0 +1,25 @@
+"""Multi-process tests: every launch has a timeout that kills every rank and fails the test instead of hanging."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_ranks(script: Path, *args: object, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``script`` (which spawns the ranks) in its own process group; on timeout kill the group and fail."""
+    cmd = [sys.executable, str(script), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # every rank, not only the launcher
+        out, err = proc.communicate()
+        pytest.fail(f"{script.name} {args} hung: every rank killed after {timeout} s\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

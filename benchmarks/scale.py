@@ -262,7 +262,7 @@ def main() -> None:  # noqa: D103
             print(f"  {n}. {label}")
         print(f"  {len(COLUMNS) + 1}. {SHARE}")
         if args.ranks:
-            print(f"  {len(COLUMNS) + 2}. rank 1's wait after a heatmap step, 2 processes (ms)")
+            print(f"  {len(COLUMNS) + 2}. rank 1's wait per heatmap step of rank 0, 2 processes (ms)")
         print(f"{'shape':<10}" + "".join(f" {n:>9}" for n in range(1, len(COLUMNS) + 2 + bool(args.ranks))))
         for name in args.shapes:
             thread_table(name, args.steps, args.ranks, args.port, args.profile)

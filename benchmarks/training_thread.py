@@ -5,13 +5,17 @@
 
 A plain loop (AdamW) on random tokens; the default ``Monitor()`` probes (induction + logits) with ``schedule=1``,
 ``budget=None`` (every step is scheduled; heatmaps every 5th evaluation, the default), no console. Steps alternate
-plain / monitored so drift cancels. Printed, in ms per step (medians):
+plain / monitored so drift cancels. Printed, in ms per step (medians; :data:`COLUMNS`):
 
-- ``plain``: a training step without the monitor;
-- ``monitored``: the same step with an evaluation after it, on steps without and with heatmaps;
-- ``on the training thread``: monitored minus plain, and the probe forwards alone (the same ``no_grad`` forwards
-  of the induction and prefix-matching batches, timed by themselves: the floor);
-- the writer thread's time per image step (drawing the heatmaps, off the training thread).
+- the plain step; the bare forwards of the probe batches (no hooks, no key-value cache: the physical floor);
+- the measures: the probes' forwards as they run them (eager attention, their hooks reducing the captures) and
+  their ``update`` calls (the logits probe's on the training logits);
+- the monitor's own time on the training thread (inside its step methods), and what it spends beyond the measures
+  (compute, the reduction, the one transfer, the rules, handing the writes to the writer thread), without and with
+  heatmaps;
+- each monitored step minus the plain step before it, without and with heatmaps, and from them the share of wall
+  time at the defaults (``every(50)``, heatmaps every 5th evaluation);
+- one update of the live console panel (80 x 24), which a scheduled step adds when the panel is on.
 
 With ``--profile N``: cProfile over N monitored steps, the top entries by cumulative time whose file is mechmon's.
 Runs against whichever ``mechmon`` is importable (``PYTHONPATH=<another checkout>`` measures that one).
@@ -28,9 +32,11 @@ import tempfile
 import time
 
 import torch
+from rich.console import Console
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mechmon import Monitor
+from mechmon.console import ConsoleView
 
 
 class OwnTime:
@@ -127,6 +133,7 @@ def thread_times(model, optimizer, data: torch.Tensor, steps: int, folder: str) 
     own = OwnTime(monitor)
     measures = MeasureTime(own, model, monitor.probes)
     step(model, optimizer, data)  # warm-up
+    forwards = statistics.median(probe_forwards(model, monitor) for _ in range(5))  # alone: no writer draining
     rows: dict[str, list[float]] = {}
     for n in range(1, steps + 1):  # interleaved, plain then monitored, so drift cancels
         start = time.perf_counter()
@@ -142,13 +149,29 @@ def thread_times(model, optimizer, data: torch.Tensor, steps: int, folder: str) 
                                 ("own", own.seconds), ("measures", measures.seconds),
                                 ("beyond", own.seconds - measures.seconds)):  # fmt: skip
                 rows.setdefault(f"{name} {kind}", []).append(value)
-    forwards = statistics.median(probe_forwards(model, monitor) for _ in range(5))
     started = time.perf_counter()
     monitor.close()
+    closing = time.perf_counter() - started
+    console = console_update(monitor.latest)
     out = {name: statistics.median(values) for name, values in rows.items()}
     out["step"] = statistics.median(rows["step plain"] + rows.get("step images", []))
     return {**out, "images": len(rows.get("step images", [])), "plain": len(rows["step plain"]),
-            "forwards": forwards, "close": time.perf_counter() - started}  # fmt: skip
+            "forwards": forwards, "console": console, "close": closing}  # fmt: skip
+
+
+def console_update(scalars: dict[str, float], calls: int = 50) -> float:
+    """Median seconds of one ``ConsoleView.update`` (what a scheduled step adds on the writing rank's training
+    thread with the live panel on): an 80 x 24 terminal, the step's ``scalars``; Rich draws it in its own thread.
+    """
+    console = Console(file=io.StringIO(), force_terminal=True, width=80, height=24)
+    view = ConsoleView(live=True, console=console, headlines=sorted(scalars)[:2])
+    times = []
+    for step in range(1, calls + 1):
+        start = time.perf_counter()
+        view.update(step, scalars)
+        times.append(time.perf_counter() - start)
+    view.stop()
+    return statistics.median(times)
 
 
 COLUMNS = (  # (label, key of thread_times), in ms
@@ -161,6 +184,7 @@ COLUMNS = (  # (label, key of thread_times), in ms
     ("beyond the measures, heatmap step", "beyond images"),
     ("step minus plain step, no heatmaps", "extra plain"),
     ("step minus plain step, heatmap step", "extra images"),
+    ("the live console panel's update (80 x 24)", "console"),
 )
 
 

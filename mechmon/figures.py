@@ -12,7 +12,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["available", "heatmap_image", "heatmap_rgb", "draw_heatmap", "draw_series", "draw_scopes", "best_cell"]
+__all__ = [
+    "available",
+    "heatmap_image",
+    "heatmap_png",
+    "heatmap_rgb",
+    "draw_heatmap",
+    "draw_series",
+    "draw_scopes",
+    "best_cell",
+]
 
 
 def available() -> bool:
@@ -137,6 +146,21 @@ def _natural(name: str) -> tuple:
 
 
 _STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+
+
+def heatmap_png(matrix: np.ndarray, title: str) -> tuple[bytes, tuple[int, int, int]]:
+    """:func:`heatmap_image` encoded as TensorBoard's image summary encodes it (PIL, PNG): ``(png bytes, (h, w, 3))``.
+
+    Without Pillow (it comes with matplotlib): ``ImportError``.
+    """
+    import io
+
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(heatmap_image(matrix, title), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG")
+    return out.getvalue(), tuple(rgb.shape)
 
 
 def heatmap_rgb(matrix: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cell: int = 24) -> np.ndarray:

@@ -203,8 +203,25 @@ class Probe:
         raise NotImplementedError
 
     def compute(self) -> dict[str, Tensor]:
-        """Metric key -> tensor from the reduced state; 0-d are scalars, 2-d become heatmaps."""
+        """Metric key -> tensor from the reduced state; 0-d are scalars, 2-d become heatmaps.
+
+        Pure: it reads the states and changes nothing (a baseline that moves per evaluation moves in :meth:`reset`).
+        """
         raise NotImplementedError
+
+    def keys(self) -> list[str]:
+        """The scalar keys this probe logs (what the TensorBoard panel layout, written once, charts).
+
+        By default those of :meth:`compute` on the fresh states (``compute`` is pure: calling it moves nothing) plus
+        ``late_stats``; only ``late_stats`` while the states wait for the probe's first batch (they are declared
+        then). A probe whose keys ``compute`` cannot show yet overrides this.
+        """
+        try:
+            with torch.no_grad():
+                shown = [k for k, v in self.compute().items() if v.ndim == 0]
+        except Exception:  # caveat: states declared at the first batch: their keys appear at the first publish
+            shown = []
+        return shown + [self.key(stat) for stat in self.late_stats]
 
     def host_inputs(self) -> dict[str, Tensor]:
         """Reduced tensors that :meth:`finish` needs on the host; they ride in the step's one transfer. None by default.

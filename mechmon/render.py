@@ -40,21 +40,35 @@ class Renderer:
 
     def __call__(self, matrix: np.ndarray, title: str) -> np.ndarray:
         """An RGB image ``[height, width, 3]`` uint8 of the ``[L, H]`` matrix (see ``heatmap_image``)."""
-        with self._lock:
-            if not self._broken:
-                try:
-                    return self._ask(np.ascontiguousarray(matrix, dtype=np.float64), title)
-                except Exception as err:  # caveat: a lost child must not lose the images
-                    self._broken = True
-                    self._end()
-                    warnings.warn(
-                        f"mechmon: the heatmap process failed ({type(err).__name__}: {err}); heatmaps are drawn "
-                        "in the writer thread from now on",
-                        stacklevel=2,
-                    )
-        return figures.heatmap_image(matrix, title)
+        answer = self._answer(matrix, title, png=False)
+        if answer is None:
+            return figures.heatmap_image(matrix, title)
+        data, shape = answer
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
-    def _ask(self, matrix: np.ndarray, title: str) -> np.ndarray:
+    def png(self, matrix: np.ndarray, title: str) -> tuple[bytes, tuple[int, int, int]]:
+        """The same image PNG-encoded as TensorBoard encodes it (see ``heatmap_png``), encoded in the child too."""
+        answer = self._answer(matrix, title, png=True)
+        return figures.heatmap_png(matrix, title) if answer is None else answer
+
+    def _answer(self, matrix: np.ndarray, title: str, png: bool) -> tuple[bytes, tuple[int, ...]] | None:
+        """The child's answer, or ``None`` when it cannot give one (then the caller draws in its own thread)."""
+        with self._lock:
+            if self._broken:
+                return None
+            try:
+                return self._ask(np.ascontiguousarray(matrix, dtype=np.float64), title, png)
+            except Exception as err:  # caveat: a lost child must not lose the images
+                self._broken = True
+                self._end()
+                warnings.warn(
+                    f"mechmon: the heatmap process failed ({type(err).__name__}: {err}); heatmaps are drawn "
+                    "in the writer thread from now on",
+                    stacklevel=3,
+                )
+                return None
+
+    def _ask(self, matrix: np.ndarray, title: str, png: bool) -> tuple[bytes, tuple[int, ...]]:
         if self._child is None:
             self._child = subprocess.Popen(
                 [sys.executable, str(_WORKER)],
@@ -63,15 +77,15 @@ class Renderer:
                 stderr=subprocess.DEVNULL,
             )
         child = self._child
-        child.stdin.write((json.dumps({"shape": list(matrix.shape), "title": title}) + "\n").encode())
+        child.stdin.write((json.dumps({"shape": list(matrix.shape), "title": title, "png": png}) + "\n").encode())
         child.stdin.write(matrix.tobytes())
         child.stdin.flush()
         head = child.stdout.readline()
         if not head:
             raise EOFError(f"the process ended (exit code {child.poll()})")
-        shape = tuple(json.loads(head)["shape"])
-        data = child.stdout.read(int(np.prod(shape)))
-        return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
+        answer = json.loads(head)
+        data = child.stdout.read(int(answer["bytes"]))
+        return data, tuple(answer["shape"])
 
     def close(self) -> None:
         """End the child (it exits when its input closes; killed after 10 s); later calls draw in their thread.

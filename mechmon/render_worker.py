@@ -1,8 +1,10 @@
-"""The heatmap-drawing process of :class:`mechmon.render.Renderer`: reads matrices on stdin, writes RGB images.
+"""The heatmap-drawing process of :class:`mechmon.render.Renderer`: reads matrices on stdin, writes images.
 
 Run by path, not as ``mechmon.render_worker``: it imports numpy, matplotlib and ``figures.py`` beside it, never the
-``mechmon`` package (which imports torch). One request is a JSON line ``{"shape": [L, H], "title": ...}`` followed by
-``L * H`` float64 values; one answer is a JSON line ``{"shape": [h, w, 3]}`` followed by ``h * w * 3`` bytes.
+``mechmon`` package (which imports torch). One request is a JSON line ``{"shape": [L, H], "title": ..., "png": bool}``
+followed by ``L * H`` float64 values; one answer is a JSON line ``{"shape": [h, w, 3], "bytes": n}`` followed by
+``n`` bytes: the RGB image (``h * w * 3``), or with ``"png"`` its PNG encoding (encoded here too, so that work also
+runs at this process's low priority).
 """
 
 import sys
@@ -36,9 +38,13 @@ def main() -> None:
         head = json.loads(line)
         shape = tuple(int(n) for n in head["shape"])
         matrix = np.frombuffer(requests.read(8 * int(np.prod(shape))), dtype=np.float64).reshape(shape)
-        rgb = np.ascontiguousarray(figures.heatmap_image(matrix, head["title"]), dtype=np.uint8)
-        answers.write((json.dumps({"shape": list(rgb.shape)}) + "\n").encode())
-        answers.write(rgb.tobytes())
+        if head.get("png"):
+            data, shape = figures.heatmap_png(matrix, head["title"])
+        else:
+            rgb = np.ascontiguousarray(figures.heatmap_image(matrix, head["title"]), dtype=np.uint8)
+            data, shape = rgb.tobytes(), rgb.shape
+        answers.write((json.dumps({"shape": list(shape), "bytes": len(data)}) + "\n").encode())
+        answers.write(data)
         answers.flush()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mechmon.background import BackgroundWriter
-from mechmon.figures import heatmap_image, heatmap_rgb
+from mechmon.figures import heatmap_image, heatmap_png, heatmap_rgb
 from mechmon.render import shared as shared_renderer
 
 __all__ = [
@@ -87,14 +87,20 @@ class TensorBoardWriter(NullWriter):
         if self.experiment is None:
             return
         title = tag.split("/", 2)[-1]
-        rgb = (self.renderer or heatmap_image)(matrix, title)
-        self.experiment.add_image(tag, rgb, global_step=step, dataformats="HWC")
-        if hasattr(self.experiment, "_get_file_writer"):  # torch's SummaryWriter (the file writer adds raw summaries)
-            import torch
-            from torch.utils.tensorboard.summary import tensor_proto
+        if not hasattr(self.experiment, "_get_file_writer"):  # not torch's SummaryWriter: its own add_image
+            self.experiment.add_image(tag, (self.renderer or heatmap_image)(matrix, title), step, dataformats="HWC")
+            return
+        import torch
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import tensor_proto
 
-            values = tensor_proto(f"{tag}/values", torch.as_tensor(np.asarray(matrix, dtype=np.float32)))
-            self.experiment._get_file_writer().add_summary(values, step)
+        # the PNG comes encoded (by the drawing process when there is one), as add_image would encode it
+        data, (height, width, channels) = getattr(self.renderer, "png", heatmap_png)(matrix, title)
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=data)
+        files = self.experiment._get_file_writer()  # the file writer adds raw summaries, as add_image does
+        files.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        values = tensor_proto(f"{tag}/values", torch.as_tensor(np.asarray(matrix, dtype=np.float32)))
+        files.add_summary(values, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """A markdown text entry."""

@@ -81,25 +81,40 @@ def test_a_logger_that_raises_is_dropped_and_the_files_go_on():
 
 
 def test_in_a_real_run_heatmaps_are_asked_for_on_the_writer_thread_and_read_back(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+    from tensorboard.util import tensor_util
+
+    from mechmon.figures import heatmap_image
     from mechmon.render import Renderer
 
-    asked_on = []
-    real = Renderer.__call__
+    asked_on, asked = [], []
+    real = Renderer.png
 
     def spy(self, matrix, title):
         asked_on.append(threading.current_thread().name)
+        asked.append((title, matrix))
         return real(self, matrix, title)
 
-    monkeypatch.setattr(Renderer, "__call__", spy)
+    monkeypatch.setattr(Renderer, "png", spy)
     model = tiny_gpt2()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     probes = [InductionProbe(period=10, batch_size=2), LogitsProbe()]
     monitor = Monitor(model, optimizer=optimizer, probes=probes, schedule=1, image_schedule=2, log_dir=tmp_path)
     plain_run(monitor, model, optimizer, 4)
-    assert asked_on and set(asked_on) == {"mechmon-writer"}
+    assert asked_on and set(asked_on) == {"mechmon-writer"}  # drawn and PNG-encoded off the training thread
     events = read_events(tmp_path)
     assert scalar_steps(events, "mechmon/induction/score_max") == [1, 2, 3, 4]
-    assert [e.step for e in events.Images("mechmon/induction/head_scores")] == [1, 2, 4]  # the first, then every 2nd
+    tag = "mechmon/induction/head_scores"
+    assert [e.step for e in events.Images(tag)] == [1, 2, 4]  # the first, then every 2nd
+    # the PNG TensorBoard shows decodes, pixel for pixel, to the heatmap of a matrix the writer asked for: the one
+    # whose values are written beside it
+    [*_, last] = events.Images(tag)
+    shown = np.asarray(Image.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
+    values = tensor_util.make_ndarray(events.Tensors(f"{tag}/values")[-1].tensor_proto)
+    [(title, matrix)] = [(t, m) for t, m in asked if np.allclose(m, values, rtol=1e-6, atol=0)]
+    assert np.array_equal(shown, heatmap_image(matrix, title))
     assert not any(t.name == "mechmon-writer" for t in threading.enumerate())  # joined on close
 
 
@@ -119,6 +134,29 @@ def test_the_heatmap_process_draws_the_same_pixels_as_matplotlib_here():
     assert drawn.dtype == np.uint8 and np.array_equal(drawn, heatmap_image(matrix, "induction/head_scores"))
     # closed (at interpreter exit, before the writers drain): drawn here, no new process
     assert np.array_equal(renderer(matrix, "induction/head_scores"), drawn) and renderer._child is None
+
+
+def test_the_heatmap_process_encodes_the_png_as_tensorboard_would():
+    import io
+
+    from PIL import Image
+    from torch.utils.tensorboard.summary import image
+
+    from mechmon.figures import heatmap_image, heatmap_png
+    from mechmon.render import Renderer
+
+    renderer = Renderer()
+    matrix = np.array([[0.1, np.nan, 0.7], [0.0, 0.35, 1.0]])
+    try:
+        data, shape = renderer.png(matrix, "induction/head_scores")
+    finally:
+        renderer.close()
+    assert (data, shape) == heatmap_png(matrix, "induction/head_scores")  # the same bytes as encoded here
+    rgb = heatmap_image(matrix, "induction/head_scores")
+    by_tensorboard = image("t", rgb, dataformats="HWC").value[0].image  # what SummaryWriter.add_image would write
+    assert by_tensorboard.encoded_image_string == data and (by_tensorboard.height, by_tensorboard.width) == shape[:2]
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert decoded.shape == shape and np.array_equal(decoded, heatmap_image(matrix, "induction/head_scores"))
 
 
 def test_a_heatmap_process_that_cannot_start_falls_back_to_drawing_here_with_one_warning(tmp_path, monkeypatch):

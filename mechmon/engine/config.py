@@ -43,6 +43,7 @@ class MonitorConfig:
     def build(
         cls,
         owner: str,
+        *,
         probes: Sequence[Probe] | None,
         schedule: Schedule | int,
         image_schedule: Schedule | int | None,

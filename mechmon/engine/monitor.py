@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
-from mechmon.adapters.base import is_compile_wrapper
 from mechmon.alerts import Alert, Rule
 from mechmon.capture import resolve_names
 from mechmon.checks import fail
@@ -31,11 +30,12 @@ from mechmon.distributed import rank, rank_zero_warn
 from mechmon.engine.budget import resolve_budget
 from mechmon.engine.config import MonitorConfig
 from mechmon.engine.faults import Faults
+from mechmon.engine.first_batch import FirstBatch
 from mechmon.engine.gate import Gate
 from mechmon.engine.pipeline import StepPipeline
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord
-from mechmon.engine.stream import Stream, compiled, model_inputs
+from mechmon.engine.stream import STREAMING_COMPILED, Stream, compile_wrapper_of, compiled, refuse_compiled
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 from mechmon.writers import open_writer
@@ -116,18 +116,10 @@ class Monitor:
         budget: float | str | None = "auto",
     ) -> None:
         self.config = MonitorConfig.build(
-            "Monitor",
-            probes,
-            DEFAULT_SCHEDULE if schedule is None else schedule,
-            image_schedule,
-            adapter,
-            submodule,
-            rules,
-            on_alert,
-            namespace,
-            log_dir,
-            console,
-        )
+            "Monitor", probes=probes, schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
+            image_schedule=image_schedule, adapter=adapter, submodule=submodule, rules=rules, on_alert=on_alert,
+            namespace=namespace, log_dir=log_dir, console=console,
+        )  # fmt: skip
         if model is not None and not isinstance(model, nn.Module):
             fail("Monitor", "model", model, "an nn.Module (or None, to attach later)", TypeError)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -143,13 +135,12 @@ class Monitor:
         self.gate = Gate(self.config.schedule, self.probes, self.faults, self.budget)
         self._device = torch.device("cpu")
         self._names: dict[str, list[str]] = {}
-        self._waiting: list[Probe] = []
+        self.first = FirstBatch(self.faults)
         self._last_step = -1
         self._step = 0
         self._stream: Stream | None = None
         self._handles: list[Any] = []  # persistent hooks (optimizer steps, first-batch tap): removed in close()
         self._stepped = False
-        self._tapping = False
         self._thread: int | None = None  # the thread that drives the steps (see _one_thread)
         self._compiled = False  # the training forward is compiled: no hook in it (shadow forwards only)
         self._entry: nn.Module | None = None  # where the model's inputs are read (None: nowhere eager, compiled)
@@ -217,7 +208,7 @@ class Monitor:
             self._names[probe.name] = resolve_names(self.adapter, probe.requires)
             probe.attach(self.adapter.model, self.adapter, self._device)
         rules = [rule for probe in self.probes for rule in probe.rules()] + self.config.rules
-        self._waiting = [p for p in self.probes if p.needs_batch]
+        self.first.start(self.probes)
         writes = rank() == 0 if writes is None else writes
         writer = open_writer(experiment, loggers, log_dir, purge_step) if writes else None
         headlines = [p.key(p.headline) for p in self.probes if p.headline]
@@ -236,41 +227,16 @@ class Monitor:
             warnings.warn(self.faults.disable(self.gate.probe(name), reason), stacklevel=2)
         self._entry = self.adapter.model
         if compiled_forward or compiled(root):
-            self._entry = _compile_wrapper_of(root, self.adapter.model)
-            self._refuse_compiled()
+            self._entry = compile_wrapper_of(root, self.adapter.model)
+            self._compiled = True
+            for probe in refuse_compiled(self.probes, self._names, self._entry is not None):
+                warnings.warn(self.faults.disable(probe, STREAMING_COMPILED.format(name=probe.name)), stacklevel=2)
         if hook_optimizers:
             self._hook_optimizers(optimizer)
         if self.budget is not None:
             self.budget.restart_clock()
         if self._pending is not None:
             self.load_state_dict(self._pending)
-
-    def _refuse_compiled(self) -> None:
-        """A compiled training forward: disable the streaming probes that read its activations, say so, go on.
-
-        Snapshot probes run their own forwards on the original module and gradient probes read the optimizer.
-        """
-        self._compiled = True
-        for probe in self.probes:
-            if probe.kind == "streaming" and self._names[probe.name] and getattr(probe, "shadow_rows", 0):
-                source = (
-                    "the batch handed to the monitor, else the inputs read at the torch.compile wrapper,"
-                    if self._entry is not None
-                    else "the batch handed to the monitor (without one, as when HF torch_compile=True compiles the "
-                    "model itself, it stays NaN),"
-                )
-                rank_zero_warn(
-                    f"mechmon: the training forward is compiled (hooks cannot see it): probe {probe.name!r} measures "
-                    f"the first {probe.shadow_rows} rows of {source} at each scheduled step through an eager no_grad "
-                    "forward before the optimizer step (shadow_rows)"
-                )
-            elif probe.kind == "streaming" and self._names[probe.name]:
-                reason = (
-                    f"probe {probe.name!r} reads the training forward's activations, which hooks cannot see in a "
-                    "torch.compile'd model (dynamo ignores hooks added after compilation). To watch them, train "
-                    "uncompiled, or measure on a fixed batch with a snapshot probe"
-                )
-                warnings.warn(self.faults.disable(probe, reason), stacklevel=3)
 
     def _remember(self, scalars: dict[str, float], step: int) -> None:
         self.latest.update(scalars)
@@ -332,11 +298,9 @@ class Monitor:
         if self.adapter is None:  # not attached yet
             return
         self._one_thread()
-        if self._waiting:
-            if batch is not None:
-                self._take_batch(batch)
-            elif not self._tapping:
-                self._tap_first_batch()
+        tap = self.first.offer(batch, self._entry)  # the probes waiting for training rows
+        if tap is not None:
+            self._handles.append(tap)
         if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
             self._detach_streaming()
         if self._stream is None:
@@ -415,40 +379,6 @@ class Monitor:
         self._detach_streaming()
         self.pipeline.run(StepRecord(step, due, images))
 
-    def _take_batch(self, batch: Any) -> None:
-        """Give the snapshot probes that asked for one their probe batch, from the first training batch."""
-        for probe in self._waiting:
-            self.faults.guarded(probe, probe.take_batch, batch)
-        self._waiting = [p for p in self._waiting if p.needs_batch and p.name not in self.faults.disabled]
-
-    def _tap_first_batch(self) -> None:
-        """Read the first training batch from the model's inputs (one forward pre-hook, removed after it).
-
-        A compiled model called directly (``module.compile()``, HF ``torch_compile=True``) has no eager place for
-        it: the probes that wait for a batch are disabled, once, with the fix.
-        """
-        self._tapping = True
-        if self._entry is None:
-            for probe in self._waiting:
-                reason = (
-                    f"probe {probe.name!r} takes its probe batch from the first training batch, which a compiled "
-                    "model called directly hides from hooks; hand the batch over (monitor.step(step, batch)), wrap "
-                    "the model with torch.compile(model) instead of model.compile(), or give the probe a batch"
-                )
-                warnings.warn(self.faults.disable(probe, reason), stacklevel=3)
-            self._waiting = []
-            return
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if module.training and self._waiting:
-                self._take_batch(model_inputs(args, kwargs))
-            if not self._waiting:
-                handle.remove()
-                self._tapping = False
-
-        handle = self._entry.register_forward_pre_hook(hook, with_kwargs=True)
-        self._handles.append(handle)
-
     def _detach_streaming(self) -> None:
         if self._stream is not None:
             self._stream.close()
@@ -464,7 +394,7 @@ class Monitor:
         self._detach_streaming()
         for handle in self._handles:
             handle.remove()
-        self._handles, self._tapping = [], False
+        self._handles, self.first.tapping = [], False
         if self.pipeline is not None:
             self.pipeline.publish_late(wait=True)
         for probe in self.probes:
@@ -493,7 +423,7 @@ class Monitor:
         self.publisher.load_state_dict(state)
         for probe in self.probes:
             probe.load_state_dict(state.get("probes", {}).get(probe.name, {}))
-        self._waiting = [p for p in self._waiting if p.needs_batch]  # restored probe batches
+        self.first.restored()
         self.gate.restore(self.probes)
         again = sorted(set(state.get("disabled", ())) & {p.name for p in self.probes})
         if again:  # the user may have fixed what made them fail; if not, they fail again, with an alert
@@ -521,12 +451,3 @@ def _safe_call(schedule: Schedule, step: int) -> bool:
     except Exception as err:  # caveat: a user's image schedule must not stop the run
         warnings.warn(f"mechmon: image_schedule raised {type(err).__name__} at step {step}: {err}", stacklevel=3)
         return False
-
-
-def _compile_wrapper_of(root: nn.Module, model: nn.Module) -> nn.Module | None:
-    """The outermost ``torch.compile`` wrapper in ``root`` around ``model``, or ``None``.
-
-    Its own hooks run eagerly, outside dynamo, and see the model's inputs (under Fabric it sits in ``_FabricModule``).
-    """
-    wrappers = (m for m in root.modules() if is_compile_wrapper(m))
-    return next((w for w in wrappers if any(m is model for m in w.modules())), None)

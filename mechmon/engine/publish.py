@@ -15,7 +15,6 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
-import torch
 from rapidfuzz import process
 
 from mechmon.alerts import _SEVERITIES, Alert, NonFinite, Rule, Threshold
@@ -276,15 +275,13 @@ def _one_alert(non_finite: list[Alert], shown: int = 5) -> list[Alert]:
 
 
 def declared_keys(probes: Sequence[Probe]) -> list[str]:
-    """Every key the probes can log, read at setup from ``compute()`` on their fresh states plus late stats."""
+    """Every key the probes name at setup (:meth:`Probe.keys`); a probe whose ``keys`` raises names none yet."""
     keys: list[str] = []
     for probe in probes:
         try:
-            with torch.no_grad():
-                keys += [k for k, v in probe.compute().items() if v.ndim == 0]
-        except Exception:  # caveat: a probe whose states wait for its first batch declares its keys at first publish
+            keys += probe.keys()
+        except Exception:  # caveat: a user's probe must not stop the setup; its keys appear at its first publish
             pass
-        keys += [probe.key(stat) for stat in probe.late_stats]
     return keys
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,11 +20,20 @@ from torch import Tensor, nn
 from mechmon.adapters import Adapter
 from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
+from mechmon.distributed import rank_zero_warn
 from mechmon.engine.forward import uncompiled
 from mechmon.probe import TRAINING_FORWARD, Probe
 from mechmon.probes.fixed_batch import batch_tokens
 
-__all__ = ["Stream", "compiled", "first_rows", "model_inputs"]
+__all__ = [
+    "Stream",
+    "compiled",
+    "compile_wrapper_of",
+    "refuse_compiled",
+    "STREAMING_COMPILED",
+    "first_rows",
+    "model_inputs",
+]
 
 _HF_KEYS = {"labels", "input_ids", "attention_mask"}
 Updater = Callable[[Probe, dict[str, Tensor], Any], None]
@@ -267,3 +276,46 @@ def compiled(root: nn.Module) -> bool:
         or getattr(m, "_compiler_ctx", None) is not None
         for m in root.modules()
     )
+
+
+def compile_wrapper_of(root: nn.Module, model: nn.Module) -> nn.Module | None:
+    """The outermost ``torch.compile`` wrapper in ``root`` around ``model``, or ``None``.
+
+    Its own hooks run eagerly, outside dynamo, and see the model's inputs (under Fabric it sits in ``_FabricModule``).
+    """
+    wrappers = (m for m in root.modules() if is_compile_wrapper(m))
+    return next((w for w in wrappers if any(m is model for m in w.modules())), None)
+
+
+STREAMING_COMPILED = (
+    "probe {name!r} reads the training forward's activations, which hooks cannot see in a torch.compile'd model "
+    "(dynamo ignores hooks added after compilation). To watch them, train uncompiled, or measure on a fixed batch "
+    "with a snapshot probe"
+)  # the reason a streaming probe without a shadow forward is disabled under a compiled training forward
+
+
+def refuse_compiled(probes: Sequence[Probe], names: dict[str, list[str]], inputs_read: bool) -> list[Probe]:
+    """Under a compiled training forward: the streaming probes that read its activations and cannot go on.
+
+    A probe with ``shadow_rows`` goes on through its shadow forward (said once, on rank 0, with where its rows come
+    from: ``inputs_read``, the inputs are read at the ``torch.compile`` wrapper); the others are returned, for the
+    caller to disable with :data:`STREAMING_COMPILED`. Snapshot probes run their own forwards on the original module
+    and gradient probes read the optimizer: untouched.
+    """
+    refused = []
+    for probe in (p for p in probes if p.source == TRAINING_FORWARD and names[p.name]):
+        if not getattr(probe, "shadow_rows", 0):
+            refused.append(probe)
+            continue
+        source = (
+            "the batch handed to the monitor, else the inputs read at the torch.compile wrapper,"
+            if inputs_read
+            else "the batch handed to the monitor (without one, as when HF torch_compile=True compiles the model "
+            "itself, it stays NaN),"
+        )
+        rank_zero_warn(
+            f"mechmon: the training forward is compiled (hooks cannot see it): probe {probe.name!r} measures the "
+            f"first {probe.shadow_rows} rows of {source} at each scheduled step through an eager no_grad forward "
+            "before the optimizer step (shadow_rows)"
+        )
+    return refused

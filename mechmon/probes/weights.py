@@ -63,26 +63,30 @@ class WeightsProbe(StreamingProbe):
         sharded = any(is_sharded(p) for _, p in self.named)
         self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=not sharded)
         self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
-        self._evaluations = self._kept = 0  # host counts (no sync): evaluations made, and the one prev_norm holds
+        self._evaluated = self._has_prev = False  # host flags (no sync): evaluated since the last reset; a baseline
 
     def evaluate(self) -> None:
         """Squared norms of every trainable tensor after this step's update."""
         self.sq_P.copy_(square_norms([local(p) for _, p in self.named]))
-        self._evaluations += 1
+        self._evaluated = True
 
     def compute(self) -> dict[str, Tensor]:
         """Global norm, tracked norms, growth since the previous evaluation (absent at the first).
 
-        The norm is taken from the reduced state (summed over shards), so under FSDP it is the whole model's; the
-        baseline moves once per evaluation (``compute`` at setup, before any, leaves it alone).
+        The norm is taken from the reduced state (summed over shards), so under FSDP it is the whole model's. Pure:
+        the baseline moves in :meth:`reset`, after the evaluation is published.
         """
         norm = self.sq_P.sum().sqrt()
         out = {self.key("norm"): norm}
-        if self._evaluations > self._kept:  # a new evaluation
-            if self._kept:
-                out[self.key("norm_growth")] = (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300)
-            self.prev_norm.copy_(norm)
-            self._kept = self._evaluations
+        if self._has_prev:
+            out[self.key("norm_growth")] = (norm - self.prev_norm) / self.prev_norm.clamp_min(1e-300)
         for i in self.tracked:
             out[self.key("norm", self.named[i][0])] = self.sq_P[i].sqrt()
         return out
+
+    def reset(self) -> None:
+        """After an evaluation is published: its norm becomes the baseline of the next growth, then the states reset."""
+        if self._evaluated:
+            self.prev_norm.copy_(self.sq_P.sum().sqrt())  # device copy, no sync
+            self._evaluated, self._has_prev = False, True
+        super().reset()

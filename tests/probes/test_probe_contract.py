@@ -86,3 +86,29 @@ def test_a_gradient_probe_is_called_before_each_scheduled_optimizer_step_and_nev
     plain_run(monitor, model, optimizer, 3)  # the base update raises NotImplementedError: it would be disabled
     assert not monitor.disabled and not monitor.alerts
     assert monitor.latest["mechmon/gradient_reader/steps"] == 1.0  # one call per scheduled step, reset after each
+
+
+def test_compute_is_pure_a_weight_probe_computed_twice_logs_the_same_growth():
+    from mechmon import WeightsProbe
+
+    def run(times: int) -> list[float]:
+        model = tiny_gpt2()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        probe = WeightsProbe()
+        compute = probe.compute
+        probe.compute = lambda: [compute() for _ in range(times)][-1]  # each evaluation computes `times` times
+        growth = []
+        monitor = Monitor(model, optimizer=optimizer, probes=[probe], schedule=1, log_dir=None)
+        batch = torch.randint(1, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+        for step in (1, 2, 3):
+            with monitor.step(step, batch):
+                model(input_ids=batch, labels=batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            growth.append(monitor.latest.get("mechmon/weights/norm_growth"))
+        monitor.close()
+        return growth
+
+    once = run(1)
+    assert once[0] is None and all(g is not None and g != 0 for g in once[1:])  # no baseline at the first
+    assert run(3) == once

@@ -235,7 +235,7 @@ def thread_table(name: str, steps: int, ranks: int, port: int, profile_steps: in
         t = thread_times(model, optimizer, batch, steps, folder)
         if profile_steps:
             profile(model, optimizer, batch, monitor_kwargs={"log_dir": folder}, steps=profile_steps)
-    line = f"{name:<10}" + "".join(f" {t.get(key, float('nan')) * 1e3:>9.1f}" for _, key in COLUMNS)
+    line = f"{name:<10}" + "".join(f" {t.get(key, float('nan')) * 1e3:>9.2f}" for _, key in COLUMNS)
     line += f" {share_at_defaults(t):>9.2%}"
     if ranks:
         image, plain = rank_one_waits(ranks, port, name)

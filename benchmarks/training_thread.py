@@ -39,59 +39,64 @@ from mechmon import Monitor
 from mechmon.console import ConsoleView
 
 
-class OwnTime:
-    """Host seconds spent inside the monitor's per-step methods and its probe updates, for one monitor.
+class Timer:
+    """Host seconds spent inside the methods it wraps (as instance attributes); nested calls count once."""
 
-    ``_update`` is where the streaming probes are fed, from the forward hook right after the training forward;
-    nested calls count once.
-    """
-
-    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step", "_update")
-
-    def __init__(self, monitor) -> None:
+    def __init__(self) -> None:
         self.seconds, self.depth = 0.0, 0
-        for name in self.METHODS:  # instance attributes: the monitor's own calls go through them too
-            setattr(monitor, name, self._timed(getattr(monitor, name)))
 
-    def _timed(self, method):
+    def counts(self) -> bool:
+        """Whether a call made now is timed (all of them by default)."""
+        return True
+
+    def wrap(self, owner, name: str) -> None:
+        """Time ``owner.name`` from now on (an instance attribute: the owner's own calls go through it too)."""
+        method = getattr(owner, name)
+
         def timed(*args, **kwargs):
+            if self.depth or not self.counts():  # nested, or not counted
+                return method(*args, **kwargs)
             start = time.perf_counter()
             self.depth += 1
             try:
                 return method(*args, **kwargs)
             finally:
                 self.depth -= 1
-                if self.depth == 0:
-                    self.seconds += time.perf_counter() - start
+                self.seconds += time.perf_counter() - start
 
-        return timed
+        setattr(owner, name, timed)
 
 
-class MeasureTime:
+class OwnTime(Timer):
+    """Host seconds spent inside the monitor's per-step methods and its probe updates, for one monitor.
+
+    ``_update`` is where the streaming probes are fed, from the forward hook right after the training forward.
+    """
+
+    METHODS = ("begin_batch", "end_batch", "before_optimizer_step", "after_optimizer_step", "_update")
+
+    def __init__(self, monitor) -> None:
+        super().__init__()
+        for name in self.METHODS:
+            self.wrap(monitor, name)
+
+
+class MeasureTime(Timer):
     """Host seconds of the measures themselves inside an :class:`OwnTime`: the model's forwards (with the probes'
     hooks, which reduce the captured tensors) and the probes' ``update`` calls; the rest of the own time is the
     monitor's scaffolding (compute, the reduction, the transfer, the alert rules, handing the writes over).
     """
 
     def __init__(self, own: OwnTime, model, probes) -> None:
-        self.seconds, self._own, self._depth = 0.0, own, 0
-        model.forward = self._timed(model.forward)  # the instance attribute: nn.Module.__call__ reads it
+        super().__init__()
+        self.own = own
+        self.wrap(model, "forward")  # nn.Module.__call__ reads the instance attribute
         for probe in probes:
-            probe.update = self._timed(probe.update)
+            self.wrap(probe, "update")
 
-    def _timed(self, method):
-        def timed(*args, **kwargs):
-            if self._own.depth == 0 or self._depth:  # a training forward, or nested: not counted (again)
-                return method(*args, **kwargs)
-            start = time.perf_counter()
-            self._depth += 1
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                self.seconds += time.perf_counter() - start
-
-        return timed
+    def counts(self) -> bool:
+        """Only inside the monitor's methods (a training forward is not a measure)."""
+        return self.own.depth > 0
 
 
 def build(width: int, layers: int, ctx: int):
@@ -213,7 +218,7 @@ def main() -> None:  # noqa: D103
         print(f"GPT-2 {args.layers} x {args.width}, batch {args.rows} x {args.ctx}, {args.steps} monitored steps "
               f"({times['plain']} without heatmaps, {times['images']} with), medians in ms")  # fmt: skip
         for label, key in COLUMNS:
-            print(f"  {label:<46} {times.get(key, float('nan')) * 1e3:8.1f}")
+            print(f"  {label:<46} {times.get(key, float('nan')) * 1e3:8.2f}")
         print(f"  {'share at every(50), heatmaps every 5th':<46} {share_at_defaults(times):8.2%}")
         print(f"  {'close() (drains the writer)':<46} {times['close'] * 1e3:8.1f}")
         if args.profile:

@@ -1,11 +1,12 @@
 """Pack -> all_gather -> reduce locally: **one** collective per scheduled step for all probes together.
 
 Every rank must call :func:`reduce_states` on every scheduled step with the same probes, whatever its data:
-whether to enter a collective depends only on the step and on what the ranks agreed. All non-replicated states, whatever
-their reduce op (sum, max, min) and dtype, travel as one float64 vector (exact for float32 and for int64 counts
-below 2**53) together with the monitor's per-probe failure flags; each rank gathers the ``[world, n]`` matrix and
-applies the ops itself. The gathered flags tell every rank which probes failed on which rank, so a probe that
-raises on one rank only is disabled on all of them at the same step instead of desynchronising the next collective.
+whether to enter a collective depends only on the step and on what the ranks agreed. All non-replicated states,
+whatever their reduce op (sum, max, min) and dtype, travel as one float64 vector (exact for float32 and for int64
+counts below 2**53) together with the named parts each rank adds (its per-probe failure flags, the budget's times);
+each rank gathers the ``[world, n]`` matrix and applies the ops itself. The gathered flags tell every rank which
+probes failed on which rank, so a probe that raises on one rank only is disabled on all of them at the same step
+instead of desynchronising the next collective.
 Memory: ``world × n`` float64 on the states' device, n being a few thousand numbers for the built-in probes.
 """
 

@@ -7,6 +7,7 @@ so no probe module imports this one.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -31,18 +32,13 @@ def register_probe(cls: P) -> P:
     return cls
 
 
-_LOADED: list[bool] = []
-
-
+@functools.cache
 def _builtin() -> None:
     """Register the catalogue's probes, once (their classes are imported here, on the first lookup)."""
-    if _LOADED:
-        return
     import mechmon.probes as probes
 
     for class_name in probes.PROBES:
         register_probe(getattr(probes, class_name))
-    _LOADED.append(True)
 
 
 def get_probe(name: str) -> type[Probe]:

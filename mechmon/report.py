@@ -19,6 +19,7 @@ import numpy as np
 
 from mechmon.events import RunEvents, Series, load_run
 from mechmon.figures import draw_heatmap, draw_scopes, draw_series
+from mechmon.registry import headline
 from mechmon.writers import BEYOND, LEVEL
 
 __all__ = ["write_report", "family_figures"]
@@ -27,17 +28,11 @@ _RULE = re.compile(r"`([^`]+)`")
 _STATS_PER_ROW, _MAX_STATS = 4, 8
 
 
-def _headline(probe: str) -> str | None:
-    from mechmon.registry import headline
-
-    return headline(probe)
-
-
 def _stats(scalars: Series, probe: str, namespace: str) -> list[str]:
     """Unscoped keys of one family, the probe's headline first, then those with an alert level, then the rest."""
     prefix = f"{namespace}/{probe}/"
     keys = sorted(k for k in scalars if k.startswith(prefix) and k.count("/") == 2)
-    head = _headline(probe)
+    head = headline(probe)
 
     def order(key: str) -> tuple[int, str]:
         return (0 if key.endswith(f"/{head}") else 1 if f"{key}/{LEVEL}" in scalars else 2, key)

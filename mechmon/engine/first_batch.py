@@ -32,29 +32,36 @@ class FirstBatch:
     def __init__(self, faults: Faults) -> None:
         self.faults = faults
         self.waiting: list[Probe] = []
-        self.tapping = False
+        self._tap: RemovableHandle | None = None  # the pre-hook reading the model's inputs, while one is on
 
     def start(self, probes: Sequence[Probe]) -> None:
         """A run starts: every probe that needs a batch waits."""
-        self.waiting, self.tapping = [p for p in probes if p.needs_batch], False
+        self.close()
+        self.waiting = [p for p in probes if p.needs_batch]
 
     def restored(self) -> None:
         """After a state load: the probes whose batch was restored wait no more."""
         self.waiting = [p for p in self.waiting if p.needs_batch]
 
-    def offer(self, batch: Any, entry: nn.Module | None) -> RemovableHandle | None:
+    def close(self) -> None:
+        """Remove the pre-hook, if one is on (the run ends)."""
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+
+    def offer(self, batch: Any, entry: nn.Module | None) -> None:
         """Before a micro-batch: give ``batch`` to the waiting probes, or without one read the model's inputs.
 
-        The inputs are read at ``entry`` by a pre-hook whose handle is returned (for the monitor to remove at close).
+        The inputs are read at ``entry`` by a pre-hook, removed as soon as no probe waits (or at :meth:`close`).
         ``entry`` ``None`` (a compiled model called directly: no eager place to read its inputs): the waiting
         probes are disabled, once, with the fix.
         """
         if not self.waiting:
-            return None
+            return
         if batch is not None:
             self.take(batch)
-            return None
-        return None if self.tapping else self._tap(entry)
+        elif self._tap is None:
+            self._read_inputs(entry)
 
     def take(self, batch: Any) -> None:
         """Give the waiting probes their probe batch from ``batch``; those that hold one wait no more."""
@@ -62,8 +69,7 @@ class FirstBatch:
             self.faults.guarded(probe, probe.take_batch, batch)
         self.waiting = [p for p in self.waiting if p.needs_batch and p.name not in self.faults.disabled]
 
-    def _tap(self, entry: nn.Module | None) -> RemovableHandle | None:
-        self.tapping = True
+    def _read_inputs(self, entry: nn.Module | None) -> None:
         if entry is None:
             for probe in self.waiting:
                 reason = (
@@ -73,14 +79,12 @@ class FirstBatch:
                 )
                 warnings.warn(self.faults.disable(probe, reason), stacklevel=4)
             self.waiting = []
-            return None
+            return
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if module.training and self.waiting:
                 self.take(model_inputs(args, kwargs))
             if not self.waiting:
-                handle.remove()
-                self.tapping = False
+                self.close()
 
-        handle = entry.register_forward_pre_hook(hook, with_kwargs=True)
-        return handle
+        self._tap = entry.register_forward_pre_hook(hook, with_kwargs=True)

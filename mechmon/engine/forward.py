@@ -73,7 +73,10 @@ def _probe_mode(adapter: Adapter, names: Sequence[str]):
         with torch.no_grad(), _attention_mode(adapter, names), tap, uncompiled(model):
             yield
     finally:
-        _ACTIVE.pop(id(adapter)) if outer is None else _ACTIVE.update({id(adapter): outer})
+        if outer is None:
+            del _ACTIVE[id(adapter)]
+        else:
+            _ACTIVE[id(adapter)] = outer
         model.train(was_training)
         reshard(model)
 
@@ -172,11 +175,12 @@ def run_groups(
     The groups that read attention patterns run together under eager attention, those reading attention-logit
     statistics under SDPA, and so on: the model is switched once per mode, not once per forward.
     """
-    groups = forward_groups(probes, names)
-    for mode in dict.fromkeys(_mode(_group_names(g, names)) for g in groups):
-        batch = [g for g in groups if _mode(_group_names(g, names)) == mode]
-        with _probe_mode(adapter, _group_names([p for g in batch for p in g], names)):
-            for group in batch:
+    by_mode: dict[str, list[list[Probe]]] = {}
+    for group in forward_groups(probes, names):
+        by_mode.setdefault(_mode(_group_names(group, names)), []).append(group)
+    for groups in by_mode.values():
+        with _probe_mode(adapter, _group_names([p for g in groups for p in g], names)):
+            for group in groups:
                 run_group(group, adapter, names, guarded)
 
 

@@ -139,7 +139,7 @@ class Monitor:
         self._last_step = -1
         self._step = 0
         self._stream: Stream | None = None
-        self._handles: list[Any] = []  # persistent hooks (optimizer steps, first-batch tap): removed in close()
+        self._handles: list[Any] = []  # the optimizer step hooks: removed in close()
         self._stepped = False
         self._thread: int | None = None  # the thread that drives the steps (see _one_thread)
         self._compiled = False  # the training forward is compiled: no hook in it (shadow forwards only)
@@ -298,9 +298,7 @@ class Monitor:
         if self.adapter is None:  # not attached yet
             return
         self._one_thread()
-        tap = self.first.offer(batch, self._entry)  # the probes waiting for training rows
-        if tap is not None:
-            self._handles.append(tap)
+        self.first.offer(batch, self._entry)  # the probes waiting for training rows
         if self._stream is not None and self._stream.step != step:  # a step that never ran its optimizer step
             self._detach_streaming()
         if self._stream is None:
@@ -384,7 +382,6 @@ class Monitor:
             self._stream.close()
         self._stream = None
 
-    # -- one scheduled step --------------------------------------------------------------------------------
     def flush(self) -> None:
         """Write the events published so far to disk (before recording progress that says they are there)."""
         self.publisher.flush()
@@ -394,7 +391,8 @@ class Monitor:
         self._detach_streaming()
         for handle in self._handles:
             handle.remove()
-        self._handles, self.first.tapping = [], False
+        self._handles = []
+        self.first.close()
         if self.pipeline is not None:
             self.pipeline.publish_late(wait=True)
         for probe in self.probes:

@@ -1,17 +1,18 @@
-"""Pack -> all_gather -> reduce locally: **one** collective per scheduled step for all probes together.
+"""Pack -> one fixed-size ``all_reduce`` per reduce op: what a rank sends does not grow with the world size.
 
 Every rank must call :func:`reduce_states` on every scheduled step with the same probes, whatever its data:
-whether to enter a collective depends only on the step and on what the ranks agreed. All non-replicated states,
-whatever their reduce op (sum, max, min) and dtype, travel as one float64 vector (exact for float32 and for int64
-counts below 2**53) together with the named parts each rank adds (its per-probe failure flags, the budget's times);
-each rank gathers the ``[world, n]`` matrix and applies the ops itself. The gathered flags tell every rank which
-probes failed on which rank, so a probe that raises on one rank only is disabled on all of them at the same step
-instead of desynchronising the next collective.
-Memory: ``world × n`` float64 on the states' device, n being a few thousand numbers for the built-in probes.
+whether to enter a collective depends only on the step and on what the ranks agreed. All non-replicated states and
+the named parts each rank adds (its failure counts, the budget's times) travel as float64 vectors (exact for float32
+and for int64 counts below 2**53), one per op in use: a SUM vector, and a MAX vector that also carries the MIN parts
+as ``-max(-x)``; so a scheduled step issues at most two collectives, each of the same size on 2 ranks as on 1,024.
+A NaN in a MAX/MIN part is counted in the SUM vector and restored after the reduction (an ``all_reduce`` MAX may
+drop it, depending on the order of the ranks): a rank whose maximum is NaN makes the reduced value NaN, as in one
+process. Memory: two float64 copies of the ``n`` numbers sent, n being a few thousand for the built-in probes.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -21,9 +22,9 @@ from torch import Tensor
 
 from mechmon.probe import Probe
 
-__all__ = ["reduce_states", "world_size", "rank", "rank_zero_warn", "all_ranks", "same_on_all_ranks"]
+__all__ = ["reduce_states", "exact_dtype", "world_size", "rank", "rank_zero_warn", "all_ranks", "same_on_all_ranks"]
 
-_REDUCE = {"sum": lambda m: m.sum(dim=0), "max": lambda m: m.amax(dim=0), "min": lambda m: m.amin(dim=0)}
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
 def world_size() -> int:
@@ -42,35 +43,55 @@ def rank_zero_warn(message: str, stacklevel: int = 3) -> None:
         warnings.warn(message, stacklevel=stacklevel)
 
 
-def reduce_states(probes: Iterable[Probe], sent: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int]:
-    """Reduce every non-replicated state across ranks in place, and gather each of this rank's ``sent`` parts.
+def exact_dtype(device: torch.device) -> torch.dtype:
+    """The dtype mechmon reduces and copies in: float64, float32 on MPS (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def reduce_states(probes: Iterable[Probe], sent: Mapping[str, tuple[Tensor, str]]) -> int:
+    """Reduce every non-replicated state and each of this rank's ``sent`` parts across ranks, in place.
 
     Args:
         probes: the probes due at this step (the same list on every rank).
-        sent: part name -> this rank's 1-d tensor on the states' device (the same names and sizes on every rank),
-            e.g. the per-probe failure flags ``[P]``.
+        sent: part name -> (this rank's 1-d tensor on the states' device, its reduce op ``sum``/``max``/``min``),
+            the same names, sizes and ops on every rank (e.g. the per-probe failure counts ``[P]``, summed).
 
     Returns:
-        ``(gathered, collectives)``: part name -> every rank's copy ``[world, n]`` (``[1, n]`` in one process), and
-        the number of collectives issued (1, or 0 in one process).
+        The number of collectives issued: one ``all_reduce`` per op bucket in use (SUM; MAX, which carries MIN too),
+        0 in one process, where every tensor is left as it is.
     """
-    world = world_size()
-    if world == 1:
-        return {name: t.unsqueeze(0) for name, t in sent.items()}, 0
-    states = [(t, spec.reduce) for probe in probes for t, spec in probe.states().values() if not spec.replicated]
-    tensors = [t for t, _ in states] + list(sent.values())
-    dtype = torch.float32 if tensors[-1].device.type == "mps" else torch.float64  # MPS has no float64
-    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
-    copies = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(copies, flat)  # collective: the one of a scheduled step
-    matrix, offset = torch.stack(copies), 0
-    for t, reduce in states:
-        t.copy_(_REDUCE[reduce](matrix[:, offset : offset + t.numel()]).view_as(t))
+    if world_size() == 1:
+        return 0
+    parts = [(t, spec.reduce) for probe in probes for t, spec in probe.states().values() if not spec.replicated]
+    parts += list(sent.values())
+    dtype = exact_dtype(parts[-1][0].device)
+    sums = [(t, 1.0) for t, reduce in parts if reduce == "sum"]
+    extremes = [(t, -1.0 if reduce == "min" else 1.0) for t, reduce in parts if reduce != "sum"]
+    flats = {}
+    if sums or extremes:  # the NaN counts of the extremes ride in the SUM vector (MAX may drop a NaN)
+        flats["sum"] = torch.cat(
+            [_flat(t, dtype) for t, _ in sums] + [_flat(t, dtype).isnan().to(dtype) for t, _ in extremes]
+        )
+    if extremes:
+        flats["max"] = torch.cat(
+            [(_flat(t, dtype) * sign).nan_to_num(-math.inf, math.inf, -math.inf) for t, sign in extremes]
+        )
+    for op, flat in flats.items():
+        dist.all_reduce(flat, op=_OPS[op])  # collective: one per op in use, of a size fixed by the probes alone
+    offset = 0
+    for t, _ in sums:
+        t.copy_(flats["sum"][offset : offset + t.numel()].view_as(t))
         offset += t.numel()
-    gathered = {}
-    for name, t in sent.items():
-        gathered[name], offset = matrix[:, offset : offset + t.numel()], offset + t.numel()
-    return gathered, 1
+    nan_counts, offset = flats.get("sum", torch.zeros(0))[offset:], 0
+    for t, sign in extremes:
+        chunk = flats["max"][offset : offset + t.numel()] * sign
+        t.copy_(chunk.masked_fill(nan_counts[offset : offset + t.numel()] > 0, math.nan).view_as(t))
+        offset += t.numel()
+    return len(flats)
+
+
+def _flat(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.reshape(-1).to(dtype)
 
 
 def all_ranks(flags: list[bool], device: torch.device) -> list[bool]:
@@ -89,8 +110,7 @@ def same_on_all_ranks(values: list[float], device: torch.device) -> list[bool]:
     """Whether each value is the same on every rank: one ``all_reduce`` (MAX) of ``[v, -v]`` (exact below 2**53)."""
     if world_size() == 1 or not values:
         return [True] * len(values)
-    dtype = torch.float32 if device.type == "mps" else torch.float64
-    t = torch.tensor(list(values) + [-v for v in values], dtype=dtype, device=device)
+    t = torch.tensor(list(values) + [-v for v in values], dtype=exact_dtype(device), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)  # collective: at attach only
     high, low = t[: len(values)].tolist(), t[len(values) :].tolist()  # sync: at attach only
     return [h == -lo for h, lo in zip(high, low, strict=True)]

@@ -2,7 +2,7 @@
 
 The monitor's time is the host time of its scheduled-step work (probe forwards, reduction, transfer, rules,
 writing), read with ``time.perf_counter`` (no device sync; on a GPU it includes the one transfer's wait). Every rank
-sends its time spent and the time since the run started with the step's one collective; the maxima are the same
+sends its time spent and the time since the run started with the step's reduction (MAX); the maxima are the same
 numbers on every rank, so every rank takes the same decision and the collectives stay matched.
 
 Rule: a schedule-due step is evaluated when at least ``stride`` due steps have come since the last evaluation

@@ -1,8 +1,9 @@
 """Fault isolation: a probe that raises is disabled with an alert, and the run goes on, on every rank alike.
 
 In one process a failing probe is disabled at once. Under DDP the failing rank warns and stops running the probe
-(``failed``); its flag travels with the next scheduled step's collective (:meth:`Faults.flags`), and every rank
-disables the probe at that same step (:meth:`Faults.agree`), so no rank sends what the others do not.
+(``failed``); its failure travels with the next scheduled step's reduction (:meth:`Faults.sent`: per probe, how many
+ranks failed and the first of them, a size fixed by the probes alone), and every rank disables the probe at that same
+step (:meth:`Faults.agree`), so no rank sends what the others do not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mechmon.alerts import Alert
-from mechmon.distributed import rank, world_size
+from mechmon.distributed import exact_dtype, rank, world_size
 from mechmon.naming import metric_key
 from mechmon.probe import Probe
 
@@ -76,23 +77,33 @@ class Faults:
         self._deliver([Alert("probe_failed", key, self._step(), math.nan, "warning", reason)])
         return reason
 
-    def flags(self, device: torch.device) -> Tensor:
-        """This rank's failure flag per probe ``[P]`` (0/1) on ``device``, filled by fill kernels (no host copy)."""
-        flags_P = torch.zeros(len(self.probes), device=device)
+    def sent(self, device: torch.device) -> dict[str, tuple[Tensor, str]]:
+        """What this rank adds to the reduction, per probe ``[P]`` on ``device`` (fill kernels, no host copy).
+
+        ``failures``: 1 where the probe failed on this rank, summed over ranks; ``first_failure``: this rank's index
+        where it failed, else the world size, reduced by MIN.
+        """
+        dtype = exact_dtype(device)
+        failures_P = torch.zeros(len(self.probes), dtype=dtype, device=device)
+        first_P = torch.full((len(self.probes),), float(world_size()), dtype=dtype, device=device)
         for i, probe in enumerate(self.probes):
             if probe.name in self.failed:
-                flags_P[i] = 1.0
-        return flags_P
+                failures_P[i], first_P[i] = 1.0, float(rank())
+        return {"failures": (failures_P, "sum"), "first_failure": (first_P, "min")}
 
-    def agree(self, flags_WP: np.ndarray) -> set[str]:
-        """Disable, on every rank alike, each probe some rank flagged in ``flags_WP`` ``[world, P]``.
+    def agree(self, failures_P: np.ndarray, first_P: np.ndarray) -> set[str]:
+        """Disable, on every rank alike, each probe that failed on some rank (``failures_P`` ``[P]`` above 0).
+
+        Args:
+            failures_P: how many ranks each probe failed on (the reduced :meth:`sent`).
+            first_P: the lowest rank it failed on.
 
         Returns the names disabled now (they log nothing at this step).
         """
         gone = set()
         for i, probe in enumerate(self.probes):
-            ranks = [r for r in range(flags_WP.shape[0]) if flags_WP[r, i]]
-            if ranks and probe.name not in self.disabled:
+            if failures_P[i] > 0 and probe.name not in self.disabled:
                 gone.add(probe.name)
-                self.disable(probe, f"probe {probe.name!r} raised on rank(s) {ranks} (see the warning there)")
+                where = f"on {int(failures_P[i])} rank(s), first rank {int(first_P[i])}"
+                self.disable(probe, f"probe {probe.name!r} raised {where} (see the warning there)")
         return gone

@@ -6,7 +6,7 @@ sends is taken from facts every rank shares, or agreed first:
 
 - **due** (:meth:`Gate.plan`): the probes' schedules on the step, minus the probes disabled by agreement, thinned
   by the budget (the same decision on every rank: the budget's stride is agreed at each evaluation). A schedule
-  that raises on a rank counts as due there and flags its probe as failed, so the step's collective disables it on
+  that raises on a rank counts as due there and flags its probe as failed, so the step's reduction disables it on
   every rank.
   Schedules are also checked once at attach, over their first :data:`HORIZON` steps: a schedule that raises or
   answers differently on some rank (it reads rank-local state) is disabled on every rank before training starts.

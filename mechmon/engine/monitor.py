@@ -4,8 +4,9 @@ It touches the model only through torch's own hooks: module forward hooks and pr
 inputs on the steps that need them) and the optimizers' step hooks (gradients). Its step, its batches and its log
 sinks come from whoever drives it. On a scheduled optimizer step every rank: runs the due snapshot probes (one
 eval-mode ``no_grad`` forward each), has fed the streaming probes the captures of that step's micro-batches,
-reduces all states and failure flags with one packed collective, makes **one** device-to-host transfer, and runs
-the alert rules on identical floats; rank 0 writes. Other steps evaluate a Python predicate and nothing else.
+reduces all states and failure counts with one fixed-size ``all_reduce`` per op, makes **one** device-to-host
+transfer, and runs the alert rules on identical floats; rank 0 writes. Other steps evaluate a Python predicate and
+nothing else.
 """
 
 from __future__ import annotations

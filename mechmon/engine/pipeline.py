@@ -6,10 +6,10 @@ Every rank runs every stage with the same due probes (:meth:`mechmon.engine.gate
 
 - **forwards**: the snapshot probes' own ``no_grad`` forwards (the same on every rank: FSDP gathers parameters in
   them), then ``evaluate`` of the probes that read gradients or weights;
-- **reduce**: **one** collective of every probe state plus the named parts each rank adds (its failure flags, the
-  budget's times) (:func:`mechmon.distributed.reduce_states`);
+- **reduce**: every probe state plus the parts each rank adds (its failure counts, the budget's times) in one
+  fixed-size ``all_reduce`` per op (SUM; MAX carrying MIN) (:func:`mechmon.distributed.reduce_states`);
 - **transfer**: each live probe's ``compute`` and ``host_inputs``, then **one** device-to-host copy of all of it and
-  of the gathered parts (:func:`mechmon.engine.record.to_host`);
+  of the reduced parts (:func:`mechmon.engine.record.to_host`);
 - **agree**: the probes some rank flagged are disabled on every rank and log nothing at this step;
 - **finish**: host floats, the probes' ``finish`` on their host copies, the budget's next stride;
 - **publish**: the alert rules, then the writers (rank 0) and listeners; then the states are reset and the
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from mechmon.adapters import Adapter
-from mechmon.distributed import reduce_states
+from mechmon.distributed import exact_dtype, reduce_states
 from mechmon.engine.budget import Budget
 from mechmon.engine.faults import Faults
 from mechmon.engine.forward import run_groups
@@ -76,10 +76,10 @@ class StepPipeline:
         """Every stage for ``record`` (its step, due probes and image flag set), then the probes' states reset."""
         started = time.perf_counter()
         self.forwards(record)
-        record.gathered = self.reduce(record)
-        metrics, inputs, gathered = self.transfer(record)
-        gone = self.faults.agree(gathered["failed"])  # probes that failed on any rank log nothing this step
-        self.finish(record, metrics, inputs, gathered, gone)
+        record.reduced = self.reduce(record)
+        metrics, inputs, reduced = self.transfer(record)
+        gone = self.faults.agree(reduced["failures"], reduced["first_failure"])  # they log nothing this step
+        self.finish(record, metrics, inputs, reduced, gone)
         self.publish(record)
         for probe in record.due:
             probe.reset()
@@ -96,20 +96,22 @@ class StepPipeline:
                 self.faults.guarded(probe, probe.evaluate)
 
     def reduce(self, record: StepRecord) -> dict[str, Tensor]:
-        """The step's one collective: states reduced in place; returns each sent part gathered ``[world, n]``."""
-        gathered, _ = reduce_states(record.due, self.sent())  # collective: every rank, by step only
-        return gathered
+        """The step's reduction: states reduced in place; returns each sent part reduced over ranks ``[n]``."""
+        sent = self.sent()
+        reduce_states(record.due, sent)  # collective: every rank, by step only, a size fixed by the probes
+        return {name: t for name, (t, _) in sent.items()}
 
-    def sent(self) -> dict[str, Tensor]:
-        """What this rank adds to the collective besides the states, by name.
+    def sent(self) -> dict[str, tuple[Tensor, str]]:
+        """What this rank adds to the reduction besides the states: name -> (tensor, reduce op).
 
-        Its failure flags ``[P]`` and, with a budget, its ``[spent, elapsed]`` seconds, filled by fill kernels on the
-        states' device (no host copy).
+        Its failure counts (:meth:`Faults.sent`) and, with a budget, its ``[spent, elapsed]`` seconds (MAX), filled by
+        fill kernels on the states' device (no host copy).
         """
-        sent = {"failed": self.faults.flags(self.device)}
+        sent = self.faults.sent(self.device)
         if self.budget is not None:
-            sent["budget"] = torch.zeros(2, device=self.device)
-            sent["budget"][0], sent["budget"][1] = self.budget.measured()
+            times = torch.zeros(2, dtype=exact_dtype(self.device), device=self.device)
+            times[0], times[1] = self.budget.measured()
+            sent["budget"] = (times, "max")
         return sent
 
     def transfer(
@@ -117,7 +119,7 @@ class StepPipeline:
     ) -> tuple[dict[str, dict[str, HostValue]], dict[str, dict], dict[str, np.ndarray]]:
         """Each live probe's metric tensors (0-d; 2-d at image steps) and host inputs, then the one copy to host.
 
-        Returns (metrics per probe, host inputs per probe, gathered parts), as :meth:`StepRecord.unpack`.
+        Returns (metrics per probe, host inputs per probe, reduced parts), as :meth:`StepRecord.unpack`.
         """
         for probe in self.faults.live(record.due):
             computed = self.faults.guarded(probe, probe.compute) or {}
@@ -133,11 +135,11 @@ class StepPipeline:
         record: StepRecord,
         metrics: dict[str, dict[str, HostValue]],
         inputs: dict[str, dict],
-        gathered: dict[str, np.ndarray],
+        reduced: dict[str, np.ndarray],
         gone: set[str],
     ) -> None:
         """The record's scalars and images: host values, ``finish`` of the probes with host inputs, the budget's."""
-        record.scalars.update(self.stretch(gathered.get("budget")))
+        record.scalars.update(self.stretch(reduced.get("budget")))
         for name, values in metrics.items():
             if name not in gone:
                 record.scalars.update({k: v for k, v in values.items() if isinstance(v, float)})
@@ -146,11 +148,11 @@ class StepPipeline:
             if probe.name in inputs and probe.name not in gone:
                 record.scalars.update(self.faults.guarded(probe, probe.finish, inputs[probe.name], record.step) or {})
 
-    def stretch(self, times_W2: np.ndarray | None) -> dict[str, float]:
+    def stretch(self, times: np.ndarray | None) -> dict[str, float]:
         """With a budget: the next stride from the maxima over ranks of ``[spent, elapsed]`` (the same everywhere)."""
-        if times_W2 is None or self.budget is None:
+        if times is None or self.budget is None:
             return {}
-        spent, elapsed = times_W2.max(axis=0)
+        spent, elapsed = times
         share = self.budget.agree(float(spent), float(elapsed))
         ns = self.namespace
         return {metric_key("monitor", "overhead_frac", namespace=ns): share,

@@ -1,8 +1,8 @@
 """One record per scheduled step, and the step's one device-to-host transfer.
 
 The record is created once when a scheduled step runs and carries everything the step produces, in order:
-the due probes, the metric tensors each probe computed, the tensors each probe's host work needs, the failure flags,
-their host copies, and the results. Nothing travels through string-prefixed keys.
+the due probes, the metric tensors each probe computed, the tensors each probe's host work needs, the reduced parts
+(failure counts, the budget's times), their host copies, and the results. Nothing travels through string-prefixed keys.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class StepRecord:
         with_images: whether 2-d results are written as heatmaps at this step.
         metrics: probe name -> metric key -> device tensor (0-d, or 2-d at image steps).
         host_inputs: probe name -> input name -> device tensor for :meth:`Probe.finish`.
-        gathered: part name -> every rank's copy ``[world, n]`` on the device (the failure flags, the budget's
-            times: what the step's collective carried besides the states).
+        reduced: part name -> its value reduced over ranks ``[n]`` on the device (the failure counts, the budget's
+            times: what the step's reduction carried besides the states).
         scalars: metric key -> float, after the transfer and ``finish``.
         images: metric key -> ``[rows, cols]`` array.
     """
@@ -42,25 +42,25 @@ class StepRecord:
     with_images: bool
     metrics: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     host_inputs: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-    gathered: dict[str, Tensor] = field(default_factory=dict)
+    reduced: dict[str, Tensor] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
     images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def tensors(self) -> list[Tensor]:
-        """Every tensor of the transfer, in a fixed order: metrics, host inputs, then the gathered parts."""
+        """Every tensor of the transfer, in a fixed order: metrics, host inputs, then the reduced parts."""
         parts = [t for per in self.metrics.values() for t in per.values()]
         parts += [t for per in self.host_inputs.values() for t in per.values()]
-        return parts + list(self.gathered.values())
+        return parts + list(self.reduced.values())
 
     def unpack(
         self, values: Sequence[HostValue]
     ) -> tuple[dict[str, dict[str, HostValue]], dict[str, dict], dict[str, np.ndarray]]:
-        """Split the host copies back into (metrics per probe, host inputs per probe, gathered parts ``[world, n]``)."""
+        """Split the host copies back into (metrics per probe, host inputs per probe, reduced parts ``[n]``)."""
         it = iter(values)
         metrics = {p: {k: next(it) for k in per} for p, per in self.metrics.items()}
         inputs = {p: {k: np.asarray(next(it)) for k in per} for p, per in self.host_inputs.items()}
-        gathered = {name: np.asarray(next(it)) for name in self.gathered}
-        return metrics, inputs, gathered
+        reduced = {name: np.asarray(next(it)) for name in self.reduced}
+        return metrics, inputs, reduced
 
 
 def to_host(tensors: Sequence[Tensor]) -> list[HostValue]:

@@ -1,4 +1,4 @@
-"""Real 2-process DDP on CPU (gloo): one collective per scheduled step, same decisions on both ranks, rank 0 writes."""
+"""Real 2-process DDP on CPU (gloo): two all_reduces per scheduled step, same decisions on both ranks, rank 0 writes."""
 
 import json
 from pathlib import Path
@@ -19,15 +19,15 @@ def ranks(tmp_path_factory):
     return out, results, done.stderr
 
 
-def test_one_collective_per_scheduled_step_on_every_rank(ranks):
+def test_two_fixed_size_all_reduces_per_scheduled_step_on_every_rank(ranks):
     _, results, _ = ranks
     for r in results:
         assert r["world"] == 2 and r["global_step"] == 8
-        # at attach (step 0): the schedules compared once. Schedule every(2): steps 1, 2, 4, 6, 8; one all_gather
-        # each for all five probes, none on other steps; at step 1 one more, tiny: every rank holds the rows that
-        # the plateau probes (collapse, rank) take from training
-        assert r["collectives"] == {"0": 1, "1": 2, "2": 1, "4": 1, "6": 1, "8": 1}
-        assert r["kinds"] == ["all_gather", "all_reduce"]
+        # at attach (step 0): the schedules compared once. Schedule every(2): steps 1, 2, 4, 6, 8; two all_reduces
+        # each (SUM, MAX) for all five probes, none on other steps; at step 1 one more, tiny: every rank holds the
+        # rows that the plateau probes (collapse, rank) take from training
+        assert r["collectives"] == {"0": 1, "1": 3, "2": 2, "4": 2, "6": 2, "8": 2}
+        assert r["kinds"] == ["all_reduce"]
 
 
 def test_both_ranks_reach_the_same_decisions_and_values(ranks):
@@ -43,7 +43,7 @@ def test_probe_failing_on_one_rank_is_disabled_on_both_without_deadlock(ranks):
     _, (r0, r1), stderr = ranks
     assert r0["disabled"] == r1["disabled"] == ["flaky"]
     assert "probe 'flaky' raised RuntimeError: only rank 1 sees this on rank 1" in stderr
-    assert "raised on rank(s) [1]" in r0["alerts"][1][2]
+    assert "raised on 1 rank(s), first rank 1" in r0["alerts"][1][2]
     assert r0["hooks"] == r1["hooks"] == 0
 
 

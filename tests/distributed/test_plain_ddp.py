@@ -1,4 +1,4 @@
-"""Real 2-process gloo DDP for the plain loop: one collective per scheduled step, identical values, rank 0 writes."""
+"""Real 2-process gloo DDP, plain loop: two all_reduces per scheduled step, identical values, rank 0 writes."""
 
 import json
 from pathlib import Path
@@ -16,7 +16,7 @@ def test_plain_loop_under_ddp(tmp_path):
         assert r["adapter"] == "StructuralAdapter"  # the nanoGPT-shaped model found inside the DDP wrapper
         # attach: the schedules compared (step 0); every(2) over 6 steps, none otherwise; step 1: the collapse
         # probe's rows, taken from training, held on every rank
-        assert r["collectives"] == {"0": 1, "1": 2, "2": 1, "4": 1, "6": 1}
+        assert r["collectives"] == {"0": 1, "1": 3, "2": 2, "4": 2, "6": 2}
         assert r["hooks_after"] == 0 and r["hooks_during"]["3"] == r["hooks_during"]["5"] == 0
         assert r["hooks_during"]["2"] > 0
     assert r0["latest"] == r1["latest"] and r0["alerts"] == r1["alerts"] == [["marker", 1]]

@@ -55,13 +55,13 @@ def test_the_record_packs_one_transfer_and_unpacks_by_probe():
     record = StepRecord(step=3, due=[], with_images=True)
     record.metrics = {"a": {"k1": torch.tensor(1.5), "k2": torch.arange(6.0).view(2, 3)}, "b": {"k3": torch.tensor(2)}}
     record.host_inputs = {"b": {"gram": torch.eye(2)}}
-    record.gathered = {"failed": torch.tensor([[0.0, 1.0]]), "budget": torch.tensor([[0.5, 2.0]])}
-    metrics, inputs, gathered = record.unpack(to_host(record.tensors()))
+    record.reduced = {"failures": torch.tensor([0.0, 2.0]), "budget": torch.tensor([0.5, 2.0])}
+    metrics, inputs, reduced = record.unpack(to_host(record.tensors()))
     assert metrics["a"]["k1"] == 1.5 and metrics["b"]["k3"] == 2.0
     np.testing.assert_array_equal(metrics["a"]["k2"], np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(inputs["b"]["gram"], np.eye(2))
-    np.testing.assert_array_equal(gathered["failed"], [[0.0, 1.0]])
-    np.testing.assert_array_equal(gathered["budget"], [[0.5, 2.0]])
+    np.testing.assert_array_equal(reduced["failures"], [0.0, 2.0])
+    np.testing.assert_array_equal(reduced["budget"], [0.5, 2.0])
 
 
 @pytest.mark.parametrize(

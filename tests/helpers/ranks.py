@@ -2,8 +2,10 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,13 @@ def run_ranks(script: Path, *args: object, timeout: float = 240) -> subprocess.C
         out, err = proc.communicate()
         pytest.fail(f"{script.name} {args} hung: every rank killed after {timeout} s\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def spawn(worker: Callable[..., None], world: int, *args: object) -> None:
+    """Start ``world`` gloo ranks of ``worker(rank, world, init_method, *args)`` on a free local port, and join them."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    mp.spawn(worker, args=(world, init, *args), nprocs=world, join=True)

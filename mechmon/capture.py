@@ -72,7 +72,7 @@ def capture(
     def make_hook(name: str, point: HookPoint) -> Callable:
         def hook(module: nn.Module, args: object, output: object) -> None:
             try:
-                tensor = _read(point, module, output).detach()
+                tensor = adapter.whole(name, _read(point, module, output).detach())
                 caps[name] = reduce(name, tensor) if reduce is not None else tensor
             except Exception as err:
                 if errors is None:

@@ -1,6 +1,6 @@
 """Pack -> one fixed-size ``all_reduce`` per reduce op: what a rank sends does not grow with the world size.
 
-Every rank must call :func:`reduce_states` on every scheduled step with the same probes, whatever its data:
+Every rank must call :func:`reduce_states` on every scheduled step with the same parts, whatever its data:
 whether to enter a collective depends only on the step and on what the ranks agreed. All non-replicated states and
 the named parts each rank adds (its failure counts, the budget's times) travel as float64 vectors (exact for float32
 and for int64 counts below 2**53), one per op in use: a SUM vector, and a MAX vector that also carries the MIN parts
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
-from mechmon.probe import Probe
 
 __all__ = ["reduce_states", "exact_dtype", "world_size", "rank", "rank_zero_warn", "all_ranks", "same_on_all_ranks"]
 
@@ -48,22 +46,20 @@ def exact_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def reduce_states(probes: Iterable[Probe], sent: Mapping[str, tuple[Tensor, str]]) -> int:
-    """Reduce every non-replicated state and each of this rank's ``sent`` parts across ranks, in place.
+def reduce_states(parts: Sequence[tuple[Tensor, str]]) -> int:
+    """Reduce each tensor of ``parts`` across ranks, in place, by its op.
 
     Args:
-        probes: the probes due at this step (the same list on every rank).
-        sent: part name -> (this rank's 1-d tensor on the states' device, its reduce op ``sum``/``max``/``min``),
-            the same names, sizes and ops on every rank (e.g. the per-probe failure counts ``[P]``, summed).
+        parts: (this rank's tensor on the states' device, its reduce op ``sum``/``max``/``min``), the same shapes,
+            dtypes and ops in the same order on every rank: the due probes' non-replicated states, then what the
+            step adds (the per-probe failure counts, the budget's times).
 
     Returns:
         The number of collectives issued: one ``all_reduce`` per op bucket in use (SUM; MAX, which carries MIN too),
         0 in one process, where every tensor is left as it is.
     """
-    if world_size() == 1:
+    if world_size() == 1 or not parts:
         return 0
-    parts = [(t, spec.reduce) for probe in probes for t, spec in probe.states().values() if not spec.replicated]
-    parts += list(sent.values())
     dtype = exact_dtype(parts[-1][0].device)
     sums = [(t, 1.0) for t, reduce in parts if reduce == "sum"]
     extremes = [(t, -1.0 if reduce == "min" else 1.0) for t, reduce in parts if reduce != "sum"]

@@ -1,8 +1,9 @@
 """Parameter selection shared by the weight-side probes: trainable tensors, the output layer, glob subsets.
 
-Sharded parameters (FSDP2 ``fully_shard`` DTensors, FSDP1 ``use_orig_params`` views) are read through their local
-shard: a per-tensor sum of squares or dot product over the local shards, summed across ranks, is the full one, so
-the weight probes declare such states as summed instead of replicated.
+Sharded parameters (FSDP2 ``fully_shard`` and tensor-parallel DTensors, FSDP1 ``use_orig_params`` views) are read
+through their local shard: a per-tensor sum of squares or dot product over the local shards, each weighted by the
+share of the ranks holding that part (:func:`shares`) and summed across ranks, is the full one, so the weight probes
+declare such states as summed instead of replicated.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mechmon.adapters.base import LOGITS, Adapter
+from mechmon.sharding import is_dtensor, share
 
 __all__ = [
     "trainable",
@@ -22,16 +25,9 @@ __all__ = [
     "tracked_params",
     "is_sharded",
     "local",
+    "shares",
     "reshard",
 ]
-
-
-def _dtensor_type() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return None
-    return DTensor
 
 
 def reshard(model: nn.Module) -> None:
@@ -46,15 +42,25 @@ def reshard(model: nn.Module) -> None:
 
 
 def is_sharded(tensor: Tensor) -> bool:
-    """Whether ``tensor`` holds only this rank's shard (FSDP2 DTensor, or an FSDP1 flattened original parameter)."""
-    dtensor = _dtensor_type()
-    return (dtensor is not None and isinstance(tensor, dtensor)) or bool(getattr(tensor, "_fsdp_flattened", False))
+    """Whether ``tensor`` holds only this rank's shard (a DTensor: FSDP2, tensor parallel; an FSDP1 flat view)."""
+    return is_dtensor(tensor) or bool(getattr(tensor, "_fsdp_flattened", False))
 
 
 def local(tensor: Tensor) -> Tensor:
     """This rank's part of ``tensor``: the local shard of a DTensor, the tensor itself otherwise."""
-    dtensor = _dtensor_type()
-    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor) else tensor
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def shares(named: Sequence[tuple[str, nn.Parameter]], device: torch.device) -> Tensor | None:
+    """Per tensor, the share of a sum over ranks its local part stands for ``[P]`` float64, or ``None`` unsharded.
+
+    Multiplying each local sum of squares (or dot product) by it before the reduction's SUM counts every element
+    once: a weight replicated across tensor-parallel ranks, or a shard copied on data-parallel replicas, is held by
+    several ranks (:func:`mechmon.sharding.share`). ``None`` when no tensor is sharded: the states are replicated.
+    """
+    if not any(is_sharded(p) for _, p in named):
+        return None
+    return torch.tensor([share(p) for _, p in named], dtype=torch.float64, device=device)
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -289,7 +289,7 @@ class SnapshotProbe(Probe):
 
     def snapshot(self, adapter: Adapter) -> dict[str, Tensor]:
         """The probe's forward(s) under its hooks; override for several forwards (e.g. greedy generation)."""
-        return {LOGITS: adapter.forward(self.probe_batch)}
+        return {LOGITS: adapter.logits(self.probe_batch)}
 
 
 class StreamingProbe(Probe):

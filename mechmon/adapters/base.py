@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from mechmon.sharding import TensorParallel, find_tensor_parallel, whole
+
 __all__ = [
     "Adapter",
     "config_context",
@@ -130,6 +132,9 @@ def context_length(model: nn.Module) -> int | None:
     return config_context(getattr(model, "config", None))
 
 
+_UNKNOWN = object()
+
+
 class Adapter:
     """Bind a model to canonical capture names.
 
@@ -150,6 +155,7 @@ class Adapter:
     max_positions: int | None = None  # the model's context in tokens, where known (HF / TransformerLens configs)
     n_experts: int = 0  # MoE models: experts per MoE layer
     top_k: int = 0  # MoE models: experts selected per token
+    _tensor_parallel: Any = _UNKNOWN  # found from the weights at the first capture (after the model is sharded)
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -176,6 +182,25 @@ class Adapter:
     def forward(self, input_ids: Tensor) -> Tensor:
         """Run the model on token ids ``[B, T]`` and return logits ``[B, T, V]``."""
         return first_output(self.model(input_ids))
+
+    def logits(self, input_ids: Tensor) -> Tensor:
+        """:meth:`forward`'s logits ``[B, T, V]``, whole on every rank under tensor parallel (see :meth:`whole`)."""
+        return self.whole(LOGITS, self.forward(input_ids))
+
+    def whole(self, name: str, tensor: Tensor) -> Tensor:
+        """The unsharded value of capture ``name``: a tensor-parallel rank's heads or vocabulary gathered.
+
+        Identity unless the model is sharded (:func:`mechmon.sharding.whole`); a collective of the tensor-parallel
+        group otherwise, which every rank of the group runs in the same forward.
+        """
+        heads = self.n_heads if name.endswith(("hook_pattern", "hook_row_stats")) else None
+        return whole(tensor, self.tensor_parallel(), heads=heads, vocab=self.vocab_size if name == LOGITS else None)
+
+    def tensor_parallel(self) -> TensorParallel | None:
+        """The model's tensor-parallel group, found from its weights once (after the model is sharded), or None."""
+        if self._tensor_parallel is _UNKNOWN:
+            self._tensor_parallel = find_tensor_parallel(self.model)
+        return self._tensor_parallel
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, layers={self.n_layers}, heads={self.n_heads})"

@@ -20,6 +20,7 @@ A stage that fails for one probe disables that probe (:class:`mechmon.engine.fau
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from mechmon.engine.forward import run_groups
 from mechmon.engine.publish import Publisher
 from mechmon.engine.record import HostValue, StepRecord, to_host
 from mechmon.naming import metric_key
-from mechmon.probe import Probe
+from mechmon.probe import OWN_FORWARD, TRAINING_FORWARD, Probe
 
 __all__ = ["StepPipeline"]
 
@@ -96,9 +97,22 @@ class StepPipeline:
                 self.faults.guarded(probe, probe.evaluate)
 
     def reduce(self, record: StepRecord) -> dict[str, Tensor]:
-        """The step's reduction: states reduced in place; returns each sent part reduced over ranks ``[n]``."""
+        """The step's reduction: states reduced in place; returns each sent part reduced over ranks ``[n]``.
+
+        Under tensor parallel the ranks of a group hold the same activations (gathered whole): only the group's first
+        rank sends the states of the probes that read them, the others the op's identity, so each row counts once.
+        """
+        tp = self.adapter.tensor_parallel()
+        copies = tp is not None and tp.rank > 0
+        parts = []
+        for probe in record.due:
+            for t, spec in probe.states().values():
+                if not spec.replicated:
+                    if copies and probe.source in (OWN_FORWARD, TRAINING_FORWARD):
+                        t.fill_(identity(spec.reduce, t.dtype))
+                    parts.append((t, spec.reduce))
         sent = self.sent()
-        reduce_states(record.due, sent)  # collective: every rank, by step only, a size fixed by the probes
+        reduce_states(parts + list(sent.values()))  # collective: every rank, by step only, a size fixed by the probes
         return {name: t for name, (t, _) in sent.items()}
 
     def sent(self) -> dict[str, tuple[Tensor, str]]:
@@ -169,3 +183,14 @@ class StepPipeline:
         for probe in self.probes:
             for step, scalars in self.faults.guarded(probe, probe.late_results, wait) or []:
                 self.publisher.publish(step, scalars, {}, self.publisher.check(step, scalars))
+
+
+def identity(reduce: str, dtype: torch.dtype) -> float:
+    """What a rank sends that changes nothing in the reduction ``reduce`` of tensors of ``dtype``."""
+    if reduce == "sum":
+        return 0.0
+    if dtype.is_floating_point:
+        low, high = -math.inf, math.inf
+    else:
+        low, high = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+    return low if reduce == "max" else high

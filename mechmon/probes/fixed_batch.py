@@ -21,6 +21,7 @@ from mechmon.adapters.base import Adapter
 from mechmon.capture import capture
 from mechmon.functional.plateau import loss_at_positions
 from mechmon.functional.stats import mean_or_nan
+from mechmon.params import reshard
 from mechmon.probe import SnapshotProbe
 
 __all__ = ["FixedBatchProbe", "batch_fingerprint", "batch_tokens", "check_positions", "hidden_width", "usable_rows"]
@@ -104,7 +105,9 @@ def batch_fingerprint(batch: Any, *settings: object) -> tuple:
 def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
     """Last dimension of capture ``name``, read from a two-token ``no_grad`` forward (shapes only).
 
-    The forward runs in eval mode, so no dropout draws from the run's random stream.
+    The forward runs in eval mode, so no dropout draws from the run's random stream; under FSDP2 the model is
+    resharded after it (a ``no_grad`` forward leaves the root's parameters gathered, and a weight probe set up next
+    would hold the gathered tensors).
     """
     model, was_training = adapter.model, adapter.model.training
     model.eval()
@@ -113,6 +116,7 @@ def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
             adapter.forward(torch.zeros((1, 2), dtype=torch.long, device=device))
     finally:
         model.train(was_training)
+        reshard(model)
     return int(caps[name].shape[-1])
 
 

@@ -40,7 +40,7 @@ from mechmon.alerts import Compound, Rule, Threshold
 from mechmon.checks import fail, flag, integer, number
 from mechmon.functional.weights import cosines, dots_and_square_norms, global_cosine
 from mechmon.naming import metric_key
-from mechmon.params import check_globs, is_sharded, local, tracked_params
+from mechmon.params import check_globs, local, shares, tracked_params
 from mechmon.probe import GRADIENTS, StreamingProbe
 
 __all__ = ["NLMProbe"]
@@ -95,7 +95,9 @@ class NLMProbe(StreamingProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve tensors; states are replicated (gradients are identical across data-parallel ranks)."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
-        rep = not any(is_sharded(p) for _, p in self.named)  # sharded: each rank sums its shard, then across ranks
+        self.shares_P = shares(self.named, device)  # sharded: each rank's part counted once in the sum over ranks
+        rep = self.shares_P is None
+        self.shares_K = None if rep else self.shares_P[self.tracked]
         self.add_state("grad_3P", torch.zeros(3, len(self.named), dtype=torch.float64), "sum", replicated=rep)
         self.add_state("update_3K", torch.zeros(3, len(self.tracked), dtype=torch.float64), "sum", replicated=rep)
 
@@ -105,11 +107,12 @@ class NLMProbe(StreamingProbe):
         grads = [local(p.grad) if p.grad is not None else None for _, p in self.named]
         stats = dots_and_square_norms(grads, params, sign=-1.0)  # the descent direction, without a negated copy
         finite = torch.isfinite(stats).all()  # caveat: a non-finite step is skipped on the device, no sync
+        stats = stats if self.shares_P is None else stats * self.shares_P
         self.grad_3P.copy_(torch.where(finite, stats, torch.zeros_like(stats)))
         if self.update_form:
-            tracked = [local(self.named[i][1]) for i in self.tracked]
-            self._before = [p.detach().clone() for p in tracked]
-            self._decay = [_decoupled_decay(optimizer, p) for p in tracked]
+            tracked = [self.named[i][1] for i in self.tracked]
+            self._before = [local(p).detach().clone() for p in tracked]
+            self._decay = [_decoupled_decay(optimizer, p) for p in tracked]  # by identity: the sharded parameter
 
     def evaluate(self) -> None:
         """Update-form statistics from the copy taken before the step; frees the copy."""
@@ -117,7 +120,8 @@ class NLMProbe(StreamingProbe):
             return
         after = [local(self.named[i][1]).detach() for i in self.tracked]
         steps = [a - b + decay * b for a, b, decay in zip(after, self._before, self._decay, strict=True)]
-        self.update_3K.copy_(dots_and_square_norms(steps, self._before))
+        stats = dots_and_square_norms(steps, self._before)
+        self.update_3K.copy_(stats if self.shares_K is None else stats * self.shares_K)
         self._before, self._decay = [], []
 
     def compute(self) -> dict[str, Tensor]:

@@ -99,10 +99,10 @@ class RepetitionProbe(FixedBatchProbe):
         """Greedy continuation ``[B, G]`` of each prompt (or the teacher-forced argmax)."""
         G = self.gen_len
         if self.teacher_forced:
-            return {GENERATED: adapter.forward(self.probe_batch)[:, -G - 1 : -1].argmax(dim=-1)}
+            return {GENERATED: adapter.logits(self.probe_batch)[:, -G - 1 : -1].argmax(dim=-1)}
         ids = self.probe_batch[:, :-G]
         for _ in range(G):
-            next_B1 = adapter.forward(ids)[:, -1].argmax(dim=-1, keepdim=True)
+            next_B1 = adapter.logits(ids)[:, -1].argmax(dim=-1, keepdim=True)
             ids = torch.cat([ids, next_B1], dim=1)
         return {GENERATED: ids[:, -G:]}
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from mechmon.adapters.base import Adapter
 from mechmon.functional.weights import square_norms
-from mechmon.params import check_globs, is_sharded, local, tracked_params
+from mechmon.params import check_globs, local, shares, tracked_params
 from mechmon.probe import WEIGHTS, StreamingProbe
 
 __all__ = ["WeightsProbe"]
@@ -60,14 +60,17 @@ class WeightsProbe(StreamingProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve the tensors; states are replicated (identical across data-parallel ranks) or, sharded, summed."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
-        sharded = any(is_sharded(p) for _, p in self.named)
-        self.add_state("sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=not sharded)
+        self.shares_P = shares(self.named, device)  # sharded: each rank's part counted once in the sum over ranks
+        self.add_state(
+            "sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=self.shares_P is None
+        )
         self.prev_norm = torch.zeros((), dtype=torch.float64, device=device)
         self._evaluated = self._has_prev = False  # host flags (no sync): evaluated since the last reset; a baseline
 
     def evaluate(self) -> None:
         """Squared norms of every trainable tensor after this step's update."""
-        self.sq_P.copy_(square_norms([local(p) for _, p in self.named]))
+        sq_P = square_norms([local(p) for _, p in self.named])
+        self.sq_P.copy_(sq_P if self.shares_P is None else sq_P * self.shares_P)
         self._evaluated = True
 
     def compute(self) -> dict[str, Tensor]:

@@ -6,7 +6,8 @@
 - ``padding``: rank 1's first batch is all padding (the plateau probes take their rows from training);
 - ``schedule``: a probe's schedule reads state that only rank 0 holds past step 1 (it raises on the others);
 - ``late_schedule``: the same schedule raises on the last rank once its state is lost at step 5 (after attach);
-- ``join``: DDP's ``join()`` for uneven inputs, the last rank with 4 batches fewer.
+- ``join``: DDP's ``join()`` for uneven inputs, the last rank with 4 batches fewer;
+- ``slow``: the last rank sleeps 0.3 s before each forward (the others wait for it in every collective).
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -75,6 +77,8 @@ def worker(rank: int, world: int, port: int, case: str, out: Path) -> None:
         for step, batch in enumerate(batches(case, rank, world), start=1):
             if case == "late_schedule" and rank == world - 1 and step == 5:
                 LOCAL["broken_from"] = 0  # the rank-local state the schedule reads is gone
+            if case == "slow" and rank == world - 1:
+                time.sleep(0.3)
             with monitor.step(step):  # the batch is read from the model's inputs
                 model(**batch).loss.backward()
                 optimizer.step()

@@ -35,7 +35,8 @@ def scalars(probe, model, batch):
         probe.before_optimizer_step(torch.optim.AdamW(model.parameters(), lr=1e-3))
         probe.evaluate()
     replicated = {n: spec.replicated for n, (_, spec) in probe.states().items()}
-    collectives = reduce_states([probe], {"failures": (torch.zeros(1), "sum")})
+    states = [(t, spec.reduce) for t, spec in probe.states().values() if not spec.replicated]
+    collectives = reduce_states([*states, (torch.zeros(1), "sum")])
     out = {k: float(v) for k, v in probe.compute().items() if v.ndim == 0}
     return {"values": out, "replicated": replicated, "collectives": collectives}
 

@@ -89,7 +89,8 @@ def worker(rank: int, world: int, init: str, out: str) -> None:
     dist.all_gather = None  # the reduction never gathers
     probe, mine = States(rank), values(rank)
     sent = {"failures": (mine["failures"], "sum"), "times": (mine["times"], "max")}
-    collectives = reduce_states([probe], sent)
+    states = [(t, spec.reduce) for t, spec in probe.states().values() if not spec.replicated]
+    collectives = reduce_states(states + list(sent.values()))
     got = {name: t.reshape(-1).tolist() for name, (t, _) in probe.states().items()}
     got.update({name: t.tolist() for name, (t, _) in sent.items()})
     result = {"collectives": collectives, "sent": SENT, "got": got, "want": reference(world)}

@@ -1,4 +1,4 @@
-"""Ranks that disagree about what is due never hang or abort the job: real gloo runs of 2 and 3 processes.
+"""Ranks that disagree about what is due never hang or abort the job: real gloo runs of 2, 3 and 4 processes.
 
 Each case used to end in a hang (rank 0 alone in mechmon's collective) or in an abort (``Received data size doesn't
 match expected size``): a probe waiting for its batch or disabled on one rank only changed what that rank sent.
@@ -26,7 +26,7 @@ def same_everywhere(results: list[dict]) -> None:
         assert r["disabled"] == results[0]["disabled"]
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 4])
 def test_rows_too_short_on_one_rank_skip_the_probe_on_every_rank(tmp_path, world):
     results, stderr = ranks(tmp_path, "short_rows", world)
     same_everywhere(results)
@@ -45,7 +45,7 @@ def test_an_all_padding_first_batch_on_one_rank_waits_on_every_rank(tmp_path, wo
     assert results[0]["disabled"] == []
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 4])
 def test_a_schedule_raising_on_some_ranks_disables_its_probe_on_every_rank_at_attach(tmp_path, world):
     results, stderr = ranks(tmp_path, "schedule", world)
     same_everywhere(results)
@@ -55,17 +55,24 @@ def test_a_schedule_raising_on_some_ranks_disables_its_probe_on_every_rank_at_at
 
 
 def test_a_schedule_raising_later_on_one_rank_is_disabled_at_that_step_on_every_rank(tmp_path):
-    results, stderr = ranks(tmp_path, "late_schedule", 3)
+    results, stderr = ranks(tmp_path, "late_schedule", 4)
     same_everywhere(results)
     assert results[0]["disabled"] == ["induction"] and ["probe_failed", 5] in results[0]["alerts"]
     assert "raised KeyError at step 5" in stderr
 
 
 def test_ddp_join_for_uneven_inputs_completes_and_says_why_nothing_was_evaluated(tmp_path):
-    results, stderr = ranks(tmp_path, "join", 3)
-    assert [r["steps"] for r in results] == [8, 8, 4]
+    results, stderr = ranks(tmp_path, "join", 4)
+    assert [r["steps"] for r in results] == [8, 8, 8, 4]
     assert all(r["latest"] == {} for r in results)
     assert "DistributedDataParallel.join() is on" in stderr
+
+
+def test_a_slow_rank_holds_the_others_back_and_changes_nothing(tmp_path):
+    results, _ = ranks(tmp_path, "slow", 4)
+    same_everywhere(results)
+    assert all(r["steps"] == 8 for r in results) and results[0]["disabled"] == []
+    assert "mechmon/induction/score_max" in results[0]["latest"]
 
 
 @pytest.mark.parametrize("world", [2, 3])

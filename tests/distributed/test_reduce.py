@@ -1,4 +1,4 @@
-"""The reduction at 2, 3 and 4 real gloo ranks: every op equal to an explicit loop, NaN kept, and the same bytes sent
+"""The reduction at 2 and 4 real gloo ranks: every op equal to an explicit loop, NaN kept, and the same bytes sent
 per rank at every world size (one ``all_reduce`` per op bucket, no ``all_gather``)."""
 
 import json
@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("reduce_worker.py")
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory):
     results = {}
-    for world in (2, 3, 4):
+    for world in (2, 4):
         out = tmp_path_factory.mktemp(f"reduce{world}")
         done = run_ranks(SCRIPT, world, out, timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -27,7 +27,7 @@ def same(a: list[float], b: list[float]) -> bool:
     return all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("world", [2, 4])
 def test_every_reduce_op_equals_an_explicit_loop_on_every_rank(worlds, world):
     for r in worlds[world]:
         for name, want in r["want"].items():

@@ -77,3 +77,21 @@ def tiny_model(model_type: str, attn: str | None = None):
     torch.manual_seed(0)
     kwargs = {"attn_implementation": attn} if attn else {}
     return AutoModelForCausalLM.from_config(tiny_config(model_type), **kwargs).eval()
+
+
+def tensor_parallel_llama(model, mesh) -> None:
+    """Megatron-style tensor parallel on a Llama over a 1-d ``mesh``, as torchtitan writes it.
+
+    Heads split by ``ColwiseParallel`` q/k/v and ``RowwiseParallel`` o; the MLP likewise; the output head
+    vocabulary-parallel (``Shard(-1)`` DTensor logits, for ``loss_parallel``).
+    """
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    plan = {"lm_head": ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)}
+    for i in range(len(model.model.layers)):
+        prefix = f"model.layers.{i}"
+        plan.update({f"{prefix}.self_attn.{n}": ColwiseParallel() for n in ("q_proj", "k_proj", "v_proj")})
+        plan.update({f"{prefix}.mlp.{n}": ColwiseParallel() for n in ("gate_proj", "up_proj")})
+        plan.update({f"{prefix}.self_attn.o_proj": RowwiseParallel(), f"{prefix}.mlp.down_proj": RowwiseParallel()})
+    parallelize_module(model, mesh, plan)

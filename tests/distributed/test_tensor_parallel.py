@@ -1,0 +1,41 @@
+"""Tensor parallel (DTensor ``parallelize_module``, 2 gloo ranks) and FSDP2 x TP (2 x 2, 4 ranks): every key the
+monitor logs equals the same model's, trained unsharded in one process on the same rows; a probe failing on one
+rank is disabled on every rank at that step, and no rank hangs."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.ranks import run_ranks
+
+SCRIPT = Path(__file__).with_name("tp_worker.py")
+
+
+@pytest.fixture(scope="module", params=["tp", "fsdp_tp"])
+def ranks(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    done = run_ranks(SCRIPT, request.param, out, timeout=300)  # a hang kills every rank and fails here
+    assert done.returncode == 0, done.stderr[-3000:]
+    world = 2 if request.param == "tp" else 4
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def test_every_key_equals_the_unsharded_model(ranks):
+    for r in ranks:
+        reference, sharded = r["reference"], r["sharded"]
+        assert r["disabled"] == ["tokens"]  # the probe that failed on the last rank only, disabled on every rank
+        assert [a[:2] for a in r["alerts"]] == [["probe_failed", 2]] and "1 rank(s), first rank" in r["alerts"][0][2]
+        assert reference["mechmon/tokens/count"] == 2 * 128 * (len(ranks) // 2)  # every row once: 2 x 128 a replica
+        assert sharded.keys() == reference.keys() and len(reference) > 60
+        wrong = {
+            k: (sharded[k], v)
+            for k, v in reference.items()
+            if not (math.isnan(v) and math.isnan(sharded[k])) and sharded[k] != pytest.approx(v, rel=1e-5, abs=1e-6)
+        }
+        assert not wrong
+
+
+def test_every_rank_logs_the_same_values(ranks):
+    assert all(r["sharded"] == ranks[0]["sharded"] for r in ranks[1:])

@@ -74,6 +74,9 @@ class Probe:
         headline: the stat shown first (the overview panel, the report); default the first key logged.
         unmeasured_hint: why this probe's values may be NaN from its first evaluation on (never measured: no
             ``non_finite`` alert), and the fix; the monitor's one warning quotes it.
+        optional_stats: stats that are NaN when an evaluation had nothing to measure (the update cosine of a step
+            that moved no weight, at learning rate 0); before their first finite value such a NaN is warned about,
+            never a ``non_finite`` alert.
         replayable: whether the probe can measure a saved checkpoint (``mechmon scan``): its source is its own
             forward or the weights, not the training forward or the gradients; derived.
         needs_batch: whether the probe still waits for rows from a training batch (snapshot probes given none).
@@ -95,6 +98,7 @@ class Probe:
     replayable: ClassVar[bool] = True
     headline: ClassVar[str] = ""
     unmeasured_hint: ClassVar[str] = ""  # why its values may be NaN from the start, and the fix (for the warning)
+    optional_stats: ClassVar[tuple[str, ...]] = ()  # NaN when an evaluation had nothing to measure (not a fault)
     needs_batch: bool = False  # a snapshot probe that builds its batch from the first training batch
     batch_key: object = None  # equal keys: the same batch, so probes can share one forward (None: never shared)
 

@@ -11,19 +11,24 @@ ranks counts each element once.
 
 The tensor-parallel dimension is found from the parameters: the mesh dimension on which some DTensor weight is
 sharded along an input dimension (``Shard(1)``: only a row-wise split does that; FSDP2 shards dimension 0).
+
+Pipeline parallelism gives each rank different layers: no probe state means the same thing on two stages, so
+:func:`refuse_different_models` stops the monitor at attach, on every rank alike, when the ranks' parameter names
+differ.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mechmon.distributed import world_size
+from mechmon.distributed import same_on_all_ranks, world_size
 
-__all__ = ["TensorParallel", "find_tensor_parallel", "whole", "share", "is_dtensor"]
+__all__ = ["TensorParallel", "find_tensor_parallel", "whole", "share", "is_dtensor", "refuse_different_models"]
 
 
 def _dtensor_type() -> type | None:
@@ -113,3 +118,27 @@ def share(param: Tensor) -> float:
                 copies *= mesh.size(dim)
         return 1.0 / copies
     return 1.0 if getattr(param, "_fsdp_flattened", False) else 1.0 / world
+
+
+def refuse_different_models(root: nn.Module) -> None:
+    """Raise on every rank alike when the ranks hold different models (pipeline-parallel stages).
+
+    One ``all_reduce`` at attach compares the number of parameter tensors and a CRC-32 of their names (the same
+    under DDP, FSDP and tensor parallel, whose DTensors keep their names).
+
+    Raises:
+        RuntimeError: on every rank, when the names differ on some rank.
+    """
+    if world_size() == 1:
+        return
+    names = [name for name, _ in root.named_parameters()]
+    device = next(root.parameters()).device if names else torch.device("cpu")
+    fingerprint = [float(len(names)), float(zlib.crc32("\n".join(names).encode()))]
+    if all(same_on_all_ranks(fingerprint, device)):  # collective: at attach only
+        return
+    raise RuntimeError(
+        f"mechmon: the ranks hold different models (the names of the {len(names)} parameter tensors here differ "
+        "from some other rank's): pipeline-parallel stages are not supported; every probe needs the whole model "
+        "on every rank (DDP, FSDP, tensor parallel). Leave mechmon off this run and replay its saved checkpoints "
+        "with `mechmon scan` in one process, or watch an unpipelined run of the same model"
+    )

@@ -39,6 +39,7 @@ from mechmon.engine.record import StepRecord
 from mechmon.engine.stream import STREAMING_COMPILED, Stream, compile_wrapper_of, compiled, refuse_compiled
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
+from mechmon.sharding import refuse_different_models
 from mechmon.writers import open_writer
 
 __all__ = ["Monitor"]
@@ -198,8 +199,10 @@ class Monitor:
                 wrote at this step or later are hidden (TensorBoard's ``purge_step``), so no step shows twice.
 
         Raises:
-            RuntimeError: if no model is found or a probe needs a capture the model lacks.
+            RuntimeError: if no model is found, a probe needs a capture the model lacks, or the ranks hold different
+                models (pipeline-parallel stages).
         """
+        refuse_different_models(root)  # before anything a rank could fail alone: every rank answers alike
         self.adapter = resolve_adapter(root, self.config.adapter, self.config.submodule)
         self._thread = None
         params = list(self.adapter.model.parameters())
@@ -217,6 +220,7 @@ class Monitor:
         view = ConsoleView(self.config.console, None, headlines, ns, progress_bar) if writes else None
         self.publisher.open(rules, declared_keys(self.probes), writer, view, [self._remember, *listeners], headlines)
         self.publisher.hints = {p.name: p.unmeasured_hint for p in self.probes if p.unmeasured_hint}
+        self.publisher.optional = {f"{p.name}/{stat}" for p in self.probes for stat in p.optional_stats}
         weakref.finalize(self, self.publisher.close)  # a run that ends by an exception: events flushed at exit
         self._rule_keys = RuleKeys(self.config.rules, self.probes, self.config.namespace)
         self._rule_keys.check(())

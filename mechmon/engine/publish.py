@@ -48,6 +48,7 @@ class Publisher:
         self.listeners: list[Listener] = []
         self._nonfinite: dict[str, NonFinite] = {}
         self.hints: dict[str, str] = {}  # probe family -> why its values may not be measurable (for the warning)
+        self.optional: set[str] = set()  # "<family>/<stat>" NaN when an evaluation had nothing to measure
         self._unmeasured: set[str] = set()  # families already warned about
         self._layout_keys: list[str] = []
         self._levels: dict[str, float] = {}
@@ -81,7 +82,7 @@ class Publisher:
         """Run the non-finite guard on every key, then every rule; returns the alerts that fired."""
         measured = {k.split("/")[1] for k, v in scalars.items() if math.isfinite(v)}  # families with a finite value
         bad = [
-            self._nonfinite.setdefault(k, NonFinite(k)).update(step, v, k.split("/")[1] in measured)
+            self._nonfinite.setdefault(k, NonFinite(k)).update(step, v, self._measured(k, measured))
             for k, v in scalars.items()
         ]
         self._tell_unmeasured(step, scalars, measured)
@@ -91,12 +92,17 @@ class Publisher:
             fired += [_located(alert, scalars)] if alert else []
         return _one_per_rule(fired)
 
+    def _measured(self, key: str, measured: set[str]) -> bool:
+        """Whether a NaN at ``key`` was measured: its family has a finite value and the stat is not optional."""
+        family, stat = key.split("/")[1:3]
+        return family in measured and f"{family}/{stat}" not in self.optional
+
     def _tell_unmeasured(self, step: int, scalars: Mapping[str, float], measured: set[str]) -> None:
         """One warning per probe family whose every value is NaN and never was finite (not measured, no alert)."""
         never: dict[str, list[str]] = {}
         for key, value in scalars.items():
             family = key.split("/")[1]
-            if family not in measured and math.isnan(value) and not self._nonfinite[key].finite_seen:
+            if not self._measured(key, measured) and math.isnan(value) and not self._nonfinite[key].finite_seen:
                 never.setdefault(family, []).append(key)
         for family, keys in never.items():
             if family in self._unmeasured:

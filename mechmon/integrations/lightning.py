@@ -33,7 +33,7 @@ class MechMonitor(Callback, Integration):
 
     Raises:
         TypeError, ValueError: on invalid arguments (the message names the argument).
-        RuntimeError: at setup, when no model is found, several trainable ones are, or a probe needs a capture the
+        RuntimeError: at fit start, when no model is found, several trainable ones are, or a probe needs a capture the
             model lacks.
 
     Example:
@@ -59,9 +59,9 @@ class MechMonitor(Callback, Integration):
 
     # -- Lightning Trainer ---------------------------------------------------------------------------------
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after configure_model and the strategy's setup: the parameters are the ones training updates (tensor
+        # parallel and FSDP replace them), on their device; a restored state waits in the engine until now
         bar = trainer.progress_bar_callback
         self.engine.attach(
             pl_module,

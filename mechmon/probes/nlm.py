@@ -69,6 +69,7 @@ class NLMProbe(StreamingProbe):
 
     name = "nlm"
     headline = "cos_grad"
+    optional_stats = ("cos_update",)  # NaN after a step that moved no weight (learning rate 0 at a warmup's start)
     requires = ()
     source = GRADIENTS
 

@@ -23,10 +23,10 @@ def test_two_fixed_size_all_reduces_per_scheduled_step_on_every_rank(ranks):
     _, results, _ = ranks
     for r in results:
         assert r["world"] == 2 and r["global_step"] == 8
-        # at attach (step 0): the schedules compared once. Schedule every(2): steps 1, 2, 4, 6, 8; two all_reduces
-        # each (SUM, MAX) for all five probes, none on other steps; at step 1 one more, tiny: every rank holds the
-        # rows that the plateau probes (collapse, rank) take from training
-        assert r["collectives"] == {"0": 1, "1": 3, "2": 2, "4": 2, "6": 2, "8": 2}
+        # at attach (step 0): the models, then the schedules compared once. Schedule every(2): steps 1, 2, 4, 6, 8;
+        # two all_reduces each (SUM, MAX) for all five probes, none on other steps; at step 1 one more, tiny: every
+        # rank holds the rows that the plateau probes (collapse, rank) take from training
+        assert r["collectives"] == {"0": 2, "1": 3, "2": 2, "4": 2, "6": 2, "8": 2}
         assert r["kinds"] == ["all_reduce"]
 
 

@@ -60,7 +60,7 @@ def monitored(request, tmp_path_factory):
 
 def test_the_monitor_under_fsdp_sends_two_all_reduces_per_scheduled_step_and_the_ranks_agree(monitored):
     for r in monitored:
-        assert r["collectives"] == {"0": 1, "1": 2, "2": 2, "4": 2}  # attach; SUM and MAX at steps 1, 2, 4; none at 3
+        assert r["collectives"] == {"0": 2, "1": 2, "2": 2, "4": 2}  # attach: models, schedules; SUM, MAX at 1, 2, 4
         assert r["alerts"] == [] and r["disabled"] == []
         assert r["hooks_after"] == r["hooks_before"]  # the wrapper's hooks stay, ours are gone
     first, second = (r["latest"] for r in monitored)

@@ -14,9 +14,9 @@ def test_plain_loop_under_ddp(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):
         assert r["adapter"] == "StructuralAdapter"  # the nanoGPT-shaped model found inside the DDP wrapper
-        # attach: the schedules compared (step 0); every(2) over 6 steps, none otherwise; step 1: the collapse
-        # probe's rows, taken from training, held on every rank
-        assert r["collectives"] == {"0": 1, "1": 3, "2": 2, "4": 2, "6": 2}
+        # attach: the models and the schedules compared (step 0); every(2) over 6 steps, none otherwise; step 1:
+        # the collapse probe's rows, taken from training, held on every rank
+        assert r["collectives"] == {"0": 2, "1": 3, "2": 2, "4": 2, "6": 2}
         assert r["hooks_after"] == 0 and r["hooks_during"]["3"] == r["hooks_during"]["5"] == 0
         assert r["hooks_during"]["2"] > 0
     assert r0["latest"] == r1["latest"] and r0["alerts"] == r1["alerts"] == [["marker", 1]]

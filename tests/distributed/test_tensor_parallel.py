@@ -39,3 +39,12 @@ def test_every_key_equals_the_unsharded_model(ranks):
 
 def test_every_rank_logs_the_same_values(ranks):
     assert all(r["sharded"] == ranks[0]["sharded"] for r in ranks[1:])
+
+
+def test_lightning_model_parallel_strategy_on_cpu_equals_the_unsharded_model(tmp_path):
+    done = run_ranks(SCRIPT.with_name("lightning_tp.py"), tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)):
+        assert r["disabled"] == [] and r["sharded"].keys() == r["reference"].keys() and len(r["reference"]) > 30
+        for key, value in r["reference"].items():
+            assert r["sharded"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -79,16 +79,18 @@ def tiny_model(model_type: str, attn: str | None = None):
     return AutoModelForCausalLM.from_config(tiny_config(model_type), **kwargs).eval()
 
 
-def tensor_parallel_llama(model, mesh) -> None:
+def tensor_parallel_llama(model, mesh, vocab_parallel: bool = True) -> None:
     """Megatron-style tensor parallel on a Llama over a 1-d ``mesh``, as torchtitan writes it.
 
     Heads split by ``ColwiseParallel`` q/k/v and ``RowwiseParallel`` o; the MLP likewise; the output head
-    vocabulary-parallel (``Shard(-1)`` DTensor logits, for ``loss_parallel``).
+    vocabulary-parallel (``Shard(-1)`` DTensor logits, for ``loss_parallel``) or, ``vocab_parallel=False``, gathering
+    its logits into a plain tensor (HF's ``colwise_rep``).
     """
-    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    plan = {"lm_head": ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)}
+    head = ColwiseParallel(output_layouts=Shard(-1), use_local_output=False) if vocab_parallel else None
+    plan = {"lm_head": head or ColwiseParallel(output_layouts=Replicate())}
     for i in range(len(model.model.layers)):
         prefix = f"model.layers.{i}"
         plan.update({f"{prefix}.self_attn.{n}": ColwiseParallel() for n in ("q_proj", "k_proj", "v_proj")})

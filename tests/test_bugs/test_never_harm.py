@@ -338,3 +338,23 @@ def test_a_value_that_becomes_nan_still_fires_non_finite():
     assert rule.update(2, 1.0) is None
     assert rule.update(3, math.nan, measured=False).rule == "non_finite"  # it was finite: it became non-finite
     assert NonFinite("mechmon/x/z").update(1, math.inf, measured=False).rule == "non_finite"  # a measured overflow
+
+
+def test_a_warmup_from_learning_rate_zero_is_not_a_non_finite_alert():
+    """The update cosine of a step that moved nothing (lr 0 at step 1, as linear warmups start) is not measured."""
+    from mechmon import NLMProbe
+
+    model = tiny_gpt2()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, s / 2))  # lr 0 at the first step
+    monitor = Monitor(model, optimizer=optimizer, probes=[NLMProbe()], schedule=1, budget=None, log_dir=None)
+    data = torch.randint(1, VOCAB, (3, 2, CTX), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"mechmon/nlm/cos_update could not be measured at step 1"):
+        for step, batch in enumerate(data, start=1):
+            with monitor.step(step, batch):
+                model(input_ids=batch, labels=batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                warmup.step()
+    monitor.close()
+    assert monitor.alerts == [] and math.isfinite(monitor.latest["mechmon/nlm/cos_update"])

@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.ranks import spawn  # noqa: E402
 
 WORLD = {"one": 1, "ddp": 2, "tp": 2, "fsdp_tp": 4}
 
@@ -100,13 +101,9 @@ def worker(rank: int, world: int, init: str, mode: str, steps: int, out: mp.Queu
 
 
 def measure(mode: str, steps: int) -> tuple:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    """Rank 0's row of the table for ``mode``."""
     queue = mp.get_context("spawn").Queue()
-    mp.spawn(worker, args=(WORLD[mode], init, mode, steps, queue), nprocs=WORLD[mode], join=True)
+    spawn(worker, WORLD[mode], mode, steps, queue)
     return queue.get()
 
 

@@ -28,6 +28,9 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from transformers import GPT2Config, GPT2LMHeadModel
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # a mechmon on PYTHONPATH stays first
+from tests.helpers.ranks import spawn  # noqa: E402
+
 PACKAGE = str(Path(__import__("mechmon").__file__).parent)
 
 
@@ -90,14 +93,10 @@ def worker(rank: int, world: int, init: str, steps: int, folder: str, out: mp.Qu
 
 
 def measure(world: int, steps: int) -> tuple:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    """Rank 0's row of the table for ``world`` ranks."""
     queue = mp.get_context("spawn").Queue()
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(worker, args=(world, init, steps, folder, queue), nprocs=world, join=True)
+        spawn(worker, world, steps, folder, queue)
     return queue.get()
 
 

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mechmon import MechMonitor, Monitor  # noqa: E402
+from tests.helpers import plain_run  # noqa: E402
 from tests.helpers.archs import tensor_parallel_llama, tiny_model  # noqa: E402
 
 OUT, STEPS, CTX = Path(sys.argv[1]), 3, 128
@@ -43,16 +44,11 @@ class TensorParallelLM(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
-def reference(data: list[torch.Tensor]) -> dict:
+def reference(data: torch.Tensor) -> dict:
     model = tiny_model("llama").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     monitor = Monitor(model, optimizer=optimizer, probes=probes(), schedule=1, budget=None, log_dir=None)
-    for step, ids in enumerate(data, start=1):
-        with monitor.step(step, ids):
-            model(input_ids=ids, labels=ids).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    monitor.close()
+    plain_run(monitor, model, optimizer, STEPS, data)
     return monitor.latest
 
 
@@ -60,7 +56,7 @@ def main() -> None:
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     rows = list(torch.randint(1, 256, (2 * STEPS, CTX), generator=torch.Generator().manual_seed(0)))
-    want = reference([torch.stack(rows[2 * i : 2 * i + 2]) for i in range(STEPS)])
+    want = reference(torch.stack(rows).view(STEPS, 2, CTX))
     monitor = MechMonitor(probes=probes(), schedule=1, budget=None, log_dir=None)
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2, process_group_backend="gloo")
     trainer = pl.Trainer(

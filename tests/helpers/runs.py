@@ -37,10 +37,14 @@ def hook_count(module: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-def plain_run(monitor, model, optimizer, steps: int) -> None:
-    """A plain loop of ``steps`` optimizer steps on random tokens, each wrapped in ``monitor.step``; closes it."""
-    data = torch.randint(1, VOCAB, (steps, 2, CTX), generator=torch.Generator().manual_seed(0))
-    for step, batch in enumerate(data, start=1):
+def plain_run(monitor, model, optimizer, steps: int, data: torch.Tensor | None = None) -> None:
+    """A plain loop of ``steps`` optimizer steps, each wrapped in ``monitor.step``; closes the monitor.
+
+    ``data``: the batches ``[steps, B, T]`` (default: random tokens of the tiny models' vocabulary, 2 x ``CTX``).
+    """
+    if data is None:
+        data = torch.randint(1, VOCAB, (steps, 2, CTX), generator=torch.Generator().manual_seed(0))
+    for step, batch in enumerate(data[:steps], start=1):
         with monitor.step(step, batch):
             model(input_ids=batch, labels=batch).loss.backward()
             optimizer.step()

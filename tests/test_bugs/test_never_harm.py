@@ -348,13 +348,7 @@ def test_a_warmup_from_learning_rate_zero_is_not_a_non_finite_alert():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, s / 2))  # lr 0 at the first step
     monitor = Monitor(model, optimizer=optimizer, probes=[NLMProbe()], schedule=1, budget=None, log_dir=None)
-    data = torch.randint(1, VOCAB, (3, 2, CTX), generator=torch.Generator().manual_seed(0))
+    optimizer.register_step_post_hook(lambda *_: warmup.step())
     with pytest.warns(UserWarning, match=r"mechmon/nlm/cos_update could not be measured at step 1"):
-        for step, batch in enumerate(data, start=1):
-            with monitor.step(step, batch):
-                model(input_ids=batch, labels=batch).loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                warmup.step()
-    monitor.close()
+        plain_run(monitor, model, optimizer, 3)
     assert monitor.alerts == [] and math.isfinite(monitor.latest["mechmon/nlm/cos_update"])

@@ -25,6 +25,7 @@ __all__ = [
     "tracked_params",
     "is_sharded",
     "local",
+    "local_grad",
     "shares",
     "reshard",
 ]
@@ -49,6 +50,26 @@ def is_sharded(tensor: Tensor) -> bool:
 def local(tensor: Tensor) -> Tensor:
     """This rank's part of ``tensor``: the local shard of a DTensor, the tensor itself otherwise."""
     return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def local_grad(param: Tensor) -> Tensor | None:
+    """This rank's part of ``param.grad``, laid out as :func:`local` of ``param`` (None without a gradient).
+
+    A DTensor parameter's gradient may come in another layout (Hugging Face's own tensor parallel leaves some
+    replicated, or plain full-size tensors): it is redistributed to the parameter's placements, which from a
+    replicated gradient takes this rank's chunk without communicating.
+    """
+    grad = param.grad
+    if grad is None or not is_dtensor(param):
+        return None if grad is None else local(grad)
+    mesh, placements = param.device_mesh, param.placements
+    if not is_dtensor(grad):
+        if grad.shape != param.shape:
+            return grad  # already this rank's part
+        from torch.distributed.tensor import DTensor, Replicate
+
+        grad = DTensor.from_local(grad, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return grad.to_local() if grad.placements == placements else grad.redistribute(mesh, placements).to_local()
 
 
 def shares(named: Sequence[tuple[str, nn.Parameter]], device: torch.device) -> Tensor | None:

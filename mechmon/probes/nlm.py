@@ -40,7 +40,7 @@ from mechmon.alerts import Compound, Rule, Threshold
 from mechmon.checks import fail, flag, integer, number
 from mechmon.functional.weights import cosines, dots_and_square_norms, global_cosine
 from mechmon.naming import metric_key
-from mechmon.params import check_globs, local, shares, tracked_params
+from mechmon.params import check_globs, local, local_grad, shares, tracked_params
 from mechmon.probe import GRADIENTS, StreamingProbe
 
 __all__ = ["NLMProbe"]
@@ -105,7 +105,7 @@ class NLMProbe(StreamingProbe):
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradient statistics, and the pre-step copy of the tracked tensors for the update form."""
         params = [local(p) for _, p in self.named]
-        grads = [local(p.grad) if p.grad is not None else None for _, p in self.named]
+        grads = [local_grad(p) for _, p in self.named]
         stats = dots_and_square_norms(grads, params, sign=-1.0)  # the descent direction, without a negated copy
         finite = torch.isfinite(stats).all()  # caveat: a non-finite step is skipped on the device, no sync
         stats = stats if self.shares_P is None else stats * self.shares_P

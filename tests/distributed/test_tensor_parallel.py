@@ -48,3 +48,15 @@ def test_lightning_model_parallel_strategy_on_cpu_equals_the_unsharded_model(tmp
         assert r["disabled"] == [] and r["sharded"].keys() == r["reference"].keys() and len(r["reference"]) > 30
         for key, value in r["reference"].items():
             assert r["sharded"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_hugging_face_tensor_parallel_plan_equals_the_unsharded_model(tmp_path):
+    """``from_pretrained(tp_plan="auto")``: HF's own plan, whose gradients come in other layouts than the weights."""
+    done = run_ranks(SCRIPT.with_name("hf_tp_worker.py"), tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)):
+        assert r["o_proj"] == "(Shard(dim=1),)"  # HF sharded the weights itself (DTensors)
+        assert r["sharded"].keys() == r["reference"].keys() and len(r["reference"]) > 60
+        for key, value in r["reference"].items():
+            same = math.isnan(value) and math.isnan(r["sharded"][key])
+            assert same or r["sharded"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -63,11 +63,10 @@ def reduce_states(parts: Sequence[tuple[Tensor, str]]) -> int:
     dtype = exact_dtype(parts[-1][0].device)
     sums = [(t, 1.0) for t, reduce in parts if reduce == "sum"]
     extremes = [(t, -1.0 if reduce == "min" else 1.0) for t, reduce in parts if reduce != "sum"]
-    flats = {}
-    if sums or extremes:  # the NaN counts of the extremes ride in the SUM vector (MAX may drop a NaN)
-        flats["sum"] = torch.cat(
-            [_flat(t, dtype) for t, _ in sums] + [_flat(t, dtype).isnan().to(dtype) for t, _ in extremes]
-        )
+    # the NaN counts of the extremes ride in the SUM vector (MAX may drop a NaN)
+    flats = {
+        "sum": torch.cat([_flat(t, dtype) for t, _ in sums] + [_flat(t, dtype).isnan().to(dtype) for t, _ in extremes])
+    }
     if extremes:
         flats["max"] = torch.cat(
             [(_flat(t, dtype) * sign).nan_to_num(-math.inf, math.inf, -math.inf) for t, sign in extremes]
@@ -78,7 +77,7 @@ def reduce_states(parts: Sequence[tuple[Tensor, str]]) -> int:
     for t, _ in sums:
         t.copy_(flats["sum"][offset : offset + t.numel()].view_as(t))
         offset += t.numel()
-    nan_counts, offset = flats.get("sum", torch.zeros(0))[offset:], 0
+    nan_counts, offset = flats["sum"][offset:], 0
     for t, sign in extremes:
         chunk = flats["max"][offset : offset + t.numel()] * sign
         t.copy_(chunk.masked_fill(nan_counts[offset : offset + t.numel()] > 0, math.nan).view_as(t))

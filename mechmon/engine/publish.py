@@ -94,8 +94,8 @@ class Publisher:
 
     def _measured(self, key: str, measured: set[str]) -> bool:
         """Whether a NaN at ``key`` was measured: its family has a finite value and the stat is not optional."""
-        family, stat = key.split("/")[1:3]
-        return family in measured and f"{family}/{stat}" not in self.optional
+        parts = key.split("/")
+        return parts[1] in measured and "/".join(parts[1:3]) not in self.optional
 
     def _tell_unmeasured(self, step: int, scalars: Mapping[str, float], measured: set[str]) -> None:
         """One warning per probe family whose every value is NaN and never was finite (not measured, no alert)."""

@@ -187,3 +187,15 @@ def test_a_probe_failing_in_a_shared_forward_is_the_only_one_disabled():
         plain_run(monitor, model, optimizer, 1)
     assert monitor.disabled == {"broken_rank"}
     assert math.isfinite(monitor.latest["mechmon/repr_collapse/mean_cos"])
+
+
+def test_the_non_finite_guard_reads_keys_of_any_depth_and_skips_optional_stats():
+    from mechmon.engine.publish import Publisher
+
+    publisher = Publisher("mechmon", [])
+    publisher.optional = {"nlm/cos_update"}
+    values = {"mechmon/nlm/cos_grad": 0.1, "mechmon/nlm/cos_update": math.nan, "mechmon/flat": math.nan}
+    with pytest.warns(UserWarning, match="could not be measured"):
+        assert publisher.check(1, values) == []  # optional, and a two-segment key whose family has no finite value
+    fired = publisher.check(2, {"mechmon/nlm/cos_grad": math.nan, "mechmon/nlm/cos_update": 0.2})
+    assert [a.key for a in fired] == ["mechmon/nlm/cos_grad"]  # measured before: its NaN fires

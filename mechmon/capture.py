@@ -28,7 +28,7 @@ def resolve_names(adapter: Adapter, patterns: Iterable[str]) -> list[str]:
     Raises:
         RuntimeError: if a pattern matches nothing; the message lists the names that exist.
     """
-    available = list(adapter.hook_points())
+    available = adapter.names()
     names: list[str] = []
     for pattern in patterns:
         hits = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
@@ -81,15 +81,19 @@ def capture(
 
         return hook
 
+    elsewhere = set(adapter.names()) - set(points)  # another pipeline stage's layers: it captures them
     try:
         for name in names:
+            if name in elsewhere:
+                continue
             if name not in points:
                 raise RuntimeError(f"{adapter!r} offers no capture named {name!r}; it has: {list(points)}")
             point = points[name]
             if point.attention and active_tap() is not None:  # probe forwards only: SDPA calls are attributed
                 handles.append(point.module.register_forward_pre_hook(enter_attention))
             handles.append(point.module.register_forward_hook(make_hook(name, point)))
-        yield caps
+        with adapter.collecting(caps):
+            yield caps
     finally:
         for handle in handles:
             handle.remove()

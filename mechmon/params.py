@@ -14,11 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mechmon.adapters.base import LOGITS, Adapter
+from mechmon.adapters.base import Adapter
 from mechmon.sharding import is_dtensor, share
 
 __all__ = [
-    "trainable",
     "output_weight_names",
     "select",
     "check_globs",
@@ -72,28 +71,22 @@ def local_grad(param: Tensor) -> Tensor | None:
     return grad.to_local() if grad.placements == placements else grad.redistribute(mesh, placements).to_local()
 
 
-def shares(named: Sequence[tuple[str, nn.Parameter]], device: torch.device) -> Tensor | None:
+def shares(named: Sequence[tuple[str, nn.Parameter]], device: torch.device, stages: int = 1) -> Tensor | None:
     """Per tensor, the share of a sum over ranks its local part stands for ``[P]`` float64, or ``None`` unsharded.
 
     Multiplying each local sum of squares (or dot product) by it before the reduction's SUM counts every element
     once: a weight replicated across tensor-parallel ranks, or a shard copied on data-parallel replicas, is held by
-    several ranks (:func:`mechmon.sharding.share`). ``None`` when no tensor is sharded: the states are replicated.
+    several ranks (:func:`mechmon.sharding.share`). ``None`` when no tensor is sharded and the model is not split into
+    ``stages`` pipeline stages (each holding its own tensors): the states are replicated.
     """
-    if not any(is_sharded(p) for _, p in named):
+    if stages == 1 and not any(is_sharded(p) for _, p in named):
         return None
-    return torch.tensor([share(p) for _, p in named], dtype=torch.float64, device=device)
-
-
-def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of every trainable tensor, tied weights once."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return torch.tensor([share(p, stages) for _, p in named], dtype=torch.float64, device=device)
 
 
 def output_weight_names(adapter: Adapter) -> list[str]:
     """Names (in ``adapter.model``) of the output layer's weight, found by identity (handles tied embeddings)."""
-    point = adapter.hook_points().get(LOGITS)
-    weight = getattr(point.module, "weight", None) if point is not None else None
-    return [n for n, p in adapter.model.named_parameters() if weight is not None and p is weight]
+    return adapter.output_names()
 
 
 def select(named: Sequence[tuple[str, nn.Parameter]], patterns: Sequence[str]) -> list[int]:
@@ -124,10 +117,10 @@ def check_globs(params: Sequence[str] | None) -> list[str] | None:
 
 
 def tracked_params(adapter: Adapter, globs: Sequence[str] | None) -> tuple[list[tuple[str, nn.Parameter]], list[int]]:
-    """Every trainable tensor of ``adapter.model`` and the indices of those ``globs`` pick (default: output weight).
+    """Every trainable tensor (:meth:`Adapter.trainable`) and the indices of those ``globs`` pick (default: the head).
 
     Raises:
         ValueError: if a glob matches nothing.
     """
-    named = trainable(adapter.model)
+    named = adapter.trainable()
     return named, select(named, globs or output_weight_names(adapter))

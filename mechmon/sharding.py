@@ -12,9 +12,9 @@ ranks counts each element once.
 The tensor-parallel dimension is found from the parameters: the mesh dimension on which some DTensor weight is
 sharded along an input dimension (``Shard(1)``: only a row-wise split does that; FSDP2 shards dimension 0).
 
-Pipeline parallelism gives each rank different layers: no probe state means the same thing on two stages, so
-:func:`refuse_different_models` stops the monitor at attach, on every rank alike, when the ranks' parameter names
-differ.
+Pipeline parallelism gives each rank different layers: unless the monitor is told the stage (``Monitor(pipeline=)``,
+:mod:`mechmon.stages`), :func:`refuse_different_models` stops it at attach, on every rank alike, when the ranks'
+parameter names differ.
 """
 
 from __future__ import annotations
@@ -102,14 +102,15 @@ def whole(tensor: Tensor, tp: TensorParallel | None, heads: int | None = None, v
     return tensor
 
 
-def share(param: Tensor) -> float:
+def share(param: Tensor, stages: int = 1) -> float:
     """The share of a sum over ranks that this rank's local part of ``param`` stands for: 1 / the ranks holding it.
 
     A DTensor's local shard is held by every rank of its mesh's ``Replicate`` dimensions and by each copy of its
-    mesh in the world (data-parallel replicas of a tensor-parallel mesh); an FSDP1 flattened view by its rank alone;
-    a plain tensor by every rank (replicated). Exact in float for powers of two; else within one rounding.
+    mesh among the ranks of its pipeline stage (data-parallel replicas of a tensor-parallel mesh); an FSDP1 flattened
+    view by its rank alone; a plain tensor by every rank of its stage (``world / stages``; all ranks without pipeline
+    parallel). Exact in float for powers of two; else within one rounding.
     """
-    world = world_size()
+    world = world_size() // stages
     if is_dtensor(param):
         mesh = param.device_mesh
         copies = world // mesh.size()
@@ -138,7 +139,7 @@ def refuse_different_models(root: nn.Module) -> None:
         return
     raise RuntimeError(
         f"mechmon: the ranks hold different models (the names of the {len(names)} parameter tensors here differ "
-        "from some other rank's): pipeline-parallel stages are not supported; every probe needs the whole model "
-        "on every rank (DDP, FSDP, tensor parallel). Leave mechmon off this run and replay its saved checkpoints "
-        "with `mechmon scan` in one process, or watch an unpipelined run of the same model"
+        "from some other rank's). Pipeline-parallel stages? Pass this rank's stage: Monitor(model=stage.submod, "
+        "pipeline=stage), with the torch.distributed.pipelining.PipelineStage (one per rank), and the stages "
+        "cooperate. Any other layout needs the whole model on every rank (DDP, FSDP, tensor parallel)"
     )

@@ -155,6 +155,7 @@ class Adapter:
     max_positions: int | None = None  # the model's context in tokens, where known (HF / TransformerLens configs)
     n_experts: int = 0  # MoE models: experts per MoE layer
     top_k: int = 0  # MoE models: experts selected per token
+    pipeline_stages: int = 1  # the stages a forward runs through (pipeline parallel: ``adapters.stage``)
     _tensor_parallel: Any = _UNKNOWN  # found from the weights at the first capture (after the model is sharded)
 
     def __init__(self, model: nn.Module) -> None:
@@ -177,6 +178,45 @@ class Adapter:
     @contextlib.contextmanager
     def sdpa_attention(self) -> Iterator[None]:
         """Context in which attention runs through ``scaled_dot_product_attention`` (q and k readable by the tap)."""
+        yield
+
+    def names(self) -> list[str]:
+        """Every canonical name a probe may ask for (the model's; every stage's under pipeline parallel)."""
+        return list(self.hook_points())
+
+    def trainable(self) -> list[tuple[str, Tensor]]:
+        """(name, parameter) of every trainable tensor the weight probes read, tied weights once."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def output_names(self) -> list[str]:
+        """Names (in ``model``) of the output layer's weight, found by identity (handles tied embeddings)."""
+        point = self.hook_points().get(LOGITS)
+        weight = getattr(point.module, "weight", None) if point is not None else None
+        return [n for n, p in self.model.named_parameters() if weight is not None and p is weight]
+
+    def holds_activations(self) -> bool:
+        """Whether this rank's activation probes send their states: not a copy of another rank's captures.
+
+        A tensor-parallel group's ranks hold the same gathered captures: only its first rank sends them.
+        """
+        tp = self.tensor_parallel()
+        return tp is None or tp.rank == 0
+
+    def leads_activations(self) -> bool:
+        """Whether this rank sends the replicated activation states under pipeline parallel (one rank does)."""
+        return self.holds_activations()
+
+    def feeds_probes(self) -> bool:
+        """Whether the snapshot probes are updated here: every capture reaches this rank (pipeline: the last stage)."""
+        return True
+
+    def agree_max(self, value: int) -> int:
+        """The largest ``value`` over the ranks a probe forward runs through (pipeline stages); ``value`` here."""
+        return value
+
+    @contextlib.contextmanager
+    def collecting(self, captures: dict) -> Iterator[None]:
+        """The scope of a probe forward's capture dict (pipeline stages pass it along); nothing here."""
         yield
 
     def forward(self, input_ids: Tensor) -> Tensor:

@@ -1,11 +1,12 @@
 """Structural discovery of a decoder's parts: the block list, each block's attention, the final norm, the head.
 
-No table of known layouts: a decoder is recognised by its shape. The block list is the first ``nn.ModuleList`` whose
-items share one class and each hold an attention module (a submodule whose class name says Attention or Attn); the
-attention of a block is its shallowest such submodule; the final norm is the last norm module (class name with
-"Norm") registered after the blocks outside them; the head is the module the caller names (HF's
-``get_output_embeddings()``) or else the last ``nn.Linear`` outside the blocks, preferring one as wide as a token
-embedding. MoE routers are a block's submodule named ``gate`` or ``router`` whose ``weight`` is ``[n_experts, d]``.
+No table of known layouts: a decoder is recognised by its shape. The block list is the first ``nn.ModuleList`` (or
+``nn.ModuleDict``, as pipeline stages keep their blocks under global indices) whose items share one class and each
+hold an attention module (a submodule whose class name says Attention or Attn); the attention of a block is its
+shallowest such submodule; the final norm is the last norm module (class name with "Norm") registered after the
+blocks outside them; the head is the module the caller names (HF's ``get_output_embeddings()``) or else the last
+``nn.Linear`` outside the blocks, preferring one as wide as a token embedding. MoE routers are a block's submodule
+named ``gate`` or ``router`` whose ``weight`` is ``[n_experts, d]``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ class Layout:
     final_norm: str | None
     head: str | None
     routers: tuple[tuple[int, str], ...] = ()
+    keys: tuple[str, ...] = ()  # the blocks' names in the container, in order (default "0", "1", ...)
 
     @property
     def n_layers(self) -> int:
         """Number of decoder blocks."""
         return len(self.attention)
+
+    def block(self, layer: int) -> str:
+        """Path of block ``layer`` (its position in the container)."""
+        return f"{self.blocks}.{self.keys[layer] if self.keys else layer}"
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -52,16 +58,23 @@ def _attention_in(block: nn.Module) -> str | None:
     return "" if _is_attention(block) else None  # an attention-only model: the block is the attention
 
 
-def _blocks(model: nn.Module, n_layers: int | None) -> tuple[str, list[str]] | None:
-    """The first homogeneous ModuleList whose items all hold attention (of length ``n_layers`` where given)."""
+def _blocks(model: nn.Module, n_layers: int | None) -> tuple[str, list[str], list[str]] | None:
+    """The first homogeneous ModuleList / ModuleDict whose items all hold attention (``n_layers`` long where given).
+
+    Returns its path, the attention path of each block and the blocks' keys.
+    """
     for path, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0 or (n_layers and len(module) != n_layers):
+        if not isinstance(module, (nn.ModuleList, nn.ModuleDict)) or len(module) == 0:
             continue
-        if len({type(b) for b in module}) != 1:
+        if n_layers and len(module) != n_layers:
             continue
-        inner = [_attention_in(b) for b in module]
+        named = list(module.items()) if isinstance(module, nn.ModuleDict) else list(enumerate(module))
+        if len({type(b) for _, b in named}) != 1:
+            continue
+        inner = [_attention_in(b) for _, b in named]
         if all(a is not None for a in inner):
-            return path, [".".join(p for p in (path, str(i), a) if p) for i, a in enumerate(inner)]
+            keys = [str(k) for k, _ in named]
+            return path, [".".join(p for p in (path, k, a) if p) for k, a in zip(keys, inner, strict=True)], keys
     return None
 
 
@@ -93,16 +106,16 @@ def _head(model: nn.Module, blocks: str, head: nn.Module | None) -> str | None:
     return (matching or [n for n, _ in linears] or [None])[-1]
 
 
-def _routers(model: nn.Module, blocks: str, n_layers: int, n_experts: int) -> tuple[tuple[int, str], ...]:
+def _routers(model: nn.Module, blocks: str, keys: list[str], n_experts: int) -> tuple[tuple[int, str], ...]:
     if n_experts < 2:
         return ()
     found = []
-    for i in range(n_layers):
-        for name, m in model.get_submodule(f"{blocks}.{i}").named_modules():
+    for i, key in enumerate(keys):
+        for name, m in model.get_submodule(f"{blocks}.{key}").named_modules():
             weight = getattr(m, "weight", None)
             if name.split(".")[-1] in ("gate", "router") and getattr(weight, "ndim", 0) == 2:
                 if weight.shape[0] == n_experts:
-                    found.append((i, f"{blocks}.{i}.{name}"))
+                    found.append((i, f"{blocks}.{key}.{name}"))
                     break
     return tuple(found)
 
@@ -121,14 +134,15 @@ def find_layout(
     found = _blocks(model, n_layers) or (_blocks(model, None) if n_layers else None)
     if found is None:
         return None
-    blocks, attention = found
+    blocks, attention, keys = found
     head_path = _head(model, blocks, head)
     return Layout(
         blocks=blocks,
         attention=tuple(attention),
         final_norm=_final_norm(model, blocks, head_path),
         head=head_path,
-        routers=_routers(model, blocks, len(attention), n_experts),
+        routers=_routers(model, blocks, keys, n_experts),
+        keys=tuple(keys),
     )
 
 

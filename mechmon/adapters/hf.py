@@ -100,7 +100,7 @@ class HFAdapter(Adapter):
         for i, attention in enumerate(layout.attention):
             points[pattern_name(i)] = HookPoint(get(attention), attention=True)
             points[row_stats_name(i)] = HookPoint(get(attention), attention=True, stats=True)
-            points[resid_name(i)] = HookPoint(get(f"{layout.blocks}.{i}"))
+            points[resid_name(i)] = HookPoint(get(layout.block(i)))
         for i, gate in layout.routers:
             points[router_name(i)] = HookPoint(get(gate), first_output)
             points[expert_indices_name(i)] = HookPoint(get(gate), _expert_indices)

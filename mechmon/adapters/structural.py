@@ -61,22 +61,27 @@ class StructuralAdapter(Adapter):
     Args:
         model: the module holding the blocks and the head.
         layout: its layout; found with :func:`find_layout` when ``None``.
+        headless: accept a module without an output head (a pipeline stage before the last): no ``logits`` and no
+            final norm are offered, ``vocab_size`` is 0.
 
     Raises:
-        RuntimeError: if ``model`` has no block list with attention and an output head; when ``n_heads`` is first
-            read, if the attention neither returns probabilities nor calls ``scaled_dot_product_attention``.
+        RuntimeError: if ``model`` has no block list with attention (or, unless ``headless``, no output head); when
+            ``n_heads`` is first read, if the attention neither returns probabilities nor calls
+            ``scaled_dot_product_attention``.
     """
 
     family: ClassVar[str] = "module"
 
-    def __init__(self, model: nn.Module, layout: Layout | None = None) -> None:
+    def __init__(self, model: nn.Module, layout: Layout | None = None, headless: bool = False) -> None:
         super().__init__(model)
         layout = layout or find_layout(model)
-        if layout is None or layout.head is None:
+        if layout is None or (layout.head is None and not headless):
             raise RuntimeError(f"{type(model).__name__} has no block list with attention and an output head")
+        if layout.head is None:
+            layout = Layout(layout.blocks, layout.attention, None, None, layout.routers, layout.keys)
         self.layout = layout
         self.n_layers = layout.n_layers
-        head = model.get_submodule(layout.head)
+        head = model.get_submodule(layout.head) if layout.head is not None else None
         self.vocab_size = int(getattr(head, "out_features", 0) or getattr(head, "num_embeddings", 0))
         self.max_positions = context_length(model)
         self._heads: int | None = None
@@ -111,13 +116,13 @@ class StructuralAdapter(Adapter):
     def hook_points(self) -> dict[str, HookPoint]:
         """Patterns, residual stream after each block, final norm (when found) and logits."""
         get, layout = self.model.get_submodule, self.layout
-        points = {LOGITS: HookPoint(get(layout.head))}
+        points = {LOGITS: HookPoint(get(layout.head))} if layout.head is not None else {}
         if layout.final_norm is not None:
             points[FINAL_NORM] = HookPoint(get(layout.final_norm))
         for i, attention in enumerate(layout.attention):
             points[pattern_name(i)] = HookPoint(get(attention), attention=True)
             points[row_stats_name(i)] = HookPoint(get(attention), attention=True, stats=True)
-            points[resid_name(i)] = HookPoint(get(f"{layout.blocks}.{i}"))
+            points[resid_name(i)] = HookPoint(get(layout.block(i)))
         return points
 
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -136,12 +141,12 @@ class StructuralAdapter(Adapter):
             for handle in handles:
                 handle.remove()
         logits = seen.get("head")
-        if logits is not None and tuple(logits.shape[:2]) == tuple(input_ids.shape):
+        if logits is not None and tuple(logits.shape[:2]) == tuple(input_ids.shape[:2]):  # ids, or a stage's input
             return logits
         if "norm" not in seen:
             shape = None if logits is None else tuple(logits.shape)
             raise RuntimeError(
-                f"{type(self.model).__name__}'s head saw {shape} for input {tuple(input_ids.shape)} and no final norm "
-                "was found to recompute every position"
+                f"{type(self.model).__name__}'s head saw {shape} for input {tuple(input_ids.shape[:2])} and no final "
+                "norm was found to recompute every position"
             )
         return get(layout.head)(seen["norm"])

@@ -95,7 +95,8 @@ def snapshot_forward(probe: Probe, adapter: Adapter, names: Sequence[str] | None
     names = list(resolve_names(adapter, probe.requires) if names is None else names)
     with _probe_mode(adapter, names), capture(adapter, names, probe.reduce_capture) as caps:
         caps.update(probe.snapshot(adapter))
-        probe.update(caps, None)
+        if adapter.feeds_probes():
+            probe.update(caps, None)
 
 
 def _mode(names: Sequence[str]) -> str:
@@ -160,7 +161,7 @@ def run_group(
         except Exception:  # caveat: find the failing probe by running each alone
             captures = None
         if captures is not None:
-            for probe in group:
+            for probe in group if adapter.feeds_probes() else ():
                 guarded(probe, probe.update, captures[probe.name], None)
             return
     for probe in group:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mechmon.adapters import Adapter, AdapterSpec, resolve_adapter
+from mechmon.adapters.stage import attach_stage, pipeline_stages
 from mechmon.alerts import Alert, Rule
 from mechmon.capture import resolve_names
 from mechmon.checks import fail
@@ -36,7 +37,14 @@ from mechmon.engine.gate import Gate
 from mechmon.engine.pipeline import StepPipeline
 from mechmon.engine.publish import Listener, Publisher, RuleKeys, declared_keys
 from mechmon.engine.record import StepRecord
-from mechmon.engine.stream import STREAMING_COMPILED, Stream, compile_wrapper_of, compiled, refuse_compiled
+from mechmon.engine.stream import (
+    STREAMING_COMPILED,
+    Stream,
+    compile_wrapper_of,
+    compiled,
+    refuse_compiled,
+    refuse_staged,
+)
 from mechmon.probe import Probe
 from mechmon.schedule import Schedule
 from mechmon.sharding import refuse_different_models
@@ -68,6 +76,9 @@ class Monitor:
         log_dir: folder of mechmon's own TensorBoard writer (plain loops: default ``runs/mechmon``).
         console: the live console panel: ``None`` (default) in an interactive terminal that no progress bar owns,
             ``True`` / ``False`` always / never. Alert lines are always printed.
+        pipeline: this rank's ``torch.distributed.pipelining.PipelineStage`` (one stage per rank) when ``model`` is
+            that stage's module: the stages cooperate (probe forwards run through them, layers keep their global
+            indices); probes that read the training forward are disabled (see README "Pipeline parallel").
         budget: the largest share of wall time the monitor may take, in (0, 1) (``0.01``: 1 %); due evaluations are
             thinned to keep under it (:mod:`mechmon.engine.budget`), and ``<ns>/monitor/overhead_frac`` and
             ``<ns>/monitor/stride`` are logged. ``"auto"`` (default): 1 % when ``schedule`` is left at its default,
@@ -116,6 +127,7 @@ class Monitor:
         log_dir: str | Path | None = "runs/mechmon",
         console: bool | None = None,
         budget: float | str | None = "auto",
+        pipeline: Any = None,
     ) -> None:
         self.config = MonitorConfig.build(
             "Monitor", probes=probes, schedule=DEFAULT_SCHEDULE if schedule is None else schedule,
@@ -149,6 +161,7 @@ class Monitor:
         self._pending: dict[str, Any] | None = None
         self._rule_keys = RuleKeys((), (), self.config.namespace)  # the real one is built in attach
         self.pipeline: StepPipeline | None = None  # built in attach
+        self.stages = None if pipeline is None else pipeline_stages(pipeline)
         if model is not None:
             self.attach(model, optimizer=optimizer, log_dir=self.config.log_dir)
 
@@ -202,8 +215,11 @@ class Monitor:
             RuntimeError: if no model is found, a probe needs a capture the model lacks, or the ranks hold different
                 models (pipeline-parallel stages).
         """
-        refuse_different_models(root)  # before anything a rank could fail alone: every rank answers alike
-        self.adapter = resolve_adapter(root, self.config.adapter, self.config.submodule)
+        if self.stages is None:
+            refuse_different_models(root)  # before anything a rank could fail alone: every rank answers alike
+            self.adapter = resolve_adapter(root, self.config.adapter, self.config.submodule)
+        else:  # the stages' exchange comes first: a stage that fails to find its model tells the others
+            self.adapter = attach_stage(root, self.config.adapter, self.config.submodule, self.stages)
         self._thread = None
         params = list(self.adapter.model.parameters())
         self._device, self.faults.failed = (params[0].device if params else torch.device("cpu")), {}
@@ -230,6 +246,8 @@ class Monitor:
         )  # fmt: skip
         for name, reason in self.gate.attach(root, self.probes, self._device).items():  # the same on every rank
             warnings.warn(self.faults.disable(self.gate.probe(name), reason), stacklevel=2)
+        for probe, reason in refuse_staged(self.probes, self.adapter):  # decided from the probe's class alone
+            warnings.warn(self.faults.disable(probe, reason), stacklevel=2)
         self._entry = self.adapter.model
         if compiled_forward or compiled(root):
             self._entry = compile_wrapper_of(root, self.adapter.model)

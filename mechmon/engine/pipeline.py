@@ -99,18 +99,23 @@ class StepPipeline:
     def reduce(self, record: StepRecord) -> dict[str, Tensor]:
         """The step's reduction: states reduced in place; returns each sent part reduced over ranks ``[n]``.
 
-        Under tensor parallel the ranks of a group hold the same activations (gathered whole): only the group's first
-        rank sends the states of the probes that read them, the others the op's identity, so each row counts once.
+        The activation probes' states are sent by the ranks that feed them (:meth:`Adapter.holds_activations`): a
+        tensor-parallel group's other ranks hold copies of the same gathered captures, and pipeline stages before the
+        last pass theirs on; those send the op's identity, so each row counts once. Under pipeline parallel the
+        replicated states of those probes are sent by one rank (:meth:`Adapter.leads_activations`), the identity by
+        all others; elsewhere replicated states are identical on every rank and stay out of the reduction.
         """
-        tp = self.adapter.tensor_parallel()
-        copies = tp is not None and tp.rank > 0
+        holds, leads = self.adapter.holds_activations(), self.adapter.leads_activations()
+        staged = self.adapter.pipeline_stages > 1
         parts = []
         for probe in record.due:
+            activations = probe.source in (OWN_FORWARD, TRAINING_FORWARD)
             for t, spec in probe.states().values():
-                if not spec.replicated:
-                    if copies and probe.source in (OWN_FORWARD, TRAINING_FORWARD):
-                        t.fill_(identity(spec.reduce, t.dtype))
-                    parts.append((t, spec.reduce))
+                if spec.replicated and not (staged and activations):
+                    continue
+                if activations and not (leads if spec.replicated else holds):
+                    t.fill_(identity(spec.reduce, t.dtype))
+                parts.append((t, spec.reduce))
         sent = self.sent()
         reduce_states(parts + list(sent.values()))  # collective: every rank, by step only, a size fixed by the probes
         return {name: t for name, (t, _) in sent.items()}

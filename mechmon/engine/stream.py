@@ -22,7 +22,7 @@ from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
 from mechmon.distributed import rank_zero_warn
 from mechmon.engine.forward import uncompiled
-from mechmon.probe import TRAINING_FORWARD, Probe
+from mechmon.probe import TRAINING_FORWARD, Probe, SnapshotProbe
 from mechmon.probes.fixed_batch import batch_tokens
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "compiled",
     "compile_wrapper_of",
     "refuse_compiled",
+    "refuse_staged",
     "STREAMING_COMPILED",
     "first_rows",
     "model_inputs",
@@ -292,6 +293,32 @@ STREAMING_COMPILED = (
     "(dynamo ignores hooks added after compilation). To watch them, train uncompiled, or measure on a fixed batch "
     "with a snapshot probe"
 )  # the reason a streaming probe without a shadow forward is disabled under a compiled training forward
+
+
+STREAMING_STAGED = (
+    "probe {name!r} {why}; under pipeline parallel it is off (README 'Pipeline parallel'): measure on a fixed batch "
+    "with a snapshot probe, whose forward runs through the stages"
+)  # the reason a probe is disabled under pipeline parallel
+
+
+def refuse_staged(probes: Sequence[Probe], adapter: Adapter) -> list[tuple[Probe, str]]:
+    """Under pipeline parallel: the probes that cannot run through the stages, each with its reason.
+
+    Those that read the training forward (the schedule splits it into micro-batches across the stages) and the
+    snapshot probes with forwards of their own (greedy generation feeds the last stage's output back into the first).
+    """
+    if adapter.pipeline_stages == 1:
+        return []
+    refused = []
+    for probe in probes:
+        if probe.source == TRAINING_FORWARD:
+            why = "reads the training forward, which the pipeline schedule splits into micro-batches across stages"
+        elif probe.kind == "snapshot" and type(probe).snapshot is not SnapshotProbe.snapshot:
+            why = "runs forwards of its own (each fed by the last one's output, which only the last stage holds)"
+        else:
+            continue
+        refused.append((probe, STREAMING_STAGED.format(name=probe.name, why=why)))
+    return refused
 
 
 def refuse_compiled(probes: Sequence[Probe], names: dict[str, list[str]], inputs_read: bool) -> list[Probe]:

@@ -107,7 +107,8 @@ def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
 
     The forward runs in eval mode, so no dropout draws from the run's random stream; under FSDP2 the model is
     resharded after it (a ``no_grad`` forward leaves the root's parameters gathered, and a weight probe set up next
-    would hold the gathered tensors).
+    would hold the gathered tensors). Under pipeline parallel the stage holding ``name`` measures it and every
+    stage agrees on it (:meth:`Adapter.agree_max`).
     """
     model, was_training = adapter.model, adapter.model.training
     model.eval()
@@ -117,7 +118,7 @@ def hidden_width(adapter: Adapter, name: str, device: torch.device) -> int:
     finally:
         model.train(was_training)
         reshard(model)
-    return int(caps[name].shape[-1])
+    return adapter.agree_max(int(caps[name].shape[-1]) if name in caps else 0)
 
 
 class FixedBatchProbe(SnapshotProbe):

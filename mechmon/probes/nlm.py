@@ -96,7 +96,7 @@ class NLMProbe(StreamingProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve tensors; states are replicated (gradients are identical across data-parallel ranks)."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
-        self.shares_P = shares(self.named, device)  # sharded: each rank's part counted once in the sum over ranks
+        self.shares_P = shares(self.named, device, adapter.pipeline_stages)  # each held part counted once
         rep = self.shares_P is None
         self.shares_K = None if rep else self.shares_P[self.tracked]
         self.add_state("grad_3P", torch.zeros(3, len(self.named), dtype=torch.float64), "sum", replicated=rep)

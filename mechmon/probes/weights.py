@@ -60,7 +60,7 @@ class WeightsProbe(StreamingProbe):
     def setup(self, model: nn.Module, adapter: Adapter, device: torch.device) -> None:
         """Resolve the tensors; states are replicated (identical across data-parallel ranks) or, sharded, summed."""
         self.named, self.tracked = tracked_params(adapter, self.param_globs)
-        self.shares_P = shares(self.named, device)  # sharded: each rank's part counted once in the sum over ranks
+        self.shares_P = shares(self.named, device, adapter.pipeline_stages)  # each held part counted once
         self.add_state(
             "sq_P", torch.zeros(len(self.named), dtype=torch.float64), "sum", replicated=self.shares_P is None
         )

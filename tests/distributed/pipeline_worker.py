@@ -1,15 +1,20 @@
-"""Pipeline-parallel ranks: ``python tests/distributed/pipeline_worker.py OUT`` (2 stages of a 4-layer nanoGPT).
+"""Pipeline-parallel ranks: ``python tests/distributed/pipeline_worker.py MODE OUT`` (a 4-layer nanoGPT in stages).
 
-Each rank builds its stage as torchtitan does (its layers under their global indices, the embeddings on the first
-stage, the head on the last), tries to attach ``mechmon.Monitor`` to it, then trains 2 steps with
-``torch.distributed.pipelining`` (``ScheduleGPipe``, 2 micro-batches). Writes ``OUT/rank<r>.json``: the refusal's
-message and the steps trained.
+Each rank builds its stage as torchtitan does (its blocks under their global indices in a ``ModuleDict``, the
+embeddings on the first stage, the final norm and head on the last) and trains it for 3 steps with
+``torch.distributed.pipelining`` (``ScheduleGPipe``, 2 micro-batches), watched by ``Monitor(pipeline=stage)``.
+Before the group starts, the same model is trained unpipelined in one process (the whole model as a single stage),
+watched alike: the reference. MODE ``pp``: 2 stages on 2 ranks; ``pp3``: 3 stages on 3 ranks (6 layers) at learning
+rate 0 (the pipelined gradients, summed over micro-batches, differ from the reference's in the last bits; at lr 0
+the weights stay equal); ``refused``: no ``pipeline=`` (every rank refuses alike). A snapshot probe that fails on
+the first stage only at step 2 is disabled on every stage. Each rank writes ``OUT/rank<r>.json``.
 """
 
 import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -19,8 +24,14 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mechmon import Monitor  # noqa: E402
+from mechmon.probes import InductionProbe  # noqa: E402
+from mechmon.registry import get_probe, list_probes  # noqa: E402
 from tests.helpers.nanogpt import gpt  # noqa: E402
 from tests.helpers.ranks import spawn  # noqa: E402
+
+STEPS, ROWS, CTX = 3, 4, 48
+STEP = {"now": 0}
+LR = {"lr": 1e-3}  # pp3: 0 (the weights stay equal, so every activation key equals exactly)
 
 
 class Stage(nn.Module):
@@ -31,6 +42,7 @@ class Stage(nn.Module):
         blocks = list(model.transformer.h)
         per = len(blocks) // stages
         self.first, self.last = index == 0, index == stages - 1
+        self.config = SimpleNamespace(block_size=CTX)
         self.h = nn.ModuleDict({str(i): blocks[i] for i in range(index * per, (index + 1) * per)})
         if self.first:
             self.wte, self.wpe = model.transformer.wte, model.transformer.wpe
@@ -47,40 +59,110 @@ class Stage(nn.Module):
         return self.lm_head(self.ln_f(x)) if self.last else x
 
 
-def worker(rank: int, world: int, init: str, out: str) -> None:
-    import faulthandler
+class Fragile(InductionProbe):
+    """The induction probe, failing in its capture hook on the first stage at step 2 (a rank-local failure)."""
 
+    name = "fragile"
+
+    def reduce_capture(self, name, tensor):
+        if dist.is_initialized() and dist.get_rank() == 0 and STEP["now"] == 2:
+            raise RuntimeError("only the first stage sees this")
+        return super().reduce_capture(name, tensor)
+
+
+def probes() -> list:
+    skip = ("apm", "moe_pathway", "moe_routing", "icl")
+    return [get_probe(n)() for n in list_probes() if n not in skip] + [get_probe("icl")(early=5, late=40), Fragile()]
+
+
+def batches() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(1, 64, (ROWS, CTX), generator=gen) for _ in range(STEPS)]
+
+
+def loss_fn(logits, ids):
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+
+def reference(layers: int) -> Monitor:
+    """The whole model as one stage, in one process, trained on the same rows."""
+    model = Stage(gpt(n_layer=layers), 0, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR["lr"])
+    monitor = Monitor(model, optimizer=optimizer, probes=probes(), schedule=1, budget=None, log_dir=None)
+    for step, ids in enumerate(batches(), start=1):
+        STEP["now"] = step
+        with monitor.step(step, ids):
+            loss_fn(model(ids), ids).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    monitor.close()
+    return monitor
+
+
+def pipelined(rank: int, world: int, layers: int, watch: bool) -> tuple[Monitor | None, str | None]:
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
-    faulthandler.dump_traceback_later(120, exit=True)  # a hang prints every stack and ends the worker
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    module = Stage(gpt(n_layer=4), rank, world)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module = Stage(gpt(n_layer=layers), rank, world)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=LR["lr"])
+    stage = PipelineStage(module, rank, world, torch.device("cpu"))
+    schedule = ScheduleGPipe(stage, n_microbatches=2, loss_fn=loss_fn)
     try:
-        Monitor(module, optimizer=optimizer, log_dir=None)
+        pipeline = stage if watch else None
+        monitor = Monitor(module, optimizer=optimizer, probes=probes(), schedule=1, budget=None, log_dir=None,
+                          pipeline=pipeline)  # fmt: skip
         refused = None
     except RuntimeError as err:
-        refused = str(err)
-    stage = PipelineStage(module, rank, world, torch.device("cpu"))
-    schedule = ScheduleGPipe(
-        stage, n_microbatches=2, loss_fn=lambda y, t: F.cross_entropy(y.flatten(0, 1), t.flatten())
-    )
-    gen = torch.Generator().manual_seed(0)
-    steps = 0
-    for _ in range(2):
-        ids = torch.randint(1, 64, (4, 48), generator=gen)
-        if rank == 0:
-            schedule.step(ids)
-        else:
-            schedule.step(target=ids.roll(-1, dims=1), losses=[])
-        optimizer.step()
-        optimizer.zero_grad()
-        steps += 1
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"refused": refused, "steps": steps}))
+        monitor, refused = None, str(err)
+    for step, ids in enumerate(batches(), start=1):
+        STEP["now"] = step
+        with monitor.step(step, ids) if monitor else _nothing():
+            if rank == 0:
+                schedule.step(ids)
+            elif rank == world - 1:
+                schedule.step(target=ids, losses=[])
+            else:
+                schedule.step()
+            optimizer.step()
+            optimizer.zero_grad()
+    if monitor is not None:
+        monitor.close()
+    return monitor, refused
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
+    import faulthandler
+    import warnings
+
+    faulthandler.dump_traceback_later(200, exit=True)  # a hang prints every stack and ends the worker
+    torch.set_num_threads(1)
+    layers = 2 * world
+    LR["lr"] = 0.0 if mode == "pp3" else 1e-3
+    expected = reference(layers) if mode != "refused" else None
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        monitor, refused = pipelined(rank, world, layers, watch=mode != "refused")
+    result = {
+        "refused": refused,
+        "warnings": [str(w.message) for w in seen],
+        "reference": expected.latest if expected else {},
+        "pipelined": monitor.latest if monitor else {},
+        "alerts": [[a.rule, a.step, a.reason] for a in monitor.alerts] if monitor else [],
+        "disabled": sorted(monitor.disabled) if monitor else [],
+    }
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
     os._exit(0)
 
 
 if __name__ == "__main__":
-    spawn(worker, 2, sys.argv[1])
+    mode = sys.argv[1]
+    spawn(worker, 3 if mode == "pp3" else 2, mode, sys.argv[2])

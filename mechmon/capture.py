@@ -81,7 +81,8 @@ def capture(
 
         return hook
 
-    elsewhere = set(adapter.names()) - set(points)  # another pipeline stage's layers: it captures them
+    staged = adapter.pipeline_stages > 1
+    elsewhere = set(adapter.names()) - set(points) if staged else set()  # another stage's layers: it captures them
     try:
         for name in names:
             if name in elsewhere:

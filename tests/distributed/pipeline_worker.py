@@ -14,49 +14,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from mechmon import Monitor  # noqa: E402
 from mechmon.probes import InductionProbe  # noqa: E402
 from mechmon.registry import get_probe, list_probes  # noqa: E402
-from tests.helpers.nanogpt import gpt  # noqa: E402
+from tests.helpers.nanogpt import Stage, gpt  # noqa: E402
 from tests.helpers.ranks import spawn  # noqa: E402
 
 STEPS, ROWS, CTX = 3, 4, 48
 STEP = {"now": 0}
 LR = {"lr": 1e-3}  # pp3: 0 (the weights stay equal, so every activation key equals exactly)
-
-
-class Stage(nn.Module):
-    """One stage of a nanoGPT: its blocks (global indices), the embeddings if first, the final norm and head if last."""
-
-    def __init__(self, model, index: int, stages: int) -> None:
-        super().__init__()
-        blocks = list(model.transformer.h)
-        per = len(blocks) // stages
-        self.first, self.last = index == 0, index == stages - 1
-        self.config = SimpleNamespace(block_size=CTX)
-        self.h = nn.ModuleDict({str(i): blocks[i] for i in range(index * per, (index + 1) * per)})
-        if self.first:
-            self.wte, self.wpe = model.transformer.wte, model.transformer.wpe
-        if self.last:
-            self.ln_f = model.transformer.ln_f
-            self.lm_head = nn.Linear(*reversed(model.lm_head.weight.shape), bias=False)  # untied across stages
-            self.lm_head.weight.data.copy_(model.lm_head.weight.data)
-
-    def forward(self, x):
-        if self.first:
-            x = self.wte(x) + self.wpe(torch.arange(x.shape[1]))
-        for block in self.h.values():
-            x = block(x)
-        return self.lm_head(self.ln_f(x)) if self.last else x
 
 
 class Fragile(InductionProbe):

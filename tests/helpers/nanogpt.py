@@ -2,6 +2,7 @@
 ``forward(idx, targets=None)`` returning ``(logits, loss)`` with only the last position's logits without targets."""
 
 import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -75,3 +76,30 @@ class GPT(nn.Module):
 def gpt(seed: int = 0, **kwargs) -> GPT:
     torch.manual_seed(seed)
     return GPT(**kwargs)
+
+
+class Stage(nn.Module):
+    """One pipeline stage of a :class:`GPT`, as torchtitan builds them: its blocks under their global indices (a
+    ``ModuleDict``), the embeddings if first, the final norm and an untied copy of the head if last.
+    ``Stage(model, 0, 1)`` is the whole model (the unpipelined reference)."""
+
+    def __init__(self, model: GPT, index: int, stages: int) -> None:
+        super().__init__()
+        blocks = list(model.transformer.h)
+        per = len(blocks) // stages
+        self.first, self.last = index == 0, index == stages - 1
+        self.config = SimpleNamespace(block_size=model.transformer.wpe.num_embeddings)
+        self.h = nn.ModuleDict({str(i): blocks[i] for i in range(index * per, (index + 1) * per)})
+        if self.first:
+            self.wte, self.wpe = model.transformer.wte, model.transformer.wpe
+        if self.last:
+            self.ln_f = model.transformer.ln_f
+            self.lm_head = nn.Linear(*reversed(model.lm_head.weight.shape), bias=False)  # untied across stages
+            self.lm_head.weight.data.copy_(model.lm_head.weight.data)
+
+    def forward(self, x):
+        if self.first:
+            x = self.wte(x) + self.wpe(torch.arange(x.shape[1], device=x.device))
+        for block in self.h.values():
+            x = block(x)
+        return self.lm_head(self.ln_f(x)) if self.last else x

@@ -113,6 +113,13 @@ def training_step_and_logits_update(gpt, corpus, text_windows, repeats: int) -> 
         print(f"{'demo 2L d128':<15} {label:<24} {median:>10.1f} {best:>8.1f}")
 
 
+def describe(probe) -> str:
+    """The probe's class, and its ablation setting for the induction probe (one more forward, or k + 1 more)."""
+    if isinstance(probe, InductionProbe):
+        return f"InductionProbe k={probe.ablate_k}{' each' if probe.ablate_each else ''}"
+    return type(probe).__name__
+
+
 def main() -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
@@ -141,6 +148,8 @@ def main() -> None:  # noqa: D103
         ("demo 2L d128", gpt, resolve_adapter(gpt), RankProbe(text)),
         ("demo 2L d128", gpt, resolve_adapter(gpt), RepetitionProbe(text)),
         ("demo 2L d128", gpt, resolve_adapter(gpt), InductionProbe()),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), InductionProbe(ablate_k=0)),
+        ("demo 2L d128", gpt, resolve_adapter(gpt), InductionProbe(ablate_each=True)),
         ("demo 2L d128", gpt, resolve_adapter(gpt), PrefixMatchingProbe()),
         ("demo 2L d128", gpt, resolve_adapter(gpt), AttentionLogitProbe(text)),
         ("demo 2L d128", gpt, resolve_adapter(gpt), AttentionEntropyProbe(text)),
@@ -152,7 +161,7 @@ def main() -> None:  # noqa: D103
     training_step_and_logits_update(gpt, corpus, demo.text_windows, args.repeats)
     for label, model, adapter, probe in cases:
         median, best = time_probe(probe, model, adapter, args.repeats)
-        print(f"{label:<15} {type(probe).__name__:<24} {median:>10.1f} {best:>8.1f}")
+        print(f"{label:<15} {describe(probe):<24} {median:>10.1f} {best:>8.1f}")
     for probes in (
         [CollapseProbe(text), RankProbe(text), MassiveActivationProbe(text)],
         [AttentionLogitProbe(text), AttentionEntropyProbe(text), AttentionSinkProbe(text)],

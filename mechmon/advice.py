@@ -13,6 +13,8 @@ _QK = "qk-norm or a lower learning rate"
 ADVICE: dict[str, str] = {
     "induction_emergence": "nothing: induction heads formed, a phase change of every LM (Olsson et al., 2022)",
     "prefix_match_emergence": "nothing: induction heads formed, a phase change of every LM (Olsson et al., 2022)",
+    "induction_load_bearing": "nothing: the model now relies on its best induction heads to copy (ablation)",
+    "head_turnover": "nothing: the same job, other heads (Tigges et al., 2024); the heatmap shows which took over",
     "icl_emergence": "nothing: in-context learning works now (Olsson et al., 2022)",
     "softmax_collapse": "weight decay, a float64 loss or StableMax (Prieto et al., 2025)",
     "softmax_collapse_warning": "weight decay, a float64 loss or StableMax (Prieto et al., 2025)",

@@ -81,6 +81,8 @@ class Probe:
             forward or the weights, not the training forward or the gradients; derived.
         needs_batch: whether the probe still waits for rows from a training batch (snapshot probes given none).
         batch_key: probes with equal keys share one forward of the same batch; ``None``: never shared.
+        chained: its forwards feed the model's output back in as the next input (greedy generation): under pipeline
+            parallel only the last stage holds that output, so the probe is off there.
 
     Args:
         schedule: optional per-probe schedule (int ``n`` means ``every(n)``) overriding the monitor default.
@@ -99,6 +101,7 @@ class Probe:
     headline: ClassVar[str] = ""
     unmeasured_hint: ClassVar[str] = ""  # why its values may be NaN from the start, and the fix (for the warning)
     optional_stats: ClassVar[tuple[str, ...]] = ()  # NaN when an evaluation had nothing to measure (not a fault)
+    chained: ClassVar[bool] = False  # its forwards feed the model's output back in (greedy generation)
     needs_batch: bool = False  # a snapshot probe that builds its batch from the first training batch
     batch_key: object = None  # equal keys: the same batch, so probes can share one forward (None: never shared)
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from mechmon.adapters.discover import output_projection
 from mechmon.sharding import TensorParallel, find_tensor_parallel, whole
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "config_context",
     "context_length",
     "HookPoint",
+    "HeadSite",
     "first_output",
     "pattern_name",
     "row_stats_name",
@@ -112,6 +114,19 @@ class HookPoint:
     stats: bool = False
 
 
+@dataclass(frozen=True)
+class HeadSite:
+    """Where one layer's per-head attention outputs can be edited (ablation, :mod:`mechmon.ablation`).
+
+    ``at_input=True``: the input of ``module``, the attention's output projection, holds the heads side by side
+    ``[..., H * d_head]`` (edited by a forward pre-hook); ``False``: ``module``'s output is ``[..., H, d_head]``
+    (TransformerLens's ``hook_z``, edited by a forward hook).
+    """
+
+    module: nn.Module
+    at_input: bool = True
+
+
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "block_size")
 
 
@@ -179,6 +194,28 @@ class Adapter:
     def sdpa_attention(self) -> Iterator[None]:
         """Context in which attention runs through ``scaled_dot_product_attention`` (q and k readable by the tap)."""
         yield
+
+    def head_sites(self) -> list[HeadSite]:
+        """One :class:`HeadSite` per layer, for ablations: the output projection of each layer's attention.
+
+        Found in the adapter's ``layout`` (HF and structural decoders; see
+        :func:`~mechmon.adapters.discover.output_projection`).
+
+        Raises:
+            RuntimeError: when some layer's attention has no output projection, or the adapter has no layout (write
+                ``head_sites`` for a custom adapter).
+        """
+        layout = getattr(self, "layout", None)
+        if layout is None:
+            raise RuntimeError(f"{self!r} names no attention output projection (override Adapter.head_sites)")
+        sites = []
+        for path in layout.attention:
+            attention = self.model.get_submodule(path)
+            projection = output_projection(attention)
+            if projection is None:
+                raise RuntimeError(f"{path} ({type(attention).__name__}) has no output projection to ablate heads at")
+            sites.append(HeadSite(attention.get_submodule(projection)))
+        return sites
 
     def names(self) -> list[str]:
         """Every canonical name a probe may ask for (the model's; every stage's under pipeline parallel)."""

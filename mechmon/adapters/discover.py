@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Layout", "find_layout", "common_parent"]
+__all__ = ["Layout", "find_layout", "common_parent", "output_projection", "input_width"]
 
 _ATTENTION = re.compile(r"attention|attn", re.IGNORECASE)
 _NORM = re.compile(r"norm", re.IGNORECASE)
@@ -144,6 +144,34 @@ def find_layout(
         routers=_routers(model, blocks, keys, n_experts),
         keys=tuple(keys),
     )
+
+
+def input_width(module: nn.Module) -> int:
+    """The input width of a 2-d weight module (``nn.Linear`` ``[out, in]``, GPT-2's ``Conv1D`` ``[in, out]``).
+
+    Whole under tensor parallel: a DTensor weight has its global shape.
+    """
+    return int(module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1])
+
+
+_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense", "wo")  # what decoders call it (case aside)
+
+
+def output_projection(attention: nn.Module) -> str | None:
+    """Path (relative to ``attention``) of its output projection, or ``None``.
+
+    The last submodule with a 2-d ``weight`` named as decoders name it: ``o_proj``, ``out_proj``, ``c_proj``,
+    ``dense`` or ``Wo`` (Llama and most, OPT and GPT-J, GPT-2, GPT-NeoX and Bloom, ModernBERT). Shapes cannot tell it
+    apart: an output gate computed from the hidden states (Beam's ``gate_proj``) has the same widths. Its input holds
+    the heads' outputs side by side ``[..., H * d_head]``; whether a forward calls it is checked where it is used
+    (``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling the module).
+    """
+    found = [
+        name
+        for name, m in attention.named_modules()
+        if name.rsplit(".", 1)[-1].lower() in _PROJECTIONS and getattr(getattr(m, "weight", None), "ndim", 0) == 2
+    ]
+    return found[-1] if found else None
 
 
 def common_parent(*paths: str) -> str:

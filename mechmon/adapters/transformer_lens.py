@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from mechmon.adapters.base import LOGITS, Adapter, HookPoint, first_output
+from mechmon.adapters.base import LOGITS, Adapter, HeadSite, HookPoint, first_output
 from mechmon.functional.attention import probability_row_stats, row_stats
 
 __all__ = ["TransformerLensAdapter"]
@@ -68,6 +68,14 @@ class TransformerLensAdapter(Adapter):
         if isinstance(unembed, nn.Module):
             points[LOGITS] = HookPoint(unembed)
         return points
+
+    def head_sites(self) -> list[HeadSite]:
+        """Each layer's ``blocks.{l}.attn.hook_z`` ``[B, T, H, d_head]``, the heads' outputs before ``W_O``."""
+        hooks = self.model.hook_dict
+        missing = [i for i in range(self.n_layers) if f"blocks.{i}.attn.hook_z" not in hooks]
+        if missing:
+            raise RuntimeError(f"{self!r} has no blocks.{missing[0]}.attn.hook_z to ablate heads at")
+        return [HeadSite(hooks[f"blocks.{i}.attn.hook_z"], at_input=False) for i in range(self.n_layers)]
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Logits ``[B, T, V]``: token ids as the first positional argument, as both classes take them."""

@@ -22,7 +22,7 @@ from mechmon.adapters.base import is_compile_wrapper
 from mechmon.capture import capture
 from mechmon.distributed import rank_zero_warn
 from mechmon.engine.forward import uncompiled
-from mechmon.probe import TRAINING_FORWARD, Probe, SnapshotProbe
+from mechmon.probe import TRAINING_FORWARD, Probe
 from mechmon.probes.fixed_batch import batch_tokens
 
 __all__ = [
@@ -305,7 +305,7 @@ def refuse_staged(probes: Sequence[Probe], adapter: Adapter) -> list[tuple[Probe
     """Under pipeline parallel: the probes that cannot run through the stages, each with its reason.
 
     Those that read the training forward (the schedule splits it into micro-batches across the stages) and the
-    snapshot probes with forwards of their own (greedy generation feeds the last stage's output back into the first).
+    ``chained`` ones (greedy generation feeds the last stage's output back into the first).
     """
     if adapter.pipeline_stages == 1:
         return []
@@ -313,7 +313,7 @@ def refuse_staged(probes: Sequence[Probe], adapter: Adapter) -> list[tuple[Probe
     for probe in probes:
         if probe.source == TRAINING_FORWARD:
             why = "reads the training forward, which the pipeline schedule splits into micro-batches across stages"
-        elif probe.kind == "snapshot" and type(probe).snapshot is not SnapshotProbe.snapshot:
+        elif probe.chained:
             why = "runs forwards of its own (each fed by the last one's output, which only the last stage holds)"
         else:
             continue

@@ -18,37 +18,58 @@ key                                        meaning                              
 ``<ns>/induction/loss_first_nats``         loss on copy 1 (first token excluded)      nats          sum/n
 ``<ns>/induction/loss_rep_nats``           loss on copy 2 (first token excluded)      nats          sum/n
 ``<ns>/induction/loss_gap_nats``           loss_rep - loss_first                      nats          sum/n
+``<ns>/induction/ablation_gap_nats``       loss_rep with the top-k heads mean-ablated nats          sum/n
+                                           minus without (load-bearing, D6)
+``<ns>/induction/ablation_gap_nats/topi``  the same for the i-th best head alone       nats          sum/n
+                                           (``ablate_each=True``)
+``<ns>/induction/turnover_jaccard``        top-k heads' overlap with the previous      [0, 1]        host
+                                           evaluation's (D7; also ``prev_token/``)
+``<ns>/induction/turnover_jaccard_emerged`` the same with the set at the emergence      [0, 1]        host
 ``<ns>/prev_token/score_max``              max previous-token score                   [0, 1]        sum/n
 ``<ns>/prev_token/score_max/Lxx``          per-layer max previous-token score         [0, 1]        sum/n
 ``<ns>/prev_token/head_scores``            ``[L, H]`` heatmap, slow cadence           [0, 1]        sum/n
 =========================================  =========================================  ============  ======
 
 A uniform causal head scores ≈ ln2/n ≈ 0.014 (n = 50); a perfect induction head scores 1.
+
+Load-bearing heads (*Induction Signatures Are Not Enough*): a high score can sit on a head the model does not rely
+on. After the scored forward, one more ``no_grad`` forward of the same batch runs with the ``ablate_k`` best-scoring
+heads of that forward mean-ablated (:func:`mechmon.ablation.mean_ablation`: each head's output replaced by its mean
+over the batch's positions, before the output projection); the rise of the copy-2 loss is ``ablation_gap_nats``.
+``ablate_each=True`` adds one forward per head for the heads alone. The heads are chosen on the device (no sync).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mechmon.ablation import AblationError, mean_ablation
 from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
-from mechmon.checks import number
+from mechmon.checks import flag, integer, number
+from mechmon.distributed import rank_zero_warn
+from mechmon.functional.ablation import top_heads
 from mechmon.functional.attention import check_queries
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
 from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
+from mechmon.turnover import Turnover, TurnoverMixin
 
 __all__ = ["InductionProbe"]
 
+LOAD_BEARING_LEVEL = 1.0  # nats: docs/metrics.md D6 (the demo: 0.1-0.7 before the emergence, 1.8-3.8 after)
+
 DEFAULT_PERIOD = 50  # period=None: this, or the largest that fits the model's context
+ABLATED = "ablated_loss_rep"  # the snapshot's copy-2 losses with heads ablated: [1 + k each]
 
 
-class InductionProbe(SnapshotProbe):
+class InductionProbe(TurnoverMixin, SnapshotProbe):
     """Per-head induction and previous-token scores on a repeated random-token batch (docs/metrics.md D1, D2, D4).
 
     Args:
@@ -63,13 +84,19 @@ class InductionProbe(SnapshotProbe):
         level: absolute level of the emergence alert on ``score_max`` (0.3 by default; ARENA uses 0.3-0.4).
         head_threshold: level counted by ``n_heads_ge_<t>``.
         top_k: heads averaged by ``score_topk_mean``.
+        ablate_k: heads mean-ablated together for ``ablation_gap_nats`` (3; 0: no ablation forward).
+        ablate_each: also ablate each of them alone (``ablation_gap_nats/top1`` ...; ``ablate_k`` more forwards).
+        load_bearing_level: ``ablation_gap_nats`` in nats above which the ``induction_load_bearing`` info alert
+            fires (2 evaluations).
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
         Reads ``blocks.{l}.attn.hook_pattern`` ``[B, H, T, T]`` with ``T = s + 2n`` and logits ``[B, T, V]``.
 
     Raises:
-        ValueError: on bad arguments, or in ``setup`` when the vocabulary has fewer than ``period`` usable ids.
+        ValueError: on bad arguments, or in ``setup`` when the vocabulary has fewer than ``period`` usable ids. A model
+            whose heads cannot be ablated (no output projection found, a pipeline stage) is warned about once in
+            ``setup`` and logs no ablation key.
 
     Example:
         >>> probe = InductionProbe(period=20, batch_size=4)
@@ -79,6 +106,7 @@ class InductionProbe(SnapshotProbe):
 
     name = "induction"
     headline = "score_max"
+    optional_stats = ("ablation_gap_nats",)  # NaN where a model's heads cannot be ablated (warned, not critical)
     requires = ("blocks.*.attn.hook_pattern",)
 
     def __init__(
@@ -90,9 +118,17 @@ class InductionProbe(SnapshotProbe):
         level: float = 0.3,
         head_threshold: float = 0.4,
         top_k: int = 4,
+        ablate_k: int = 3,
+        ablate_each: bool = False,
+        load_bearing_level: float = LOAD_BEARING_LEVEL,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ablate_k = integer("InductionProbe", "ablate_k", ablate_k, 0)
+        self.ablate_each = flag("InductionProbe", "ablate_each", ablate_each)
+        self.load_bearing_level = number("InductionProbe", "load_bearing_level", load_bearing_level, 0)
+        self._ablate, self._ablating, self._told = 0, False, False
+        self._clean: dict[str, Tensor] = {}
         check_repeated_args("InductionProbe", period, batch_size, seed, bos_token_id, level, top_k)
         number("InductionProbe", "head_threshold", head_threshold, 0, 1)
         self.requested, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
@@ -112,11 +148,63 @@ class InductionProbe(SnapshotProbe):
         self.add_state("prev_sum_LH", torch.zeros(shape), "sum")
         self.add_state("loss_sum", torch.zeros(2), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self._ablate = self._ablation_heads(adapter)
+        self.turnovers = {self.name: Turnover(self.top_k, self.level), "prev_token": Turnover(self.top_k, None)}
+        sizes = 1 + self._ablate if self.ablate_each else int(self._ablate > 0)  # together, then each alone
+        self.add_state("ablated_sum", torch.zeros(sizes), "sum")
+
+    def _ablation_heads(self, adapter: Adapter) -> int:
+        """How many heads the ablation forward takes (0: none, with the reason warned once)."""
+        if not self.ablate_k:
+            return 0
+        why = "a pipeline stage holds only its own layers' scores" if adapter.pipeline_stages > 1 else None
+        try:
+            adapter.head_sites()
+        except RuntimeError as err:
+            why = why or str(err)
+        if why:
+            rank_zero_warn(f"mechmon: InductionProbe cannot ablate heads ({why}): ablation_gap_nats is not logged; "
+                           "InductionProbe(ablate_k=0) silences this")  # fmt: skip
+            return 0
+        return min(self.ablate_k, adapter.n_layers * adapter.n_heads)
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
-        """``[B, H, Q, K]`` pattern -> ``[2, H]`` (induction, previous-token)."""
+        """``[B, H, Q, K]`` pattern -> ``[2, H]`` (induction, previous-token).
+
+        During the ablation forwards, the scored forward's: the patterns of an ablated model are not scored.
+        """
+        if self._ablating:
+            return self._clean[name]
         check_queries(tensor, self.probe_batch.shape[1], name)
-        return torch.stack([induction_scores(tensor, self.period, self.offset), prev_token_scores(tensor, self.offset)])
+        induction, previous = induction_scores(tensor, self.period, self.offset), prev_token_scores(tensor, self.offset)
+        scores = torch.stack([induction, previous])
+        self._clean[name] = scores
+        return scores
+
+    def snapshot(self, adapter: Adapter) -> dict[str, Tensor]:
+        """The scored forward, then the ablation forwards: the copy-2 loss with the best heads mean-ablated."""
+        out = {LOGITS: adapter.logits(self.probe_batch)}
+        if not self._ablate:
+            return out
+        top = top_heads(torch.stack([self._clean[n][0] for n in self.layers]), self._ablate)
+        chosen = [top] + ([top[i : i + 1] for i in range(len(top))] if self.ablate_each else [])
+        shape = (len(self.layers), self._clean[self.layers[0]].shape[-1])
+        losses, self._ablating = [], True
+        try:
+            for heads in chosen:
+                mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool, device=top.device)
+                with mean_ablation(adapter, mask.index_fill(0, heads, True).view(shape)):
+                    logits = adapter.logits(self.probe_batch)
+                losses.append(repeated_sequence_losses(logits, self.probe_batch, self.period, self.offset)[1])
+        except AblationError as err:  # the same model on every rank: every rank lands here alike
+            if not self._told:
+                rank_zero_warn(f"mechmon: InductionProbe could not ablate heads: {err}; ablation_gap_nats is NaN")
+                self._told = True
+            losses = [torch.tensor(math.nan, device=top.device)] * len(chosen)
+        finally:
+            self._ablating = False
+        out[ABLATED] = torch.stack(losses)
+        return out
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
         """Add this forward's per-head scores and losses."""
@@ -124,6 +212,8 @@ class InductionProbe(SnapshotProbe):
         self.induction_sum_LH += scores_L2H[:, 0]
         self.prev_sum_LH += scores_L2H[:, 1]
         self.loss_sum += repeated_sequence_losses(captures[LOGITS], self.probe_batch, self.period, self.offset)
+        if ABLATED in captures:
+            self.ablated_sum += captures[ABLATED]
         self.count += 1
 
     def compute(self) -> dict[str, Tensor]:
@@ -143,11 +233,44 @@ class InductionProbe(SnapshotProbe):
             self.key("score_max", family="prev_token"): prev_LH.max(),
             self.key("head_scores", family="prev_token"): prev_LH,
         }
+        if self._ablate:
+            gap = self.ablated_sum / n - rep
+            out[self.key("ablation_gap_nats")] = gap[0]
+            for i in range(1, gap.numel()):
+                out[self.key("ablation_gap_nats", f"top{i}")] = gap[i]
         for layer in range(ind_LH.shape[0]):
             out[self.key("score_max", layer_scope(layer))] = ind_LH[layer].max()
             out[self.key("score_max", layer_scope(layer), family="prev_token")] = prev_LH[layer].max()
         return out
 
+    def family_scores(self) -> dict[str, Tensor]:
+        """The mean induction and previous-token scores ``[L, H]`` (for the head turnover)."""
+        n = self.count.clamp_min(1)
+        return {self.name: self.induction_sum_LH / n, "prev_token": self.prev_sum_LH / n}
+
+    def keys(self) -> list[str]:
+        """:meth:`Probe.keys` and the turnover keys (from the second evaluation on)."""
+        return super().keys() + self.turnover_keys()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The states and the head sets the turnover compares with."""
+        return {**super().state_dict(), **self.turnover_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """The states, then the head sets."""
+        super().load_state_dict(state)
+        self.load_turnover(state)
+
     def default_rules(self) -> list[Rule]:
-        """Emergence of the max induction score (info), fired once when it crosses ``level`` for 2 evaluations."""
-        return [Emergence(self.key("score_max"), self.level, min_rise=0.1, patience=2, name="induction_emergence")]
+        """Info alerts, each fired once after 2 evaluations past its level.
+
+        ``induction_emergence``: the max induction score crosses ``level``; ``induction_load_bearing``: the copying
+        rests on the best heads, ``ablation_gap_nats`` passes ``load_bearing_level``.
+        """
+        rules: list[Rule] = [
+            Emergence(self.key("score_max"), self.level, min_rise=0.1, patience=2, name="induction_emergence")
+        ]
+        if self.ablate_k:
+            gap = self.key("ablation_gap_nats")
+            rules.append(Emergence(gap, self.load_bearing_level, patience=2, name="induction_load_bearing"))
+        return rules + self.turnover_rules()

@@ -39,6 +39,7 @@ from mechmon.functional.induction import prefix_matching_scores
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
 from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
+from mechmon.turnover import Turnover, TurnoverMixin
 
 __all__ = ["PrefixMatchingProbe"]
 
@@ -47,7 +48,7 @@ DEFAULT_PERIOD = 25  # period=None: this, or the largest that fits the model's c
 COPIES = 4
 
 
-class PrefixMatchingProbe(SnapshotProbe):
+class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
     """Per-head prefix-matching scores on a four-times-repeated random-token batch (docs/metrics.md D3).
 
     Args:
@@ -101,6 +102,7 @@ class PrefixMatchingProbe(SnapshotProbe):
         self.layers = [pattern_name(i) for i in range(adapter.n_layers)]
         self.add_state("score_sum_LH", torch.zeros((adapter.n_layers, adapter.n_heads)), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
+        self.turnovers = {self.name: Turnover(self.top_k, self.level)}
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """``[B, H, T, T]`` pattern -> ``[H]`` prefix-matching scores."""
@@ -125,6 +127,25 @@ class PrefixMatchingProbe(SnapshotProbe):
             out[self.key("score_max", layer_scope(layer))] = scores_LH[layer].max()
         return out
 
+    def family_scores(self) -> dict[str, Tensor]:
+        """The mean prefix-matching scores ``[L, H]`` (for the head turnover)."""
+        return {self.name: self.score_sum_LH / self.count.clamp_min(1)}
+
+    def keys(self) -> list[str]:
+        """:meth:`Probe.keys` and the turnover keys (from the second evaluation on)."""
+        return super().keys() + self.turnover_keys()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The states and the head sets the turnover compares with."""
+        return {**super().state_dict(), **self.turnover_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """The states, then the head sets."""
+        super().load_state_dict(state)
+        self.load_turnover(state)
+
     def default_rules(self) -> list[Rule]:
-        """Emergence of ``score_max`` (info) past ``level`` with a rise of 0.1, for 2 evaluations."""
-        return [Emergence(self.key("score_max"), self.level, min_rise=0.1, patience=2, name="prefix_match_emergence")]
+        """Emergence of ``score_max`` (info) past ``level`` with a rise of 0.1, for 2 evaluations; ``head_turnover``."""
+        key = self.key("score_max")
+        return [Emergence(key, self.level, min_rise=0.1, patience=2, name="prefix_match_emergence"),
+                *self.turnover_rules()]  # fmt: skip

@@ -64,6 +64,7 @@ class RepetitionProbe(FixedBatchProbe):
     """
 
     name = "repetition"
+    chained = True  # greedy generation: each forward reads the last one's output
     headline = "model_frac"
 
     def __init__(

@@ -2,18 +2,21 @@
 
 Each model is built twice from the same tiny config and seed: as transformers builds it by default (SDPA where the
 architecture supports it) for mechmon, and with ``attn_implementation="eager"`` for the reference, whose
-``output_attentions=True`` probabilities give the expected induction and previous-token scores.
+``output_attentions=True`` probabilities give the expected induction and previous-token scores. Mean-ablating every
+head of a layer at the site mechmon found must leave that layer's attention writing one vector at every position.
 """
 
 import pytest
 import torch
 
 from mechmon import InductionProbe, evaluate, resolve_adapter
-from mechmon.adapters import FINAL_NORM, LOGITS, HFAdapter, pattern_name, resid_name
+from mechmon.ablation import mean_ablation
+from mechmon.adapters import FINAL_NORM, LOGITS, HFAdapter, first_output, pattern_name, resid_name
 from mechmon.functional.induction import induction_scores, prev_token_scores
 from tests.helpers.archs import ARCHITECTURES, SLIDING, tiny_model
 
 PERIOD = 8
+NO_HEAD_OUTPUTS = ["jetmoe"]  # mixture-of-attention experts: no per-head output projection, nothing ablated
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
@@ -36,6 +39,28 @@ def test_architecture_is_monitored_with_the_eager_scores(model_type):
     previous = torch.stack([prev_token_scores(p) for p in patterns])
     torch.testing.assert_close(out["mechmon/induction/head_scores"], induction, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out["mechmon/prev_token/head_scores"], previous, atol=1e-5, rtol=1e-4)
+    if model_type in NO_HEAD_OUTPUTS:
+        assert "mechmon/induction/ablation_gap_nats" not in out
+        return
+    assert abs(float(out["mechmon/induction/ablation_gap_nats"])) < 0.1  # random init: no head carries copying
+    # every head of the last layer mean-ablated: its attention writes one and the same vector at every position
+    attention = model.get_submodule(adapter.layout.attention[-1])
+    written = []
+
+    def write(module, args, kwargs, output):  # Bloom adds the residual (its second argument) inside its attention
+        written.append(first_output(output) - (args[1] if model_type == "bloom" else 0))
+
+    hook = attention.register_forward_hook(write, with_kwargs=True)
+    mask = torch.zeros(adapter.n_layers, adapter.n_heads, dtype=torch.bool)
+    mask[-1] = True
+    with torch.no_grad():
+        adapter.forward(probe.probe_batch)
+        with mean_ablation(adapter, mask):
+            adapter.forward(probe.probe_batch)
+    hook.remove()
+    clean, ablated = written
+    torch.testing.assert_close(ablated, ablated[:1, :1].expand_as(ablated), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(clean, clean[:1, :1].expand_as(clean), atol=1e-3)
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)

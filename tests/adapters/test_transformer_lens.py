@@ -114,3 +114,42 @@ def test_a_bridges_documented_nan_max_logit_is_a_warning_not_a_critical_alert():
             monitor.after_optimizer_step(step)
     monitor.close()
     assert [a.rule for a in monitor.alerts] == []
+
+
+def ablation_matches_its_own_hooks(model):
+    """The probe's gap for its best head equals one computed with TransformerLens's own hooks on ``hook_z``."""
+    probe = InductionProbe(period=20, batch_size=2, ablate_k=1)
+    out = evaluate(probe, model)
+    layer, head = divmod(int(out["mechmon/induction/head_scores"].argmax()), 4)
+
+    def mean_head(z, hook):
+        split = z.view(*z.shape[:2], 4, -1)  # [B, T, H, d_head], whichever way the hook holds it
+        split[:, :, head] = split[:, :, head].mean(dim=(0, 1))
+        return z
+
+    ids = probe.probe_batch
+    with torch.no_grad():
+        clean = model(ids)
+        ablated = model.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", mean_head)])
+    loss = torch.nn.functional.cross_entropy
+    rep = [loss(logits[:, 20:-1].flatten(0, 1), ids[:, 21:].flatten()) for logits in (clean, ablated)]  # copy 2
+    assert float(out["mechmon/induction/ablation_gap_nats"]) == pytest.approx(float(rep[1] - rep[0]), abs=1e-5)
+
+
+@needs3
+def test_hooked_transformer_ablation_matches_its_own_hooks():
+    import transformer_lens as tl
+
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, act_fn="relu", attn_only=True
+    )
+    ablation_matches_its_own_hooks(tl.HookedTransformer(cfg))
+
+
+@needs4
+def test_transformer_bridge_ablation_matches_its_own_hooks():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = TransformerBridgeConfig(n_layers=2, d_model=32, n_ctx=48, d_head=8, n_heads=4, d_vocab=64, seed=0)
+    ablation_matches_its_own_hooks(TransformerBridge.boot_native(cfg))

@@ -37,8 +37,10 @@ def test_every_key_equals_the_unpipelined_model(ranks):
     for r in results:
         reference, pipelined = r["reference"], r["pipelined"]
         shown = {k for k in reference if not k.startswith(tuple(f"mechmon/{n}/" for n in OFF | {"fragile"}))}
-        assert shown <= pipelined.keys() and len(shown) > 90
-        assert not any(k.startswith(tuple(f"mechmon/{n}/" for n in OFF)) for k in pipelined)
+        ablation = {k for k in shown if "/ablation_gap_nats" in k}  # off under pipeline parallel (warned)
+        shown -= ablation
+        assert shown <= pipelined.keys() and len(shown) > 90 and ablation
+        assert not any(k.startswith(tuple(f"mechmon/{n}/" for n in OFF)) or k in ablation for k in pipelined)
         layers = 2 * len(results)
         assert {f"mechmon/induction/score_max/L{i:02d}" for i in range(layers)} <= pipelined.keys()  # global indices
         # lr 0 (pp3): the weights stay equal, every activation key is the same float; the gradients, summed over two

@@ -155,6 +155,7 @@ class Monitor:
         self._stream: Stream | None = None
         self._handles: list[Any] = []  # the optimizer step hooks: removed in close()
         self._stepped = False
+        self._seen_step, self._first_step, self._told_no_step = False, None, False  # the never-stepped warning
         self._thread: int | None = None  # the thread that drives the steps (see _one_thread)
         self._compiled = False  # the training forward is compiled: no hook in it (shadow forwards only)
         self._entry: nn.Module | None = None  # where the model's inputs are read (None: nowhere eager, compiled)
@@ -300,6 +301,7 @@ class Monitor:
         model's own inputs. The evaluation runs when the block exits after an optimizer step happened in it.
         """
         self._stepped = False
+        self._warn_if_never_stepped(step)
         self.begin_batch(step, batch)
         try:
             yield self
@@ -308,7 +310,24 @@ class Monitor:
             raise
         self.end_batch(batch)
         if self._stepped:
+            self._seen_step = True
             self.after_optimizer_step(step)
+
+    def _warn_if_never_stepped(self, step: int) -> None:
+        """Once: the loop's steps advance, yet no optimizer step of the model's parameters was seen (nothing runs)."""
+        if self._seen_step or self._first_step is None:
+            self._first_step = step if self._first_step is None else self._first_step
+            return
+        if step > self._first_step and not self._told_no_step:
+            self._told_no_step = True
+            warnings.warn(
+                f"mechmon: the loop reached step {step}, but no optimizer step of the watched model's parameters has "
+                f"happened inside monitor.step() since step {self._first_step}, so nothing has been evaluated: the "
+                "optimizer that updates the model holds other tensors (DeepSpeed's engine.step() steps its own fp32 "
+                "copies) or is no torch.optim.Optimizer. Step the model's optimizer inside the block, or call "
+                "monitor.after_optimizer_step(step) after your own step",
+                stacklevel=4,
+            )
 
     def begin_batch(self, step: int, batch: Any = None, steps: int = 1) -> None:
         """Before a micro-batch of optimizer step ``step``: take the first batch, attach hooks if ``step`` is due.

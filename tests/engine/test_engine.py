@@ -199,3 +199,27 @@ def test_the_non_finite_guard_reads_keys_of_any_depth_and_skips_optional_stats()
         assert publisher.check(1, values) == []  # optional, and a two-segment key whose family has no finite value
     fired = publisher.check(2, {"mechmon/nlm/cos_grad": math.nan, "mechmon/nlm/cos_update": 0.2})
     assert [a.key for a in fired] == ["mechmon/nlm/cos_grad"]  # measured before: its NaN fires
+
+
+@pytest.mark.parametrize("own_optimizer", [False, True])
+def test_a_loop_whose_optimizer_steps_other_tensors_is_told_once_that_nothing_is_evaluated(own_optimizer):
+    """DeepSpeed's ``engine.step()`` steps its own fp32 copies: the monitor's step hooks never see the model move."""
+    import warnings
+
+    model = tiny_gpt2()
+    tensors = list(model.parameters()) if own_optimizer else [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(tensors, lr=0.0)
+    monitor = Monitor(model, probes=[LogitsProbe()], schedule=1, budget=None, log_dir=None)
+    batch = torch.randint(1, 64, (2, 8))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for step in (1, 1, 2, 3):  # two micro-batches of step 1, then one a step
+            with monitor.step(step, batch):
+                model(input_ids=batch, labels=batch).loss.backward()
+                optimizer.step()
+    monitor.close()
+    told = [str(w.message) for w in seen if "no optimizer step of the watched model" in str(w.message)]
+    if own_optimizer:
+        assert not told and "mechmon/logits/loss_nats" in monitor.latest
+    else:
+        assert len(told) == 1 and "reached step 2" in told[0] and "since step 1" in told[0] and not monitor.latest

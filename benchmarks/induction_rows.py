@@ -18,7 +18,7 @@ import statistics
 import warnings
 
 import torch
-from examples_module import load_example
+from examples_module import demo_training
 
 from mechmon import InductionProbe, evaluate
 
@@ -38,11 +38,7 @@ def main() -> None:  # noqa: D103
     p.add_argument("--at", type=int, nargs="+", default=[0, 350, 450, 600])
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    d = load_example("stdlib_induction")
-    torch.manual_seed(0)
-    lm = d.ByteLM(2, 128, 4, 128, 1e-3, "llama")
-    optimizer = lm.configure_optimizers()
-    batches = iter(d.Batches(d.read_corpus(None, 16_000_000), 32, 128, 0.5, 0, copy_start=1.0, copy_steps=400))
+    lm, optimizer, batches = demo_training()
     print(f"{'step':>5} {'best head':>9} {'mean':>6} {'std':>6}  " + "  ".join(f"SE n={n:<2}" for n in (10, 8, 6, 4)))
     for step in range(max(args.at) + 1):
         if step in args.at:

@@ -17,7 +17,7 @@ import argparse
 import warnings
 
 import torch
-from examples_module import load_example
+from examples_module import demo_training
 
 from mechmon import InductionProbe, evaluate, resolve_adapter
 from mechmon.ablation import mean_ablation
@@ -70,11 +70,7 @@ def main() -> None:  # noqa: D103
     p.add_argument("--every", type=int, default=50)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    d = load_example("stdlib_induction")
-    torch.manual_seed(0)
-    lm = d.ByteLM(2, 128, 4, 128, 1e-3, "llama")
-    optimizer = lm.configure_optimizers()
-    batches = iter(d.Batches(d.read_corpus(None, 16_000_000), 32, 128, 0.5, 0, copy_start=1.0, copy_steps=400))
+    lm, optimizer, batches = demo_training()
     heads_report(lm.model, "init")
     print(f"{'step':>5} {'score_max':>9} {'gap top3':>8} {'top1':>7} {'top2':>7} {'top3':>7}")
     for step in range(args.steps + 1):

@@ -106,10 +106,11 @@ class TurnoverMixin:
                     out[self.key(stat, family=family)] = value
         return out
 
-    def turnover_keys(self) -> list[str]:
-        """The overlap keys, which appear from the second evaluation (or the emergence) on."""
+    def keys(self) -> list[str]:
+        """The probe's keys and the overlap keys, which appear from the second evaluation (or the emergence) on."""
         stats = ("turnover_jaccard", "turnover_jaccard_emerged")
-        return [self.key(s, family=f) for f, t in self.turnovers.items() for s in stats[: 1 + (t.level is not None)]]
+        late = [self.key(s, family=f) for f, t in self.turnovers.items() for s in stats[: 1 + (t.level is not None)]]
+        return super().keys() + late
 
     def turnover_rules(self) -> list[Rule]:
         """``head_turnover`` (info) per family with a level: the emerged set half gone while the score holds."""
@@ -124,12 +125,13 @@ class TurnoverMixin:
             rules.append(Compound(members, name="head_turnover", severity="info"))
         return rules
 
-    def turnover_state(self) -> dict[str, Tensor]:
-        """``turnover/<family>`` -> :meth:`Turnover.state`, for the probe's ``state_dict``."""
-        return {f"turnover/{family}": t.state() for family, t in self.turnovers.items()}
+    def state_dict(self) -> dict[str, Tensor]:
+        """The probe's states and each family's head sets (``turnover/<family>``: :meth:`Turnover.state`)."""
+        return {**super().state_dict(), **{f"turnover/{f}": t.state() for f, t in self.turnovers.items()}}
 
-    def load_turnover(self, state: Mapping[str, Tensor]) -> None:
-        """Restore :meth:`turnover_state` entries present in ``state``."""
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """The probe's states, then the head sets present in ``state``."""
+        super().load_state_dict(state)
         for family, turnover in self.turnovers.items():
             if f"turnover/{family}" in state:
                 turnover.load(state[f"turnover/{family}"])

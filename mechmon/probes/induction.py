@@ -248,19 +248,6 @@ class InductionProbe(TurnoverMixin, SnapshotProbe):
         n = self.count.clamp_min(1)
         return {self.name: self.induction_sum_LH / n, "prev_token": self.prev_sum_LH / n}
 
-    def keys(self) -> list[str]:
-        """:meth:`Probe.keys` and the turnover keys (from the second evaluation on)."""
-        return super().keys() + self.turnover_keys()
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The states and the head sets the turnover compares with."""
-        return {**super().state_dict(), **self.turnover_state()}
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """The states, then the head sets."""
-        super().load_state_dict(state)
-        self.load_turnover(state)
-
     def default_rules(self) -> list[Rule]:
         """Info alerts, each fired once after 2 evaluations past its level.
 

@@ -131,19 +131,6 @@ class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
         """The mean prefix-matching scores ``[L, H]`` (for the head turnover)."""
         return {self.name: self.score_sum_LH / self.count.clamp_min(1)}
 
-    def keys(self) -> list[str]:
-        """:meth:`Probe.keys` and the turnover keys (from the second evaluation on)."""
-        return super().keys() + self.turnover_keys()
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The states and the head sets the turnover compares with."""
-        return {**super().state_dict(), **self.turnover_state()}
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """The states, then the head sets."""
-        super().load_state_dict(state)
-        self.load_turnover(state)
-
     def default_rules(self) -> list[Rule]:
         """Emergence of ``score_max`` (info) past ``level`` with a rise of 0.1, for 2 evaluations; ``head_turnover``."""
         key = self.key("score_max")

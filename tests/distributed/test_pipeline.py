@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.ranks import run_ranks
+from tests.helpers.ranks import rank_results, run_ranks
 
 SCRIPT = Path(__file__).with_name("pipeline_worker.py")
 OFF = {"logits", "repetition"}  # the training forward; forwards fed by the last stage's output
@@ -17,11 +17,8 @@ OFF = {"logits", "repetition"}  # the training forward; forwards fed by the last
 
 @pytest.fixture(scope="module", params=["pp", "pp3"])
 def ranks(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
-    done = run_ranks(SCRIPT, request.param, out, timeout=300)  # a hang kills every rank and fails here
-    assert done.returncode == 0, done.stderr[-3000:]
     world = 3 if request.param == "pp3" else 2
-    return request.param, [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    return request.param, rank_results(SCRIPT, request.param, tmp_path_factory.mktemp(request.param), world)
 
 
 def _differ(expected: dict, got: dict, rel: float) -> dict:

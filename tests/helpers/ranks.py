@@ -1,5 +1,6 @@
 """Multi-process tests: every launch has a timeout that kills every rank and fails the test instead of hanging."""
 
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,13 @@ def run_ranks(script: Path, *args: object, timeout: float = 240) -> subprocess.C
         out, err = proc.communicate()
         pytest.fail(f"{script.name} {args} hung: every rank killed after {timeout} s\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def rank_results(script: Path, mode: str, out: Path, world: int, timeout: float = 300) -> list[dict]:
+    """Run ``script MODE OUT`` (:func:`run_ranks`: a hang fails) and read what each rank wrote, ``OUT/rank<r>.json``."""
+    done = run_ranks(script, mode, out, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 def spawn(worker: Callable[..., None], world: int, *args: object) -> None:

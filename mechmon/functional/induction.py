@@ -90,23 +90,25 @@ def prev_token_scores(pattern_BHQK: Tensor, offset: int = 0) -> Tensor:
     return pattern_BHQK[:, :, q, q - 1].float().mean(dim=(0, 2))
 
 
-def repeated_sequence_losses(logits_BTV: Tensor, tokens_BT: Tensor, period: int, offset: int = 0) -> Tensor:
-    """Mean fp32 next-token loss on copy 1 and on copy 2, each excluding its first token (D4).
+def repeated_sequence_losses(
+    logits_BTV: Tensor, tokens_BT: Tensor, period: int, offset: int = 0, copies: int = 2
+) -> Tensor:
+    """Mean fp32 next-token loss on each copy, excluding its first token (D4).
 
     Args:
         logits_BTV: logits ``[B, T, V]`` of the repeated batch.
         tokens_BT: the token ids ``[B, T]``.
         period: n.
         offset: s.
+        copies: the copies in the batch (2 for P-rep, 4 for the prefix-matching batch).
 
     Returns:
-        ``[2]`` fp32 tensor ``(loss_first, loss_rep)`` in nats; ``loss_rep - loss_first < 0`` when copying works.
+        ``[copies]`` fp32 tensor in nats, copy 1 first; ``loss_rep - loss_first < 0`` when copying works.
     """
     loss_BT = F.cross_entropy(logits_BTV[:, :-1].float().transpose(1, 2), tokens_BT[:, 1:], reduction="none")
-    # loss_BT[:, q] predicts token q+1; targets s+1..s+n-1 are copy 1, s+n+1..s+2n-1 copy 2.
-    first = loss_BT[:, offset : offset + period - 1].mean()
-    rep = loss_BT[:, offset + period : offset + 2 * period - 1].mean()
-    return torch.stack([first, rep])
+    # loss_BT[:, q] predicts token q+1; copy c's targets are s+c*n+1..s+(c+1)*n-1.
+    starts = [offset + c * period for c in range(copies)]
+    return torch.stack([loss_BT[:, start : start + period - 1].mean() for start in starts])
 
 
 def repeated_tokens(

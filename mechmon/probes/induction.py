@@ -41,19 +41,16 @@ over the batch's positions, before the output projection); the rise of the copy-
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mechmon.ablation import AblationError, mean_ablation
+from mechmon.ablation import ABLATED, HeadAblation
 from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
 from mechmon.checks import flag, integer, number
-from mechmon.distributed import rank_zero_warn
-from mechmon.functional.ablation import top_heads
 from mechmon.functional.attention import check_queries
 from mechmon.functional.induction import induction_scores, prev_token_scores, repeated_sequence_losses
 from mechmon.naming import layer_scope
@@ -66,10 +63,9 @@ __all__ = ["InductionProbe"]
 LOAD_BEARING_LEVEL = 1.0  # nats: docs/metrics.md D6 (the demo: 0.1-0.7 before the emergence, 1.8-3.8 after)
 
 DEFAULT_PERIOD = 50  # period=None: this, or the largest that fits the model's context
-ABLATED = "ablated_loss_rep"  # the snapshot's copy-2 losses with heads ablated: [1 + k each]
 
 
-class InductionProbe(TurnoverMixin, SnapshotProbe):
+class InductionProbe(HeadAblation, TurnoverMixin, SnapshotProbe):
     """Per-head induction and previous-token scores on a repeated random-token batch (docs/metrics.md D1, D2, D4).
 
     Args:
@@ -127,8 +123,6 @@ class InductionProbe(TurnoverMixin, SnapshotProbe):
         self.ablate_k = integer("InductionProbe", "ablate_k", ablate_k, 0)
         self.ablate_each = flag("InductionProbe", "ablate_each", ablate_each)
         self.load_bearing_level = number("InductionProbe", "load_bearing_level", load_bearing_level, 0)
-        self._ablate, self._ablating, self._told = 0, False, False
-        self._clean: dict[str, Tensor] = {}
         check_repeated_args("InductionProbe", period, batch_size, seed, bos_token_id, level, top_k)
         number("InductionProbe", "head_threshold", head_threshold, 0, 1)
         self.requested, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
@@ -148,63 +142,32 @@ class InductionProbe(TurnoverMixin, SnapshotProbe):
         self.add_state("prev_sum_LH", torch.zeros(shape), "sum")
         self.add_state("loss_sum", torch.zeros(2), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
-        self._ablate = self._ablation_heads(adapter)
+        self.setup_ablation(adapter, self.key("ablation_gap_nats"))
         self.turnovers = {self.name: Turnover(self.top_k, self.level), "prev_token": Turnover(self.top_k, None)}
-        sizes = 1 + self._ablate if self.ablate_each else int(self._ablate > 0)  # together, then each alone
-        self.add_state("ablated_sum", torch.zeros(sizes), "sum")
-
-    def _ablation_heads(self, adapter: Adapter) -> int:
-        """How many heads the ablation forward takes (0: none, with the reason warned once)."""
-        if not self.ablate_k:
-            return 0
-        why = "a pipeline stage holds only its own layers' scores" if adapter.pipeline_stages > 1 else None
-        try:
-            adapter.head_sites()
-        except RuntimeError as err:
-            why = why or str(err)
-        if why:
-            rank_zero_warn(f"mechmon: InductionProbe cannot ablate heads ({why}): ablation_gap_nats is not logged; "
-                           "InductionProbe(ablate_k=0) silences this")  # fmt: skip
-            return 0
-        return min(self.ablate_k, adapter.n_layers * adapter.n_heads)
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
         """``[B, H, Q, K]`` pattern -> ``[2, H]`` (induction, previous-token).
 
         During the ablation forwards, the scored forward's: the patterns of an ablated model are not scored.
         """
-        if self._ablating:
-            return self._clean[name]
-        check_queries(tensor, self.probe_batch.shape[1], name)
-        induction, previous = induction_scores(tensor, self.period, self.offset), prev_token_scores(tensor, self.offset)
-        scores = torch.stack([induction, previous])
-        self._clean[name] = scores
-        return scores
+
+        def score() -> Tensor:
+            check_queries(tensor, self.probe_batch.shape[1], name)
+            return torch.stack([induction_scores(tensor, self.period, self.offset),
+                                prev_token_scores(tensor, self.offset)])  # fmt: skip
+
+        return self.scored(name, score)
 
     def snapshot(self, adapter: Adapter) -> dict[str, Tensor]:
         """The scored forward, then the ablation forwards: the copy-2 loss with the best heads mean-ablated."""
         out = {LOGITS: adapter.logits(self.probe_batch)}
-        if not self._ablate:
-            return out
-        top = top_heads(torch.stack([self._clean[n][0] for n in self.layers]), self._ablate)
-        chosen = [top] + ([top[i : i + 1] for i in range(len(top))] if self.ablate_each else [])
-        shape = (len(self.layers), self._clean[self.layers[0]].shape[-1])
-        losses, self._ablating = [], True
-        try:
-            for heads in chosen:
-                mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool, device=top.device)
-                with mean_ablation(adapter, mask.index_fill(0, heads, True).view(shape)):
-                    logits = adapter.logits(self.probe_batch)
-                losses.append(repeated_sequence_losses(logits, self.probe_batch, self.period, self.offset)[1])
-        except AblationError as err:  # the same model on every rank: every rank lands here alike
-            if not self._told:
-                rank_zero_warn(f"mechmon: InductionProbe could not ablate heads: {err}; ablation_gap_nats is NaN")
-                self._told = True
-            losses = [torch.tensor(math.nan, device=top.device)] * len(chosen)
-        finally:
-            self._ablating = False
-        out[ABLATED] = torch.stack(losses)
+        if self._ablate:
+            scores_LH = torch.stack([self._clean[n][0] for n in self.layers])
+            out[ABLATED] = self.ablated_losses(adapter, scores_LH, self.probe_batch, self._copy_loss)
         return out
+
+    def _copy_loss(self, logits: Tensor) -> Tensor:
+        return repeated_sequence_losses(logits, self.probe_batch, self.period, self.offset)[1]
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
         """Add this forward's per-head scores and losses."""
@@ -233,11 +196,7 @@ class InductionProbe(TurnoverMixin, SnapshotProbe):
             self.key("score_max", family="prev_token"): prev_LH.max(),
             self.key("head_scores", family="prev_token"): prev_LH,
         }
-        if self._ablate:
-            gap = self.ablated_sum / n - rep
-            out[self.key("ablation_gap_nats")] = gap[0]
-            for i in range(1, gap.numel()):
-                out[self.key("ablation_gap_nats", f"top{i}")] = gap[i]
+        out.update(self.ablation_gaps(rep, n))
         for layer in range(ind_LH.shape[0]):
             out[self.key("score_max", layer_scope(layer))] = ind_LH[layer].max()
             out[self.key("score_max", layer_scope(layer), family="prev_token")] = prev_LH[layer].max()

@@ -16,6 +16,9 @@ key                                      meaning                                
 ``<ns>/prefix_match/score_topk_mean``    mean of the top-k head scores                [0, 1]      sum/n
 ``<ns>/prefix_match/score_max/Lxx``      max over the heads of layer xx               [0, 1]      sum/n
 ``<ns>/prefix_match/head_scores``        ``[L, H]`` heatmap, slow cadence             [0, 1]      sum/n
+``<ns>/prefix_match/ablation_gap_nats``  with ``ablate_k``: the loss on copies 2-4      nats        sum/n
+                                         with the best heads mean-ablated, minus
+                                         without (D6); ``/topi`` each alone
 =======================================  ===========================================  ==========  ======
 
 A uniform causal head scores about m/T summed over its earlier copies (≈ 0.04 at n = 25). The reference excludes
@@ -32,10 +35,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mechmon.adapters.base import Adapter, pattern_name
+from mechmon.ablation import ABLATED, HeadAblation
+from mechmon.adapters.base import LOGITS, Adapter, pattern_name
 from mechmon.alerts import Emergence, Rule
+from mechmon.checks import flag, integer
 from mechmon.functional.attention import check_queries
-from mechmon.functional.induction import prefix_matching_scores
+from mechmon.functional.induction import prefix_matching_scores, repeated_sequence_losses
 from mechmon.naming import layer_scope
 from mechmon.probe import SnapshotProbe
 from mechmon.probes.repeated import check_repeated_args, fit_period, repeated_batch
@@ -48,7 +53,7 @@ DEFAULT_PERIOD = 25  # period=None: this, or the largest that fits the model's c
 COPIES = 4
 
 
-class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
+class PrefixMatchingProbe(HeadAblation, TurnoverMixin, SnapshotProbe):
     """Per-head prefix-matching scores on a four-times-repeated random-token batch (docs/metrics.md D3).
 
     Args:
@@ -59,6 +64,9 @@ class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
         bos_token_id: prepended to every sequence when given.
         level: absolute level of the emergence alert on ``score_max`` (0.3).
         top_k: heads averaged by ``score_topk_mean`` (4).
+        ablate_k: best-scoring heads mean-ablated together in one more forward, for ``ablation_gap_nats`` (0: off,
+            the default; see :class:`~mechmon.ablation.HeadAblation`).
+        ablate_each: also ablate each of them alone (``ablate_k`` more forwards).
         **kwargs: ``schedule`` and ``rules``, see :class:`~mechmon.probe.Probe`.
 
     Shape:
@@ -85,9 +93,13 @@ class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
         bos_token_id: int | None = None,
         level: float = 0.3,
         top_k: int = 4,
+        ablate_k: int = 0,
+        ablate_each: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ablate_k = integer("PrefixMatchingProbe", "ablate_k", ablate_k, 0)
+        self.ablate_each = flag("PrefixMatchingProbe", "ablate_each", ablate_each)
         check_repeated_args("PrefixMatchingProbe", period, batch_size, seed, bos_token_id, level, top_k)
         self.requested, self.batch_size, self.seed, self.bos_token_id = period, batch_size, seed, bos_token_id
         self.period = period or DEFAULT_PERIOD
@@ -103,15 +115,37 @@ class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
         self.add_state("score_sum_LH", torch.zeros((adapter.n_layers, adapter.n_heads)), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.int64), "sum")
         self.turnovers = {self.name: Turnover(self.top_k, self.level)}
+        self.setup_ablation(adapter, self.key("ablation_gap_nats"))
+        if self._ablate:
+            self.add_state("loss_sum", torch.zeros(()), "sum")  # the clean loss on copies 2-4, for the gap
 
     def reduce_capture(self, name: str, tensor: Tensor) -> Tensor:
-        """``[B, H, T, T]`` pattern -> ``[H]`` prefix-matching scores."""
-        check_queries(tensor, self.probe_batch.shape[1], name)
-        return prefix_matching_scores(tensor, self.period, COPIES, self.offset)
+        """``[B, H, T, T]`` pattern -> ``[H]`` prefix-matching scores (the scored forward's during ablations)."""
+
+        def score() -> Tensor:
+            check_queries(tensor, self.probe_batch.shape[1], name)
+            return prefix_matching_scores(tensor, self.period, COPIES, self.offset)
+
+        return self.scored(name, score)
+
+    def snapshot(self, adapter: Adapter) -> dict[str, Tensor]:
+        """The scored forward, then with ``ablate_k`` the ablation forwards on the same batch."""
+        out = {LOGITS: adapter.logits(self.probe_batch)}
+        if self._ablate:
+            scores_LH = torch.stack([self._clean[n] for n in self.layers])
+            out[ABLATED] = self.ablated_losses(adapter, scores_LH, self.probe_batch, self._copy_loss)
+        return out
+
+    def _copy_loss(self, logits: Tensor) -> Tensor:
+        """Mean loss on copies 2-4 (each without its first token)."""
+        return repeated_sequence_losses(logits, self.probe_batch, self.period, self.offset, COPIES)[1:].mean()
 
     def update(self, captures: Mapping[str, Tensor], batch: Any = None) -> None:
         """Add this forward's per-head scores."""
         self.score_sum_LH += torch.stack([captures[name] for name in self.layers])
+        if self._ablate:
+            self.loss_sum += self._copy_loss(captures[LOGITS])
+            self.ablated_sum += captures[ABLATED]
         self.count += 1
 
     def compute(self) -> dict[str, Tensor]:
@@ -123,6 +157,8 @@ class PrefixMatchingProbe(TurnoverMixin, SnapshotProbe):
             self.key("score_topk_mean"): flat.topk(min(self.top_k, flat.numel())).values.mean(),
             self.key("head_scores"): scores_LH,
         }
+        if self._ablate:
+            out.update(self.ablation_gaps(self.loss_sum / self.count, self.count))
         for layer in range(scores_LH.shape[0]):
             out[self.key("score_max", layer_scope(layer))] = scores_LH[layer].max()
         return out

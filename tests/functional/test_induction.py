@@ -98,6 +98,20 @@ def test_repeated_sequence_losses_match_naive(s):
     torch.testing.assert_close(got, torch.tensor([sum(first) / len(first), sum(rep) / len(rep)]), atol=1e-5, rtol=1e-5)
 
 
+def test_losses_of_four_copies_match_naive():
+    n, V, s = 5, 11, 1
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, V, (2, s + 4 * n), generator=gen)
+    logits = torch.randn(2, s + 4 * n, V, generator=gen)
+    expected = []
+    for c in range(4):
+        losses = [float(-logits[b, t - 1].log_softmax(-1)[tokens[b, t]]) for b in range(2)
+                  for t in range(s + c * n + 1, s + (c + 1) * n)]  # fmt: skip
+        expected.append(sum(losses) / len(losses))
+    got = repeated_sequence_losses(logits, tokens, n, s, copies=4)
+    torch.testing.assert_close(got, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+
+
 def test_repeated_tokens_layout():
     allowed = torch.arange(3, 40)
     batch = repeated_tokens(4, 10, allowed, torch.Generator().manual_seed(0), bos_token_id=1)

@@ -137,3 +137,27 @@ def test_a_projection_the_forward_never_calls_gives_nan_with_the_reason():
     assert math.isfinite(float(out["mechmon/induction/score_max"]))
     with pytest.raises(RuntimeError, match="no forward called"), mean_ablation(adapter, torch.ones(2, 2, dtype=bool)):
         pass
+
+
+def test_the_prefix_matching_option_equals_an_explicit_ablation_of_its_best_head():
+    from mechmon import PrefixMatchingProbe
+
+    model = tiny_model("llama", attn="eager")
+    assert "mechmon/prefix_match/ablation_gap_nats" not in evaluate(PrefixMatchingProbe(period=PERIOD), model)
+    probe = PrefixMatchingProbe(period=PERIOD, batch_size=2, ablate_k=1)
+    out = evaluate(probe, model)
+    scores = out["mechmon/prefix_match/head_scores"]
+    edited = copy.deepcopy(model)
+    layer, head = divmod(int(scores.argmax()), scores.shape[1])
+    ids = probe.probe_batch
+    with torch.no_grad():
+        seen = {}
+        hook = _projection(edited, layer).register_forward_pre_hook(lambda m, a: seen.setdefault("in", a[0].clone()))
+        clean_logits = edited(input_ids=ids, use_cache=False).logits
+        hook.remove()
+        rows = seen["in"].reshape(-1, seen["in"].shape[-1])
+        d_head = rows.shape[1] // scores.shape[1]
+        _zero_head(_projection(edited, layer), head, d_head, rows[:, head * d_head : (head + 1) * d_head].mean(0))
+        ablated_logits = edited(input_ids=ids, use_cache=False).logits
+    copies = [repeated_sequence_losses(lg, ids, PERIOD, copies=4)[1:].mean() for lg in (clean_logits, ablated_logits)]
+    assert float(out["mechmon/prefix_match/ablation_gap_nats"]) == pytest.approx(float(copies[1] - copies[0]), abs=1e-5)

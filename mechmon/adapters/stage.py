@@ -198,7 +198,7 @@ class StageAdapter(Adapter):
         try:
             yield
         finally:
-            self._open.remove(captures)
+            self._open = [c for c in self._open if c is not captures]  # by identity: two dicts may be equal
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """This stage's part of a probe forward; the logits ``[B, T, V]`` on the last stage, its output elsewhere.

@@ -6,8 +6,9 @@ embeddings on the first stage, the final norm and head on the last) and trains i
 Before the group starts, the same model is trained unpipelined in one process (the whole model as a single stage),
 watched alike: the reference. MODE ``pp``: 2 stages on 2 ranks; ``pp3``: 3 stages on 3 ranks (6 layers) at learning
 rate 0 (the pipelined gradients, summed over micro-batches, differ from the reference's in the last bits; at lr 0
-the weights stay equal); ``refused``: no ``pipeline=`` (every rank refuses alike). A snapshot probe that fails on
-the first stage only at step 2 is disabled on every stage. Each rank writes ``OUT/rank<r>.json``.
+the weights stay equal). Each rank first attaches a monitor without ``pipeline=`` (refused on every rank alike). A
+snapshot probe that fails on the first stage only at step 2 is disabled on every stage. Each rank writes
+``OUT/rank<r>.json``.
 """
 
 import json
@@ -72,23 +73,24 @@ def reference(layers: int) -> Monitor:
     return monitor
 
 
-def pipelined(rank: int, world: int, layers: int, watch: bool) -> tuple[Monitor | None, str | None]:
+def pipelined(rank: int, world: int, layers: int) -> tuple[Monitor, str | None]:
+    """Attach without ``pipeline=`` (refused), then with it, and train."""
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     module = Stage(gpt(n_layer=layers), rank, world)
     optimizer = torch.optim.AdamW(module.parameters(), lr=LR["lr"])
     stage = PipelineStage(module, rank, world, torch.device("cpu"))
     schedule = ScheduleGPipe(stage, n_microbatches=2, loss_fn=loss_fn)
+    refused = None
     try:
-        pipeline = stage if watch else None
-        monitor = Monitor(module, optimizer=optimizer, probes=probes(), schedule=1, budget=None, log_dir=None,
-                          pipeline=pipeline)  # fmt: skip
-        refused = None
+        Monitor(module, optimizer=optimizer, probes=probes(), log_dir=None)
     except RuntimeError as err:
-        monitor, refused = None, str(err)
+        refused = str(err)
+    monitor = Monitor(module, optimizer=optimizer, probes=probes(), schedule=1, budget=None, log_dir=None,
+                      pipeline=stage)  # fmt: skip
     for step, ids in enumerate(batches(), start=1):
         STEP["now"] = step
-        with monitor.step(step, ids) if monitor else _nothing():
+        with monitor.step(step, ids):
             if rank == 0:
                 schedule.step(ids)
             elif rank == world - 1:
@@ -97,17 +99,8 @@ def pipelined(rank: int, world: int, layers: int, watch: bool) -> tuple[Monitor 
                 schedule.step()
             optimizer.step()
             optimizer.zero_grad()
-    if monitor is not None:
-        monitor.close()
+    monitor.close()
     return monitor, refused
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
@@ -118,18 +111,18 @@ def worker(rank: int, world: int, init: str, mode: str, out: str) -> None:
     torch.set_num_threads(1)
     layers = 2 * world
     LR["lr"] = 0.0 if mode == "pp3" else 1e-3
-    expected = reference(layers) if mode != "refused" else None
+    expected = reference(layers)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        monitor, refused = pipelined(rank, world, layers, watch=mode != "refused")
+        monitor, refused = pipelined(rank, world, layers)
     result = {
         "refused": refused,
         "warnings": [str(w.message) for w in seen],
-        "reference": expected.latest if expected else {},
-        "pipelined": monitor.latest if monitor else {},
-        "alerts": [[a.rule, a.step, a.reason] for a in monitor.alerts] if monitor else [],
-        "disabled": sorted(monitor.disabled) if monitor else [],
+        "reference": expected.latest,
+        "pipelined": monitor.latest,
+        "alerts": [[a.rule, a.step, a.reason] for a in monitor.alerts],
+        "disabled": sorted(monitor.disabled),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()

@@ -3,13 +3,12 @@
 are disabled on every rank with the reason, a probe failing on one stage is disabled on all, and no rank hangs.
 Without ``pipeline=`` every rank refuses alike at attach."""
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.ranks import rank_results, run_ranks
+from tests.helpers.ranks import rank_results
 
 SCRIPT = Path(__file__).with_name("pipeline_worker.py")
 OFF = {"logits", "repetition"}  # the training forward; forwards fed by the last stage's output
@@ -65,9 +64,8 @@ def test_every_rank_agrees(ranks):
         assert f"raised on {len(results)} rank(s)" in failed[2][2]
 
 
-def test_without_pipeline_every_rank_refuses_alike_and_names_the_fix(tmp_path):
-    done = run_ranks(SCRIPT, "refused", tmp_path, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    for r in (r0, r1):
+def test_without_pipeline_every_rank_refuses_alike_and_names_the_fix(ranks):
+    """The same ranks first attached without ``pipeline=``: all refused, none left waiting (the run went on)."""
+    _, results = ranks
+    for r in results:
         assert r["refused"] is not None and "pipeline=stage" in r["refused"] and "PipelineStage" in r["refused"]

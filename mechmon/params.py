@@ -18,7 +18,6 @@ from mechmon.adapters.base import Adapter
 from mechmon.sharding import is_dtensor, share
 
 __all__ = [
-    "output_weight_names",
     "select",
     "check_globs",
     "tracked_params",
@@ -84,11 +83,6 @@ def shares(named: Sequence[tuple[str, nn.Parameter]], device: torch.device, stag
     return torch.tensor([share(p, stages) for _, p in named], dtype=torch.float64, device=device)
 
 
-def output_weight_names(adapter: Adapter) -> list[str]:
-    """Names (in ``adapter.model``) of the output layer's weight, found by identity (handles tied embeddings)."""
-    return adapter.output_names()
-
-
 def select(named: Sequence[tuple[str, nn.Parameter]], patterns: Sequence[str]) -> list[int]:
     """Indices of the tensors whose name matches any glob in ``patterns``.
 
@@ -123,4 +117,4 @@ def tracked_params(adapter: Adapter, globs: Sequence[str] | None) -> tuple[list[
         ValueError: if a glob matches nothing.
     """
     named = adapter.trainable()
-    return named, select(named, globs or output_weight_names(adapter))
+    return named, select(named, globs or adapter.output_names())

@@ -315,19 +315,19 @@ class Monitor:
 
     def _warn_if_never_stepped(self, step: int) -> None:
         """Once: the loop's steps advance, yet no optimizer step of the model's parameters was seen (nothing runs)."""
-        if self._seen_step or self._first_step is None:
-            self._first_step = step if self._first_step is None else self._first_step
+        if self._first_step is None:
+            self._first_step = step
+        if self._seen_step or self._told_no_step or step <= self._first_step:
             return
-        if step > self._first_step and not self._told_no_step:
-            self._told_no_step = True
-            warnings.warn(
-                f"mechmon: the loop reached step {step}, but no optimizer step of the watched model's parameters has "
-                f"happened inside monitor.step() since step {self._first_step}, so nothing has been evaluated: the "
-                "optimizer that updates the model holds other tensors (DeepSpeed's engine.step() steps its own fp32 "
-                "copies) or is no torch.optim.Optimizer. Step the model's optimizer inside the block, or call "
-                "monitor.after_optimizer_step(step) after your own step",
-                stacklevel=4,
-            )
+        self._told_no_step = True
+        warnings.warn(
+            f"mechmon: the loop reached step {step}, but no optimizer step of the watched model's parameters has "
+            f"happened inside monitor.step() since step {self._first_step}, so nothing has been evaluated: the "
+            "optimizer that updates the model holds other tensors (DeepSpeed's engine.step() steps its own fp32 "
+            "copies) or is no torch.optim.Optimizer. Step the model's optimizer inside the block, or call "
+            "monitor.after_optimizer_step(step) after your own step",
+            stacklevel=4,
+        )
 
     def begin_batch(self, step: int, batch: Any = None, steps: int = 1) -> None:
         """Before a micro-batch of optimizer step ``step``: take the first batch, attach hooks if ``step`` is due.
